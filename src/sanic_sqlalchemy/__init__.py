@@ -1,0 +1,25 @@
+"""Asynchronous SQLAlchemy 2 for Sanic: a unit of work per request, done right.
+
+from sanic_sqlalchemy import Database
+
+db = Database()
+db.init_app(app)            # DATABASE_URL from app.config
+"""
+
+from .database import Database
+from .errors import (
+    ConfigurationError,
+    EngineNotInitialisedError,
+    NoActiveUnitError,
+    ReadOnlyError,
+    SanicSQLAlchemyError,
+)
+
+__all__ = [
+    "ConfigurationError",
+    "Database",
+    "EngineNotInitialisedError",
+    "NoActiveUnitError",
+    "ReadOnlyError",
+    "SanicSQLAlchemyError",
+]

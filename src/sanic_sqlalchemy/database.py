@@ -1,0 +1,214 @@
+"""``Database``: the module-level object that ties settings, engines and units together."""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import itertools
+from collections.abc import Callable
+from types import TracebackType
+from typing import TYPE_CHECKING, Any, ParamSpec
+
+from .callbacks import CallbackErrorHook
+from .context import UnitScope
+from .engines import Engines
+from .errors import EngineNotInitialisedError, NoActiveUnitError
+from .sessions import ReadSession, WriteSession
+from .settings import Settings
+from .unit import UnitOfWork, UnitState
+
+if TYPE_CHECKING:
+    from contextvars import Token
+
+    from sanic import Sanic
+
+P = ParamSpec("P")
+_ids = itertools.count(1)
+
+_NO_UNIT = (
+    "{name} was used outside a unit of work. Use it inside a Sanic request handler "
+    "(after db.init_app(app)), or open a unit yourself:\n\n"
+    "    async with db:\n"
+    "        ...\n"
+)
+
+
+class Database:
+    """The database of an application: ``db.read``, ``db.write`` and ``db.on_commit``.
+
+    Create one at module level; nothing connects and no configuration is read until
+    ``init_app`` (in Sanic) or the first unit of work (in scripts, workers, tests).
+    Keyword options other than the documented settings (``echo``, ``pool_size``,
+    ``max_overflow``, ``pool_timeout``, ``pool_recycle``) go to
+    ``create_async_engine`` unchanged.
+    """
+
+    def __init__(
+        self,
+        url: Any = None,
+        *,
+        read_urls: Any = None,
+        commit_on_exit: bool | None = None,
+        on_callback_error: CallbackErrorHook | None = None,
+        **options: Any,
+    ) -> None:
+        self._explicit: dict[str, Any] = {
+            "url": url,
+            "read_urls": read_urls,
+            "commit_on_exit": commit_on_exit,
+            **options,
+        }
+        self._settings: Settings | None = (
+            Settings.build(self._explicit) if url is not None else None
+        )
+        self._engines: Engines | None = None
+        #: Called as ``hook(error, callback)`` when an on-commit callback raises.
+        self.on_callback_error: CallbackErrorHook | None = on_callback_error
+        self.scope = UnitScope(f"sanic_sqlalchemy_unit_{next(_ids)}")
+        self._tokens: dict[int, Token[UnitOfWork | None]] = {}
+
+    # -- configuration and engines ---------------------------------------------
+
+    def init_app(
+        self,
+        app: Sanic[Any, Any],
+        url: Any = None,
+        *,
+        read_urls: Any = None,
+        commit_on_exit: bool | None = None,
+        **options: Any,
+    ) -> None:
+        """Give every request of ``app`` a unit of work and manage the engines.
+
+        Settings not passed here come from the ``Database(...)`` call, then from
+        ``app.config`` (``DATABASE_URL`` and friends, and so ``SANIC_DATABASE_URL``
+        in the environment).  A missing or bad setting raises ``ConfigurationError``
+        now, naming its key.  Engines are created in each worker when the server
+        starts and disposed when it stops.
+        """
+        from .sanic import install
+
+        explicit = dict(self._explicit)
+        given = {"url": url, "read_urls": read_urls, "commit_on_exit": commit_on_exit, **options}
+        explicit.update({key: value for key, value in given.items() if value is not None})
+        self._settings = Settings.build(explicit, app.config)
+        install(self, app)
+
+    @property
+    def settings(self) -> Settings:
+        """The validated settings; ``EngineNotInitialisedError`` before any URL is known."""
+        if self._settings is None:
+            raise EngineNotInitialisedError(
+                "No database URL is configured yet: pass one to Database(url), call "
+                "db.init_app(app) (which reads DATABASE_URL from app.config), or set "
+                "SANIC_DATABASE_URL before the app starts."
+            )
+        return self._settings
+
+    @property
+    def engines(self) -> Engines:
+        """The engines of the running event loop, created on first use."""
+        engines = self._engines
+        if engines is None:
+            engines = self._engines = Engines(self.settings)
+        else:
+            engines.check_loop()
+        return engines
+
+    async def start(self) -> None:
+        """Create the engines in the running loop (Sanic calls this at server start)."""
+        if self._engines is not None:
+            await self.dispose()
+        self._engines = Engines(self.settings)
+
+    async def dispose(self) -> None:
+        """Close every pooled connection; the next unit creates fresh engines."""
+        engines, self._engines = self._engines, None
+        if engines is not None:
+            await engines.dispose()
+
+    # -- units of work ---------------------------------------------------------
+
+    def open_unit(self) -> UnitOfWork:
+        """A new unit of work, not yet current anywhere (see ``async with db``)."""
+        return UnitOfWork(self, self.settings.commit_on_exit)
+
+    async def __aenter__(self) -> UnitOfWork:
+        current = self.scope.current()
+        if (
+            current is not None
+            and current.state is not UnitState.ENDED
+            and current.owner is asyncio.current_task()
+        ):
+            current.depth += 1
+            return current
+        unit = self.open_unit()
+        self._tokens[id(unit)] = self.scope.enter(unit)
+        return unit
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        unit = self.scope.current()
+        if unit is None:
+            raise NoActiveUnitError("`async with db:` exited without an open unit.")
+        if unit.depth:
+            unit.depth -= 1
+            return
+        token = self._tokens.pop(id(unit))
+        try:
+            await unit.end(succeeded(exc))
+        finally:
+            self.scope.leave(token)
+
+    def current_unit(self, name: str = "db.read") -> UnitOfWork:
+        """The open unit of the running task; ``NoActiveUnitError`` if there is none."""
+        unit = self.scope.current()
+        if unit is None:
+            raise NoActiveUnitError(_NO_UNIT.format(name=name))
+        return unit
+
+    @property
+    def read(self) -> ReadSession:
+        """The current unit's read-only session (``NoActiveUnitError`` outside a unit)."""
+        return self.current_unit("db.read").read
+
+    @property
+    def write(self) -> WriteSession:
+        """The current unit's write session (``NoActiveUnitError`` outside a unit)."""
+        return self.current_unit("db.write").write
+
+    def on_commit(self, func: Callable[P, Any], /, *args: P.args, **kwargs: P.kwargs) -> None:
+        """Run ``func(*args, **kwargs)`` once the current unit's data is committed.
+
+        ``func`` may be sync or async.  It is dropped if the transaction rolls back.
+        """
+        self.current_unit("db.on_commit").on_commit(func, args, kwargs)
+
+    def after_commit(self, func: Callable[P, Any]) -> Callable[P, None]:
+        """Decorate ``func`` so that each call is scheduled with ``db.on_commit``.
+
+        Works on SQLAlchemy ORM event listeners too (``after_insert`` on a model):
+        their work then happens only if the unit commits.
+        """
+
+        @functools.wraps(func)
+        def schedule(*args: P.args, **kwargs: P.kwargs) -> None:
+            self.on_commit(func, *args, **kwargs)
+
+        return schedule
+
+    # Names kept from the hand-written DBSession wrappers this library replaces.
+    add_post_process = on_commit
+    post_process = after_commit
+
+
+def succeeded(error: BaseException | None) -> bool:
+    """Whether a unit left with ``error`` should commit (rule 5: redirects count)."""
+    if error is None:
+        return True
+    status = getattr(error, "status_code", None)
+    return isinstance(status, int) and status < 400

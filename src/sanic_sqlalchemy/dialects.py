@@ -1,0 +1,292 @@
+"""What differs between PostgreSQL, MySQL/MariaDB and SQLite, in one place.
+
+Each backend says how its connections are made read-only, how a read runs inside the
+unit's writing transaction without being able to write (rule 12), how a refused write
+is recognised, and how a dead connection is noticed without a round trip.
+
+How read-only is enforced:
+
+* PostgreSQL: read connections open with ``default_transaction_read_only=on`` in the
+  start-up packet and run in autocommit, so a read costs one round trip and the server
+  refuses any write.  Inside a writing transaction a read runs in a savepoint made
+  ``READ ONLY`` and rolled back afterwards.
+* MySQL/MariaDB: read connections run ``SET SESSION TRANSACTION READ ONLY`` once when
+  opened (a session-wide setting also refuses DDL, which ``START TRANSACTION READ
+  ONLY`` does not).  Inside a writing transaction nothing can be made read-only, so the
+  library lets only plain queries through and refuses the rest before sending them.
+* SQLite: read connections set ``PRAGMA query_only`` once when opened.  Inside a
+  writing transaction a read runs in a savepoint with ``query_only`` switched on.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+from collections.abc import Iterator, Mapping
+from enum import Enum
+from typing import Any
+
+from sqlalchemy import event
+from sqlalchemy.engine import URL, Connection
+from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.util import await_only
+
+from .errors import ReadOnlyError
+from .settings import Settings
+from .statements import session_control_keyword
+
+_SAVEPOINT = "sanic_sqlalchemy_read"
+
+
+class Role(Enum):
+    """What an engine is for: the unit's writes or its reads."""
+
+    WRITE = "write"
+    READ = "read"
+
+
+def refuse_session_control(sql: str) -> None:
+    """Raise ``ReadOnlyError`` for a statement that would change the read connection."""
+    keyword = session_control_keyword(sql)
+    if keyword is not None:
+        raise ReadOnlyError(
+            f"db.read refuses {keyword} statements: they change the connection or its "
+            "transaction, which on the read path could switch read-only off for the "
+            "next request. Run them through db.write."
+        )
+
+
+class Backend:
+    """Behaviour shared by every backend; subclasses fill in the differences."""
+
+    name = ""
+    #: Whether a read inside the writing transaction is refused by the database itself.
+    database_refuses_writes_in_transaction = True
+
+    def url(self, url: URL) -> URL:
+        """The URL to connect to, with this backend's defaults filled in."""
+        return url
+
+    def engine_options(self, role: Role, settings: Settings) -> dict[str, Any]:
+        """Keyword arguments for ``create_async_engine`` specific to this backend."""
+        return {"isolation_level": "AUTOCOMMIT"} if role is Role.READ else {}
+
+    def install(self, engine: AsyncEngine, role: Role) -> None:
+        """Attach this backend's connection set-up to ``engine`` (and to it only)."""
+
+    def is_read_only_violation(self, error: BaseException | None) -> bool:
+        """True when the driver error says a write was refused as read-only."""
+        return False
+
+    def is_dead(self, driver_connection: Any) -> bool:
+        """True when the connection is known dead without asking the server."""
+        return False
+
+    def is_unsafe_for(self, role: Role, driver_connection: Any) -> bool:
+        """True when a pooled connection left its expected state (read-only, idle)."""
+        return False
+
+    @contextlib.contextmanager
+    def read_inside_write(self, connection: Connection, is_query: bool) -> Iterator[None]:
+        """Run one read on the unit's writing connection without letting it write."""
+        yield
+
+    def cleanup(self) -> None:
+        """Release what the backend made for itself (a temporary database file)."""
+
+
+def _merge_connect_args(options: Mapping[str, Any], extra: Mapping[str, Any]) -> dict[str, Any]:
+    merged = dict(options.get("connect_args", {}))
+    for key, value in extra.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = {**value, **merged[key]}
+        else:
+            merged.setdefault(key, value)
+    return merged
+
+
+class PostgreSQL(Backend):
+    name = "postgresql"
+
+    def engine_options(self, role: Role, settings: Settings) -> dict[str, Any]:
+        options = super().engine_options(role, settings)
+        if role is Role.READ:
+            options["connect_args"] = _merge_connect_args(
+                settings.engine_options,
+                {"server_settings": {"default_transaction_read_only": "on"}},
+            )
+        return options
+
+    def is_read_only_violation(self, error: BaseException | None) -> bool:
+        return getattr(error, "sqlstate", None) == "25006"
+
+    def is_dead(self, driver_connection: Any) -> bool:
+        return bool(driver_connection.is_closed())
+
+    def is_unsafe_for(self, role: Role, driver_connection: Any) -> bool:
+        if driver_connection.is_in_transaction():
+            return True
+        if role is Role.READ:
+            # PostgreSQL reports this setting to the client whenever it changes, so
+            # reading it costs no round trip.
+            setting = getattr(
+                driver_connection.get_settings(), "default_transaction_read_only", "on"
+            )
+            return bool(setting != "on")
+        return False
+
+    @contextlib.contextmanager
+    def read_inside_write(self, connection: Connection, is_query: bool) -> Iterator[None]:
+        driver = connection.connection.driver_connection
+        assert driver is not None
+        await_only(driver.execute(f"SAVEPOINT {_SAVEPOINT}; SET TRANSACTION READ ONLY"))
+        try:
+            yield
+        except Exception:
+            await_only(
+                driver.execute(
+                    f"ROLLBACK TO SAVEPOINT {_SAVEPOINT}; RELEASE SAVEPOINT {_SAVEPOINT}"
+                )
+            )
+            raise
+        # A cancellation skips this: the connection is then invalidated anyway.
+        await_only(
+            driver.execute(f"ROLLBACK TO SAVEPOINT {_SAVEPOINT}; RELEASE SAVEPOINT {_SAVEPOINT}")
+        )
+
+
+class MySQL(Backend):
+    name = "mysql"
+    database_refuses_writes_in_transaction = False
+
+    def url(self, url: URL) -> URL:
+        if "charset" not in url.query:
+            url = url.update_query_dict({"charset": "utf8mb4"})
+        return url
+
+    def install(self, engine: AsyncEngine, role: Role) -> None:
+        if role is Role.READ:
+            event.listen(engine.sync_engine, "connect", _mysql_read_only_session)
+
+    def is_read_only_violation(self, error: BaseException | None) -> bool:
+        args: tuple[Any, ...] = getattr(error, "args", ())
+        return len(args) > 0 and args[0] == 1792
+
+    def is_dead(self, driver_connection: Any) -> bool:
+        return bool(getattr(driver_connection, "_stream_broken", False)) or not getattr(
+            driver_connection, "connected", True
+        )
+
+    @contextlib.contextmanager
+    def read_inside_write(self, connection: Connection, is_query: bool) -> Iterator[None]:
+        if not is_query:
+            raise ReadOnlyError(
+                "db.read refused this statement before sending it: this unit has written, "
+                "so its reads share the writing transaction, and MySQL/MariaDB cannot make "
+                "part of a transaction read-only. Run writes through db.write."
+            )
+        yield
+
+
+def _mysql_read_only_session(dbapi_connection: Any, _record: Any) -> None:
+    cursor = dbapi_connection.cursor()
+    try:
+        cursor.execute("SET SESSION TRANSACTION READ ONLY")
+    finally:
+        cursor.close()
+
+
+class SQLite(Backend):
+    name = "sqlite"
+
+    def __init__(self) -> None:
+        self._ephemeral: str | None = None
+
+    def url(self, url: URL) -> URL:
+        database = url.database or ""
+        if database in ("", ":memory:") or url.query.get("mode") == "memory":
+            # Separate read and write pools cannot share one in-memory database, so
+            # "in memory" becomes a private file that is deleted at dispose().
+            if self._ephemeral is None:
+                handle, self._ephemeral = tempfile.mkstemp(prefix="sanic-sqlalchemy-", suffix=".db")
+                os.close(handle)
+            return url.set(database=self._ephemeral, query={})
+        return url
+
+    def engine_options(self, role: Role, settings: Settings) -> dict[str, Any]:
+        options = super().engine_options(role, settings)
+        # sqlite3's busy timeout: how long a writer waits for another to finish.
+        options["connect_args"] = _merge_connect_args(
+            settings.engine_options, {"timeout": settings.pool_timeout}
+        )
+        return options
+
+    def install(self, engine: AsyncEngine, role: Role) -> None:
+        sync_engine = engine.sync_engine
+        if role is Role.READ:
+            event.listen(sync_engine, "connect", _sqlite_read_connection)
+        else:
+            event.listen(sync_engine, "connect", _sqlite_write_connection)
+            # The driver's own BEGIN handling breaks savepoints; emit BEGIN ourselves.
+            # IMMEDIATE takes the write lock at once, so a transaction that read first
+            # cannot fail later when it upgrades to writing.
+            event.listen(sync_engine, "begin", _sqlite_begin_immediate)
+
+    def is_read_only_violation(self, error: BaseException | None) -> bool:
+        return getattr(error, "sqlite_errorcode", None) == 8 or "readonly database" in str(error)
+
+    @contextlib.contextmanager
+    def read_inside_write(self, connection: Connection, is_query: bool) -> Iterator[None]:
+        connection.exec_driver_sql(f"SAVEPOINT {_SAVEPOINT}")
+        connection.exec_driver_sql("PRAGMA query_only = 1")
+        try:
+            yield
+        finally:
+            connection.exec_driver_sql("PRAGMA query_only = 0")
+            connection.exec_driver_sql(f"ROLLBACK TO SAVEPOINT {_SAVEPOINT}")
+            connection.exec_driver_sql(f"RELEASE SAVEPOINT {_SAVEPOINT}")
+
+    def cleanup(self) -> None:
+        if self._ephemeral is not None:
+            for suffix in ("", "-wal", "-shm", "-journal"):
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(self._ephemeral + suffix)
+            self._ephemeral = None
+
+
+def _sqlite_common(dbapi_connection: Any) -> None:
+    dbapi_connection.isolation_level = None
+    cursor = dbapi_connection.cursor()
+    try:
+        cursor.execute("PRAGMA foreign_keys = ON")
+        cursor.execute("PRAGMA journal_mode = WAL")
+    finally:
+        cursor.close()
+
+
+def _sqlite_write_connection(dbapi_connection: Any, _record: Any) -> None:
+    _sqlite_common(dbapi_connection)
+
+
+def _sqlite_read_connection(dbapi_connection: Any, _record: Any) -> None:
+    _sqlite_common(dbapi_connection)
+    cursor = dbapi_connection.cursor()
+    try:
+        cursor.execute("PRAGMA query_only = ON")
+    finally:
+        cursor.close()
+
+
+def _sqlite_begin_immediate(connection: Connection) -> None:
+    connection.exec_driver_sql("BEGIN IMMEDIATE")
+
+
+def backend_for(settings: Settings) -> Backend:
+    """The backend object for the database that ``settings`` points at."""
+    backend = settings.backend
+    if backend == "postgresql":
+        return PostgreSQL()
+    if backend == "mysql":
+        return MySQL()
+    return SQLite()

@@ -1,0 +1,131 @@
+"""The engines of one worker: a write pool and a read-only pool, bound to one loop.
+
+Both pools check each connection on checkout without a round trip (is the socket
+still open? is a read connection still read-only and outside any transaction?) and
+ping only a connection that sat idle longer than ``LIVENESS_WINDOW``: under load no
+request pays for a ping, and a connection killed while idle (server restart,
+``pg_terminate_backend``, ``KILL``) is replaced before a request sees it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+from sqlalchemy import event
+from sqlalchemy.engine import Connection
+from sqlalchemy.exc import ArgumentError, DisconnectionError
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+from sqlalchemy.pool import ConnectionPoolEntry, PoolProxiedConnection
+
+from .dialects import Backend, Role, backend_for, refuse_session_control
+from .errors import ConfigurationError, EventLoopMismatchError
+from .settings import Settings
+
+#: A connection used within this many seconds is trusted without a ping.
+LIVENESS_WINDOW = 1.0
+_LAST_USED = "sanic_sqlalchemy_last_used"
+
+
+class Engines:
+    """The write engine and the read engine of one ``Database`` in one event loop."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.backend: Backend = backend_for(settings)
+        self.loop = asyncio.get_running_loop()
+        try:
+            self.write = self._create(Role.WRITE)
+            self.read = self._create(Role.READ)
+        except (ArgumentError, TypeError) as error:
+            self.backend.cleanup()
+            raise ConfigurationError(f"Could not create the database engine: {error}") from error
+
+    def _create(self, role: Role) -> AsyncEngine:
+        settings = self.settings
+        options: dict[str, Any] = {
+            "echo": settings.echo,
+            "pool_size": settings.pool_size,
+            "max_overflow": settings.max_overflow,
+            "pool_timeout": settings.pool_timeout,
+            "pool_recycle": -1 if settings.pool_recycle is None else settings.pool_recycle,
+            **settings.engine_options,
+        }
+        options.update(self.backend.engine_options(role, settings))
+        engine = create_async_engine(self.backend.url(settings.url), **options)
+        self.backend.install(engine, role)
+        self._install_liveness(engine, role)
+        if role is Role.READ:
+            event.listen(engine.sync_engine, "before_cursor_execute", _guard_read_statement)
+        return engine
+
+    def _install_liveness(self, engine: AsyncEngine, role: Role) -> None:
+        backend = self.backend
+        dialect = engine.sync_engine.dialect
+
+        def on_connect(_dbapi_connection: Any, record: ConnectionPoolEntry) -> None:
+            record.info[_LAST_USED] = time.monotonic()
+
+        def on_checkin(_dbapi_connection: Any, record: ConnectionPoolEntry) -> None:
+            record.info[_LAST_USED] = time.monotonic()
+
+        def on_checkout(
+            dbapi_connection: Any, record: ConnectionPoolEntry, _proxy: PoolProxiedConnection
+        ) -> None:
+            driver = dbapi_connection.driver_connection
+            if backend.is_dead(driver):
+                raise DisconnectionError("connection closed while idle in the pool")
+            if backend.is_unsafe_for(role, driver):
+                raise DisconnectionError("connection left its read-only or idle state")
+            if time.monotonic() - record.info.get(_LAST_USED, 0.0) > LIVENESS_WINDOW:
+                # Raises DisconnectionError (the pool then opens a new connection)
+                # when the server no longer answers.
+                try:
+                    alive = dialect.do_ping(dbapi_connection)
+                except dialect.loaded_dbapi.Error as error:
+                    if dialect.is_disconnect(error, dbapi_connection, None):
+                        raise DisconnectionError("connection did not answer a ping") from error
+                    raise
+                if not alive:
+                    raise DisconnectionError("connection did not answer a ping")
+
+        event.listen(engine.sync_engine.pool, "connect", on_connect)
+        event.listen(engine.sync_engine.pool, "checkin", on_checkin)
+        event.listen(engine.sync_engine.pool, "checkout", on_checkout)
+
+    def check_loop(self) -> None:
+        """Raise when the running loop is not the one these engines were made in."""
+        try:
+            running = asyncio.get_running_loop()
+        except RuntimeError:
+            raise EventLoopMismatchError(
+                "Database used outside a running event loop: open units with "
+                "`async with db:` inside async code."
+            ) from None
+        if running is not self.loop:
+            raise EventLoopMismatchError(
+                "The engines of this Database were created in another event loop. "
+                "Engines cannot move between loops: call `await db.dispose()` before "
+                "the loop that used them ends (for example in a test fixture's "
+                "teardown), then the next unit creates fresh ones in its own loop."
+            )
+
+    async def dispose(self) -> None:
+        """Close every pooled connection of both engines."""
+        try:
+            await self.write.dispose()
+            await self.read.dispose()
+        finally:
+            self.backend.cleanup()
+
+
+def _guard_read_statement(
+    _conn: Connection,
+    _cursor: Any,
+    statement: str,
+    _parameters: Any,
+    _context: Any,
+    _executemany: bool,
+) -> None:
+    refuse_session_control(statement)

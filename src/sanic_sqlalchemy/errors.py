@@ -1,0 +1,53 @@
+"""The exception tree of sanic-sqlalchemy.
+
+Every error the library raises on purpose derives from ``SanicSQLAlchemyError``::
+
+    SanicSQLAlchemyError
+    ├── ConfigurationError          bad or missing settings, raised at init
+    ├── EngineNotInitialisedError   a unit was opened before any URL was configured
+    ├── NoActiveUnitError           db.read / db.write / db.on_commit outside a unit
+    ├── ReadOnlyError               a write attempted through db.read
+    ├── UnitStateError              a session used after its unit committed, rolled back or closed
+    ├── ConcurrentWriteError        db.write used from several tasks at once
+    └── EventLoopMismatchError      engines used from an event loop they were not made for
+
+Misuse errors (everything but ``ConfigurationError`` and ``ReadOnlyError``) are also
+``RuntimeError``\\ s, so code that already catches those keeps working.  Errors raised
+by the database itself (an ``IntegrityError`` at commit, say) are SQLAlchemy's and
+reach the caller unchanged, except a write refused by a read-only connection, which
+becomes a ``ReadOnlyError`` chained to the driver's error.
+"""
+
+from __future__ import annotations
+
+
+class SanicSQLAlchemyError(Exception):
+    """Base class of every error raised by sanic-sqlalchemy."""
+
+
+class ConfigurationError(SanicSQLAlchemyError, ValueError):
+    """A setting is missing or invalid; raised by ``init_app`` or at server start."""
+
+
+class EngineNotInitialisedError(SanicSQLAlchemyError, RuntimeError):
+    """A unit of work was opened before any database URL was configured."""
+
+
+class NoActiveUnitError(SanicSQLAlchemyError, RuntimeError):
+    """``db.read``, ``db.write`` or ``db.on_commit`` was used outside a unit of work."""
+
+
+class ReadOnlyError(SanicSQLAlchemyError):
+    """A write was attempted through ``db.read``; nothing was changed."""
+
+
+class UnitStateError(SanicSQLAlchemyError, RuntimeError):
+    """A session was used in a state of its unit that does not allow it."""
+
+
+class ConcurrentWriteError(SanicSQLAlchemyError, RuntimeError):
+    """``db.write`` was used from a second task while another task was using it."""
+
+
+class EventLoopMismatchError(SanicSQLAlchemyError, RuntimeError):
+    """The engines belong to another event loop than the one running now."""

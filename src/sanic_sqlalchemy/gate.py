@@ -1,0 +1,58 @@
+"""One task at a time on a session's connection.
+
+A database connection runs one statement at a time.  Tasks of one unit that read at
+once (``asyncio.gather`` over ``db.read`` queries) take turns here; a task that tries to
+write while another task is writing gets a ``ConcurrentWriteError`` instead of a
+corrupted session.  Runs inside SQLAlchemy's greenlet, hence ``await_only``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Iterator
+
+from sqlalchemy.util import await_only
+
+from .errors import ConcurrentWriteError
+
+
+class Gate:
+    """A re-entrant turn for one task, with waiting for readers and failing for writers."""
+
+    __slots__ = ("_depth", "_owner", "_released", "_writing")
+
+    def __init__(self) -> None:
+        self._owner: asyncio.Task[object] | None = None
+        self._depth = 0
+        self._writing = False
+        self._released: asyncio.Event | None = None
+
+    @contextlib.contextmanager
+    def hold(self, *, writing: bool) -> Iterator[None]:
+        """Hold the turn for the current task while the block runs."""
+        task = asyncio.current_task()
+        while self._owner is not None and self._owner is not task:
+            if writing and self._writing:
+                raise ConcurrentWriteError(
+                    "db.write is already in use by another task of this unit. A session "
+                    "runs one operation at a time: await the writes one after another, "
+                    "or give each task its own unit by opening `async with db:` inside "
+                    "the task."
+                )
+            if self._released is None:
+                self._released = asyncio.Event()
+            await_only(self._released.wait())
+        self._owner = task
+        self._writing = self._writing or writing
+        self._depth += 1
+        try:
+            yield
+        finally:
+            self._depth -= 1
+            if self._depth == 0:
+                self._owner = None
+                self._writing = False
+                if self._released is not None:
+                    self._released.set()
+                    self._released = None

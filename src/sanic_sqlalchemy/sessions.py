@@ -1,0 +1,228 @@
+"""The two sessions of a unit: ``db.read``, which cannot write, and ``db.write``.
+
+Both are ``AsyncSession`` subclasses whose synchronous halves carry the guard rails:
+the read half refuses to flush and, once the unit has begun writing, runs its queries
+on the writing connection inside a read-only scope (rule 12); the write half keeps one
+task at a time on its connection and tells the unit about begins, commits and
+savepoints so that on-commit callbacks follow the transaction.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from sqlalchemy import event
+from sqlalchemy.exc import DBAPIError
+from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm import ORMExecuteState, Session, SessionTransaction
+from sqlalchemy.sql.elements import TextClause
+
+from .dialects import refuse_session_control
+from .errors import ReadOnlyError
+from .statements import is_plain_query
+
+if TYPE_CHECKING:
+    from sqlalchemy.engine import Connection
+
+    from .unit import UnitOfWork
+
+
+class _ReadSyncSession(Session):
+    """The synchronous half of ``db.read``."""
+
+    _unit: UnitOfWork
+
+    def flush(self, objects: Any = None) -> None:
+        if self.new or self.deleted or any(self.is_modified(obj) for obj in self.dirty):
+            raise ReadOnlyError(
+                "db.read cannot write: it has pending changes (objects added, changed or "
+                "deleted through it) and refuses to flush them. Make changes through "
+                "db.write, e.g. `db.write.add(obj)`; nothing was sent to the database."
+            )
+
+    def rollback(self) -> None:
+        # Never roll back on the database: once the unit writes, this session may be
+        # reading through the writing connection, whose transaction is not ours.
+        self._end_transaction()
+        self.expunge_all()
+
+    def get(self, *args: Any, **kwargs: Any) -> Any:
+        if self._unit.has_written:
+            kwargs["populate_existing"] = True
+        return super().get(*args, **kwargs)
+
+    def _end_transaction(self) -> None:
+        transaction = self.get_transaction()
+        if transaction is not None:
+            transaction.close()
+
+
+class _WriteSyncSession(Session):
+    """The synchronous half of ``db.write``."""
+
+    _unit: UnitOfWork
+
+    def flush(self, objects: Any = None) -> None:
+        unit = self._unit
+        unit.check_writable()
+        with unit.write_gate.hold(writing=True):
+            super().flush(objects)
+
+    def commit(self) -> None:
+        unit = self._unit
+        unit.check_writable()
+        with unit.write_gate.hold(writing=True):
+            super().commit()
+
+    def rollback(self) -> None:
+        with self._unit.write_gate.hold(writing=True):
+            super().rollback()
+
+
+def _is_query(state: ORMExecuteState) -> bool:
+    statement = state.statement
+    if isinstance(statement, TextClause):
+        return is_plain_query(statement.text)
+    return bool(getattr(statement, "is_select", False))
+
+
+def _translate_read_only(unit: UnitOfWork, error: DBAPIError) -> None:
+    if unit.backend.is_read_only_violation(error.orig):
+        raise ReadOnlyError(
+            "db.read cannot write: the database refused the statement as read-only and "
+            "nothing was changed. Run writes through db.write."
+        ) from error
+
+
+@event.listens_for(_ReadSyncSession, "do_orm_execute")
+def _on_read_execute(state: ORMExecuteState) -> Any:
+    session = state.session
+    assert isinstance(session, _ReadSyncSession)
+    unit = session._unit
+    unit.check_readable()
+    if isinstance(state.statement, TextClause):
+        refuse_session_control(state.statement.text)
+    if unit.has_written and state.is_select:
+        state.update_execution_options(populate_existing=True)
+    writer = unit.writer_connection
+    if unit.read_bound_to is not writer:
+        # The unit began or ended a write transaction since the last read: start a new
+        # read transaction on the right connection (identity map kept).
+        session._end_transaction()
+        unit.read_bound_to = writer
+    try:
+        if writer is None:
+            with unit.read_gate.hold(writing=False):
+                return state.invoke_statement()
+        return _read_on_writer(state, unit, writer)
+    except DBAPIError as error:
+        _translate_read_only(unit, error)
+        raise
+
+
+def _read_on_writer(state: ORMExecuteState, unit: UnitOfWork, writer: Connection) -> Any:
+    if unit.reading_on_writer:
+        # A query issued while loading the first one (selectinload, a lazy load):
+        # already inside the read-only scope.
+        return state.invoke_statement(bind_arguments={"bind": writer})
+    with (
+        unit.write_gate.hold(writing=False),
+        unit.backend.read_inside_write(writer, _is_query(state)),
+    ):
+        unit.reading_on_writer = True
+        try:
+            result = state.invoke_statement(bind_arguments={"bind": writer})
+            # Buffer every row before the read-only scope ends.
+            return result.freeze()()
+        finally:
+            unit.reading_on_writer = False
+
+
+@event.listens_for(_WriteSyncSession, "do_orm_execute")
+def _on_write_execute(state: ORMExecuteState) -> Any:
+    session = state.session
+    assert isinstance(session, _WriteSyncSession)
+    unit = session._unit
+    unit.check_writable()
+    with unit.write_gate.hold(writing=True):
+        return state.invoke_statement()
+
+
+@event.listens_for(_WriteSyncSession, "after_begin")
+def _on_write_begin(
+    session: Session, _transaction: SessionTransaction, connection: Connection
+) -> None:
+    assert isinstance(session, _WriteSyncSession)
+    session._unit.write_began(connection)
+
+
+@event.listens_for(_WriteSyncSession, "after_flush")
+def _on_write_flush(session: Session, _flush_context: Any) -> None:
+    assert isinstance(session, _WriteSyncSession)
+    session._unit.has_written = True
+
+
+@event.listens_for(_WriteSyncSession, "after_commit")
+def _on_write_commit(session: Session) -> None:
+    assert isinstance(session, _WriteSyncSession)
+    callbacks = session._unit.callbacks
+    savepoint = session.get_nested_transaction()
+    if savepoint is None:
+        callbacks.committed()
+    else:
+        callbacks.savepoint_released(savepoint, _enclosing_savepoint(savepoint))
+
+
+@event.listens_for(_WriteSyncSession, "after_soft_rollback")
+def _on_write_rollback(session: Session, previous: SessionTransaction) -> None:
+    assert isinstance(session, _WriteSyncSession)
+    callbacks = session._unit.callbacks
+    if previous.nested:
+        callbacks.savepoint_rolled_back(previous)
+    elif previous.parent is None:
+        callbacks.rolled_back()
+
+
+@event.listens_for(_WriteSyncSession, "after_transaction_end")
+def _on_write_end(session: Session, transaction: SessionTransaction) -> None:
+    assert isinstance(session, _WriteSyncSession)
+    if transaction.parent is None:
+        session._unit.write_ended()
+
+
+def _enclosing_savepoint(savepoint: SessionTransaction) -> SessionTransaction | None:
+    parent = savepoint.parent
+    while parent is not None and not parent.nested:
+        parent = parent.parent
+    return parent
+
+
+class ReadSession(AsyncSession):
+    """``db.read``: an ``AsyncSession`` that can never change data.
+
+    Flushing pending changes raises ``ReadOnlyError`` before any SQL is sent, and a
+    write statement is refused by the database itself (see the README for how each
+    backend enforces it).  Once the unit has begun writing, queries see its writes.
+    """
+
+    sync_session_class = _ReadSyncSession
+    sync_session: _ReadSyncSession
+
+
+class WriteSession(AsyncSession):
+    """``db.write``: an ``AsyncSession`` whose work commits when the unit succeeds.
+
+    An explicit ``await db.write.commit()`` runs the callbacks registered before it
+    right after it succeeds; ``await db.write.rollback()`` drops them.
+    """
+
+    sync_session_class = _WriteSyncSession
+    sync_session: _WriteSyncSession
+
+    async def commit(self) -> None:
+        await super().commit()
+        await self.sync_session._unit.run_committed_callbacks()
+
+    async def rollback(self) -> None:
+        await super().rollback()
+        self.sync_session._unit.callbacks.rolled_back()

@@ -1,0 +1,202 @@
+"""Frozen, validated settings: from explicit arguments first, then ``app.config``.
+
+Every value is checked once, when the settings are built, and a bad value is reported
+with the key it came from.  URLs stay ``sqlalchemy.URL`` objects so that a password is
+never rendered into a log line or an error message.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from sqlalchemy.engine import URL, make_url
+from sqlalchemy.exc import ArgumentError
+
+from .errors import ConfigurationError
+
+#: Settings read from ``app.config`` (and so from ``SANIC_``-prefixed variables),
+#: mapped to the keyword that passes the same setting explicitly.
+CONFIG_KEYS: Mapping[str, str] = {
+    "DATABASE_URL": "url",
+    "DATABASE_READ_URLS": "read_urls",
+    "DATABASE_ECHO": "echo",
+    "DATABASE_POOL_SIZE": "pool_size",
+    "DATABASE_MAX_OVERFLOW": "max_overflow",
+    "DATABASE_POOL_TIMEOUT": "pool_timeout",
+    "DATABASE_POOL_RECYCLE": "pool_recycle",
+    "DATABASE_COMMIT_ON_EXIT": "commit_on_exit",
+}
+_KEY_FOR = {keyword: key for key, keyword in CONFIG_KEYS.items()}
+
+#: A fixed-size pool: under load, overflow connections are opened and closed over
+#: and over (hundreds a second), which costs more than waiting for a pooled one.
+DEFAULT_POOL_SIZE = 10
+DEFAULT_MAX_OVERFLOW = 0
+DEFAULT_POOL_TIMEOUT = 10.0
+#: MySQL and MariaDB drop connections idle longer than ``wait_timeout``; proxies
+#: and firewalls often do so much sooner.
+DEFAULT_MYSQL_POOL_RECYCLE = 3600
+
+_TRUE = {"1", "true", "yes", "on"}
+_FALSE = {"0", "false", "no", "off", ""}
+_BACKENDS = ("sqlite", "postgresql", "mysql", "mariadb")
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything needed to build the engines of one ``Database``."""
+
+    url: URL
+    read_urls: tuple[URL, ...] = ()
+    echo: bool = False
+    pool_size: int = DEFAULT_POOL_SIZE
+    max_overflow: int = DEFAULT_MAX_OVERFLOW
+    pool_timeout: float = DEFAULT_POOL_TIMEOUT
+    pool_recycle: int | None = None
+    commit_on_exit: bool = True
+    engine_options: Mapping[str, Any] = field(default_factory=dict)
+
+    @property
+    def backend(self) -> str:
+        """``sqlite``, ``postgresql`` or ``mysql`` (MariaDB counts as ``mysql``)."""
+        name = self.url.get_backend_name()
+        return "mysql" if name == "mariadb" else name
+
+    @classmethod
+    def build(
+        cls, explicit: Mapping[str, Any], config: Mapping[str, Any] | None = None
+    ) -> Settings:
+        """Merge explicit keyword values over ``config`` values and validate them all.
+
+        ``explicit`` holds keywords (``url``, ``pool_size``…) whose value is not None;
+        ``config`` is a mapping such as ``app.config``.  Keywords that are not
+        settings are passed on to ``create_async_engine`` unchanged.
+        """
+        raw: dict[str, tuple[str, Any]] = {}
+        for key, keyword in CONFIG_KEYS.items():
+            if config is not None and config.get(key) is not None:
+                raw[keyword] = (key, config[key])
+        engine_options: dict[str, Any] = {}
+        for keyword, value in explicit.items():
+            if value is None:
+                continue
+            if keyword in _KEY_FOR:
+                raw[keyword] = (f"{keyword}= (argument)", value)
+            else:
+                engine_options[keyword] = value
+
+        if "url" not in raw:
+            raise ConfigurationError(
+                "No database URL: pass one to Database(url) or db.init_app(app, url), "
+                "or set DATABASE_URL in app.config (SANIC_DATABASE_URL in the "
+                "environment), e.g. 'postgresql+asyncpg://user@host/dbname'."
+            )
+        url = _url(*raw["url"])
+        read_urls = _read_urls(*raw["read_urls"]) if "read_urls" in raw else ()
+        backend = "mysql" if url.get_backend_name() == "mariadb" else url.get_backend_name()
+        for read_url in read_urls:
+            if read_url.get_backend_name() != url.get_backend_name():
+                raise ConfigurationError(
+                    f"{raw['read_urls'][0]}: replica {read_url!r} is not a "
+                    f"{url.get_backend_name()} URL like the primary {url!r}."
+                )
+        default_recycle = DEFAULT_MYSQL_POOL_RECYCLE if backend == "mysql" else None
+        settings = cls(
+            url=url,
+            read_urls=read_urls,
+            echo=_bool(*raw["echo"]) if "echo" in raw else False,
+            pool_size=_int(*raw["pool_size"], minimum=1)
+            if "pool_size" in raw
+            else DEFAULT_POOL_SIZE,
+            max_overflow=_int(*raw["max_overflow"], minimum=0)
+            if "max_overflow" in raw
+            else DEFAULT_MAX_OVERFLOW,
+            pool_timeout=_float(*raw["pool_timeout"])
+            if "pool_timeout" in raw
+            else DEFAULT_POOL_TIMEOUT,
+            pool_recycle=_int(*raw["pool_recycle"], minimum=-1)
+            if "pool_recycle" in raw
+            else default_recycle,
+            commit_on_exit=_bool(*raw["commit_on_exit"]) if "commit_on_exit" in raw else True,
+            engine_options=engine_options,
+        )
+        return settings
+
+
+def _url(key: str, value: Any) -> URL:
+    if isinstance(value, URL):
+        url = value
+    elif isinstance(value, str) and value.strip():
+        try:
+            url = make_url(value.strip())
+        except ArgumentError as error:
+            # The message of ArgumentError quotes the URL, password included.
+            raise ConfigurationError(
+                f"{key}: not a database URL (expected e.g. "
+                "'postgresql+asyncpg://user:password@host/dbname')."
+            ) from error.__cause__
+    else:
+        raise ConfigurationError(f"{key}: expected a URL string, got {type(value).__name__}.")
+    if url.get_backend_name() not in _BACKENDS:
+        raise ConfigurationError(
+            f"{key}: unsupported database {url.get_backend_name()!r}; "
+            "sanic-sqlalchemy supports sqlite, postgresql, mysql and mariadb."
+        )
+    if not url.get_driver_name() or url.get_dialect().is_async is not True:
+        raise ConfigurationError(
+            f"{key}: {url.drivername!r} is not an asyncio driver; use "
+            "'sqlite+aiosqlite', 'postgresql+asyncpg' or 'mysql+asyncmy'."
+        )
+    return url
+
+
+def _read_urls(key: str, value: Any) -> tuple[URL, ...]:
+    items: Iterable[Any]
+    if isinstance(value, str):
+        items = [part for part in (p.strip() for p in value.split(",")) if part]
+    elif isinstance(value, URL):
+        items = [value]
+    elif isinstance(value, Iterable):
+        items = list(value)
+    else:
+        raise ConfigurationError(
+            f"{key}: expected a list of URLs or a comma-separated string, "
+            f"got {type(value).__name__}."
+        )
+    return tuple(_url(key, item) for item in items)
+
+
+def _bool(key: str, value: Any) -> bool:
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, int) and value in (0, 1):
+        return bool(value)
+    if isinstance(value, str) and value.strip().lower() in _TRUE | _FALSE:
+        return value.strip().lower() in _TRUE
+    raise ConfigurationError(f"{key}: expected true or false, got {value!r}.")
+
+
+def _int(key: str, value: Any, *, minimum: int) -> int:
+    try:
+        if isinstance(value, (bool, float)):
+            raise ValueError
+        number = int(value)
+    except (TypeError, ValueError):
+        raise ConfigurationError(f"{key}: expected a whole number, got {value!r}.") from None
+    if number < minimum:
+        raise ConfigurationError(f"{key}: must be at least {minimum}, got {number}.")
+    return number
+
+
+def _float(key: str, value: Any) -> float:
+    try:
+        if isinstance(value, bool):
+            raise ValueError
+        number = float(value)
+    except (TypeError, ValueError):
+        raise ConfigurationError(f"{key}: expected a number of seconds, got {value!r}.") from None
+    if not number > 0:
+        raise ConfigurationError(f"{key}: must be more than 0 seconds, got {value!r}.")
+    return number

@@ -1,0 +1,112 @@
+"""Classifying SQL text on the read path, without parsing more than we must.
+
+The database refuses writes on a read-only connection by itself; these checks cover
+what it cannot refuse: statements that would switch the connection's read-only mode
+off or leave a transaction open in the pool, and (on MySQL/MariaDB, where part of a
+read-write transaction cannot be made read-only) anything that is not a plain query.
+"""
+
+from __future__ import annotations
+
+import re
+
+# Comments, quoted strings and quoted identifiers, removed before looking at keywords
+# so that ``SELECT '; DROP TABLE x'`` stays a SELECT.
+_NOISE = re.compile(
+    r"""
+      --[^\n]*            # line comment
+    | \#[^\n]*            # MySQL line comment
+    | /\*.*?\*/           # block comment
+    | '(?:[^'\\]|\\.|'')*'  # string literal
+    | "(?:[^"\\]|\\.|"")*"  # quoted identifier (or MySQL string)
+    | `[^`]*`             # MySQL quoted identifier
+    | \$(\w*)\$.*?\$\1\$  # PostgreSQL dollar-quoted string
+    """,
+    re.VERBOSE | re.DOTALL,
+)
+_WORD = re.compile(r"[A-Za-z_]+")
+
+#: Statements that change the state of the connection or its transaction.  On the
+#: read path they could switch read-only off for the next user of the pooled
+#: connection, or leave it inside a transaction.
+SESSION_CONTROL = frozenset(
+    {
+        "ABORT",
+        "ATTACH",
+        "BEGIN",
+        "CALL",
+        "COMMIT",
+        "DETACH",
+        "DISCARD",
+        "DO",
+        "END",
+        "HANDLER",
+        "LOAD",
+        "LOCK",
+        "PRAGMA",
+        "PREPARE",
+        "RELEASE",
+        "RESET",
+        "ROLLBACK",
+        "SAVEPOINT",
+        "SET",
+        "START",
+        "UNLOCK",
+        "USE",
+        "XA",
+    }
+)
+
+#: Keywords that begin a statement which reads and changes nothing.
+_QUERY_STARTS = frozenset({"SELECT", "SHOW", "DESCRIBE", "DESC", "EXPLAIN", "VALUES", "TABLE"})
+_DATA_CHANGES = frozenset(
+    {
+        "INSERT",
+        "UPDATE",
+        "DELETE",
+        "REPLACE",
+        "MERGE",
+        "CREATE",
+        "ALTER",
+        "DROP",
+        "TRUNCATE",
+        "RENAME",
+        "GRANT",
+        "REVOKE",
+        "ANALYZE",
+        "OPTIMIZE",
+        "INTO",
+    }
+)
+
+
+def keywords(sql: str) -> list[str]:
+    """The upper-cased words of ``sql`` outside comments, strings and quoted names."""
+    return [word.upper() for word in _WORD.findall(_NOISE.sub(" ", sql))]
+
+
+def session_control_keyword(sql: str) -> str | None:
+    """The first keyword of ``sql`` if it controls the session or transaction."""
+    words = keywords(sql)
+    if words and words[0] in SESSION_CONTROL:
+        return words[0]
+    return None
+
+
+def is_plain_query(sql: str) -> bool:
+    """True when ``sql`` only reads: a SELECT (or WITH … SELECT), SHOW or EXPLAIN.
+
+    ``SELECT … INTO`` and ``EXPLAIN ANALYZE`` (which runs its statement) do not count,
+    and neither does a ``WITH`` whose body changes data.
+    """
+    words = keywords(sql)
+    if not words:
+        return False
+    first = words[0]
+    if first == "WITH":
+        return not _DATA_CHANGES.intersection(words)
+    if first not in _QUERY_STARTS:
+        return False
+    if first == "EXPLAIN" and ("ANALYZE" in words[1:3] or "ANALYSE" in words[1:3]):
+        return False
+    return "INTO" not in words

@@ -1,0 +1,137 @@
+"""A test kit for applications built on sanic-sqlalchemy (and for its own tests).
+
+* ``schema(db, metadata)``: create the tables for a test and drop them afterwards.
+* ``checked_out(db)``: how many connections each pool has lent out right now; a test
+  that ends with anything but zero has leaked a connection.
+* ``CheckoutCounter(db)``: counts pool checkouts, to prove a request took none.
+* ``StatementLog(db)``: records each SQL statement sent, per engine, to count round
+  trips or to see what was sent.
+* ``CommitRecorder``: an on-commit callback that remembers what it was called with.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from sqlalchemy import MetaData, event
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from ..database import Database
+
+__all__ = ["CheckoutCounter", "CommitRecorder", "PoolUse", "StatementLog", "checked_out", "schema"]
+
+
+@contextlib.asynccontextmanager
+async def schema(db: Database, metadata: MetaData) -> AsyncIterator[None]:
+    """Create ``metadata``'s tables through the write engine, drop them on exit."""
+    async with db.engines.write.begin() as connection:
+        await connection.run_sync(metadata.drop_all)
+        await connection.run_sync(metadata.create_all)
+    try:
+        yield
+    finally:
+        async with db.engines.write.begin() as connection:
+            await connection.run_sync(metadata.drop_all)
+
+
+@dataclass(frozen=True)
+class PoolUse:
+    """Connections lent out by each pool at one moment."""
+
+    write: int
+    read: int
+
+    @property
+    def total(self) -> int:
+        return self.write + self.read
+
+
+def checked_out(db: Database) -> PoolUse:
+    """How many connections the write and read pools of ``db`` have lent out now."""
+    engines = db.engines
+    return PoolUse(_checked_out(engines.write), _checked_out(engines.read))
+
+
+def _checked_out(engine: AsyncEngine) -> int:
+    status = getattr(engine.sync_engine.pool, "checkedout", None)
+    return int(status()) if status is not None else 0
+
+
+class CheckoutCounter:
+    """Counts connections taken from the pools of ``db`` while it is attached."""
+
+    def __init__(self, db: Database) -> None:
+        self.count = 0
+        self._pools = [db.engines.write.sync_engine.pool, db.engines.read.sync_engine.pool]
+        for pool in self._pools:
+            event.listen(pool, "checkout", self._on_checkout)
+
+    def _on_checkout(self, *_args: Any) -> None:
+        self.count += 1
+
+    def detach(self) -> None:
+        for pool in self._pools:
+            event.remove(pool, "checkout", self._on_checkout)
+
+
+@dataclass
+class StatementLog:
+    """Records the SQL sent through the engines of ``db``: ``(role, statement)`` pairs.
+
+    Statements the drivers send on their own (asyncpg's ``BEGIN`` and ``COMMIT``) go
+    through the connection's transaction methods, which this log records too, so
+    ``len(log.statements)`` counts what the database was asked to do.
+    """
+
+    db: Database
+    statements: list[tuple[str, str]] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self._listeners: list[tuple[Any, str, Any]] = []
+        for role, engine in (("write", self.db.engines.write), ("read", self.db.engines.read)):
+            self._listen(role, engine)
+
+    def _listen(self, role: str, engine: AsyncEngine) -> None:
+        def on_execute(_conn: Any, _cursor: Any, statement: str, *_rest: Any) -> None:
+            self.statements.append((role, statement))
+
+        def on_begin(_conn: Any) -> None:
+            self.statements.append((role, "BEGIN"))
+
+        def on_commit(_conn: Any) -> None:
+            self.statements.append((role, "COMMIT"))
+
+        def on_rollback(_conn: Any) -> None:
+            self.statements.append((role, "ROLLBACK"))
+
+        target = engine.sync_engine
+        for name, listener in (
+            ("before_cursor_execute", on_execute),
+            ("begin", on_begin),
+            ("commit", on_commit),
+            ("rollback", on_rollback),
+        ):
+            event.listen(target, name, listener)
+            self._listeners.append((target, name, listener))
+
+    def detach(self) -> None:
+        for target, name, listener in self._listeners:
+            event.remove(target, name, listener)
+        self._listeners.clear()
+
+
+class CommitRecorder:
+    """An on-commit callback that records its calls: ``db.on_commit(recorder, x)``."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[tuple[Any, ...], dict[str, Any]]] = []
+
+    def __call__(self, *args: Any, **kwargs: Any) -> None:
+        self.calls.append((args, kwargs))
+
+    @property
+    def args(self) -> list[tuple[Any, ...]]:
+        return [args for args, _ in self.calls]

@@ -1,0 +1,251 @@
+"""The unit of work: two lazy sessions, a callback queue and a cancellation-safe end.
+
+A unit goes ACTIVE → COMMITTED or ROLLED_BACK (its write side is settled; reads may
+go on, as while a streaming response is sent) → ENDED (both sessions closed).  The
+end runs in a task of its own that a cancellation cannot interrupt: the connection
+goes back to the pool and the transaction is finished even when the client hangs up.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable
+from enum import Enum
+from typing import TYPE_CHECKING, Any, TypeVar
+
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from .callbacks import Callback, CallbackQueue, run_callbacks
+from .errors import UnitStateError
+from .gate import Gate
+from .sessions import ReadSession, WriteSession
+
+if TYPE_CHECKING:
+    from sqlalchemy.engine import Connection
+
+    from .database import Database
+    from .dialects import Backend
+    from .engines import Engines
+
+logger = logging.getLogger("sanic_sqlalchemy")
+_T = TypeVar("_T")
+
+
+class UnitState(Enum):
+    """Where a unit of work is in its life."""
+
+    ACTIVE = "active"
+    COMMITTED = "committed"
+    ROLLED_BACK = "rolled back"
+    ENDED = "ended"
+
+
+_WRITE_CLOSED = {
+    UnitState.COMMITTED: (
+        "db.write cannot be used: this unit has already committed (in Sanic, the "
+        "response has started: a streaming response commits before its headers are "
+        "sent). Write before responding, or open a new unit with `async with db:`."
+    ),
+    UnitState.ROLLED_BACK: (
+        "db.write cannot be used: this unit has already rolled back (in Sanic, an "
+        "error response has started). Open a new unit with `async with db:`."
+    ),
+    UnitState.ENDED: (
+        "This unit of work has ended and its sessions are closed. Use db.read and "
+        "db.write inside `async with db:` (or a request), not after it."
+    ),
+}
+
+
+class UnitOfWork:
+    """One request's (or one ``async with db:`` block's) database work."""
+
+    def __init__(self, database: Database, commit_on_exit: bool) -> None:
+        self._database = database
+        self._engines: Engines | None = None
+        self._commit_on_exit = commit_on_exit
+        self._read: ReadSession | None = None
+        self._write: WriteSession | None = None
+        self.state = UnitState.ACTIVE
+        self.owner = asyncio.current_task()
+        self.depth = 0
+        self.callbacks = CallbackQueue()
+        self.read_gate = Gate()
+        self.write_gate = Gate()
+        #: The connection of the open write transaction, which reads then share.
+        self.writer_connection: Connection | None = None
+        #: The connection the read session's current transaction is bound to.
+        self.read_bound_to: Connection | None = None
+        self.reading_on_writer = False
+        self.has_written = False
+        self._write_began = False
+
+    # -- sessions ---------------------------------------------------------------
+
+    @property
+    def engines(self) -> Engines:
+        if self._engines is None:
+            self._engines = self._database.engines
+        return self._engines
+
+    @property
+    def backend(self) -> Backend:
+        return self.engines.backend
+
+    @property
+    def read(self) -> ReadSession:
+        """The read-only session, created on first access."""
+        session = self._read
+        if session is None:
+            self.check_readable()
+            session = ReadSession(bind=self.engines.read, expire_on_commit=False, autoflush=False)
+            session.sync_session.join_transaction_mode = "rollback_only"
+            session.sync_session._unit = self
+            self._read = session
+        elif self.state is UnitState.ENDED:
+            raise UnitStateError(_WRITE_CLOSED[UnitState.ENDED])
+        return session
+
+    @property
+    def write(self) -> WriteSession:
+        """The write session, created on first access."""
+        session = self._write
+        if session is None:
+            self.check_writable()
+            session = WriteSession(bind=self.engines.write, expire_on_commit=False)
+            session.sync_session._unit = self
+            self._write = session
+        elif self.state is not UnitState.ACTIVE:
+            raise UnitStateError(_WRITE_CLOSED[self.state])
+        return session
+
+    def check_readable(self) -> None:
+        if self.state is UnitState.ENDED:
+            raise UnitStateError(_WRITE_CLOSED[UnitState.ENDED])
+
+    def check_writable(self) -> None:
+        if self.state is not UnitState.ACTIVE:
+            raise UnitStateError(_WRITE_CLOSED[self.state])
+
+    def write_began(self, connection: Connection) -> None:
+        self.writer_connection = connection
+        self._write_began = True
+
+    def write_ended(self) -> None:
+        self.writer_connection = None
+
+    # -- callbacks --------------------------------------------------------------
+
+    def on_commit(
+        self, func: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> None:
+        """Queue ``func(*args, **kwargs)`` for after the commit of the current work."""
+        if self.state is not UnitState.ACTIVE:
+            raise UnitStateError(
+                f"db.on_commit cannot be used: this unit has already {self.state.value}, "
+                "so no later commit will run the callback. Call it directly instead."
+            )
+        savepoint = None
+        if self._write is not None:
+            savepoint = self._write.sync_session.get_nested_transaction()
+        self.callbacks.add(Callback(func, args, kwargs, savepoint))
+
+    async def run_committed_callbacks(self) -> None:
+        """Run the callbacks made ready by a commit that just succeeded."""
+        ready = self.callbacks.take_ready()
+        if ready:
+            await self._shielded(self._run_outside(ready))
+
+    async def _run_outside(self, callbacks: list[Callback]) -> None:
+        await run_callbacks(callbacks, self._database.on_callback_error)
+
+    # -- the end ----------------------------------------------------------------
+
+    async def settle(self, success: bool) -> None:
+        """Commit (on success) or roll back the write side; run or drop callbacks.
+
+        Reads keep working afterwards until ``end()``.  A failing commit raises,
+        after rolling back and dropping the callbacks.
+        """
+        if self.state is not UnitState.ACTIVE:
+            return
+        if self._write is None:
+            # Nothing was written: no transaction to finish, no task to spawn.
+            self.state = UnitState.COMMITTED if success else UnitState.ROLLED_BACK
+            if success and self.callbacks:
+                await self._shielded(
+                    self._run_outside(self.callbacks.take_ready(include_pending=True))
+                )
+            else:
+                self.callbacks.drop_all()
+            return
+        await self._shielded(self._settle_write(self._write, success))
+
+    async def _settle_write(self, write: WriteSession, success: bool) -> None:
+        committed = False
+        try:
+            if success and self._commit_on_exit:
+                if write.in_transaction():
+                    await AsyncSession.commit(write)
+                committed = True
+            elif write.in_transaction():
+                await AsyncSession.rollback(write)
+        except BaseException:
+            self.callbacks.drop_all()
+            self.state = UnitState.ROLLED_BACK
+            await self._close(write)
+            raise
+        self.state = UnitState.COMMITTED if success else UnitState.ROLLED_BACK
+        await self._close(write)
+        if committed or (success and not self._write_began):
+            ready = self.callbacks.take_ready(include_pending=True)
+        else:
+            # commit_on_exit=False: what was registered since the last commit waited
+            # for a commit that never came.
+            ready = self.callbacks.take_ready()
+            self.callbacks.drop_all()
+        if ready:
+            await self._run_outside(ready)
+
+    async def end(self, success: bool) -> None:
+        """Settle the unit if not yet settled, then close both sessions."""
+        try:
+            await self.settle(success)
+        finally:
+            if self.state is not UnitState.ENDED:
+                self.state = UnitState.ENDED
+                read = self._read
+                if read is not None:
+                    await self._shielded(self._close(read))
+
+    @staticmethod
+    async def _close(session: AsyncSession) -> None:
+        await session.close()
+
+    async def _shielded(self, work: Awaitable[_T]) -> _T:
+        """Run ``work`` to completion even if the calling task is cancelled meanwhile.
+
+        The work runs in its own task, outside any unit (callbacks may open their own).
+        A cancellation of the caller is re-raised once the work is done.
+        """
+        context = self._database.scope.outside()
+        task: asyncio.Future[_T] = context.run(asyncio.ensure_future, work)
+        try:
+            return await asyncio.shield(task)
+        except asyncio.CancelledError:
+            if task.cancelled():
+                raise
+            while not task.done():
+                try:
+                    await asyncio.shield(task)
+                except asyncio.CancelledError:
+                    continue
+                except BaseException:
+                    break
+            if not task.cancelled() and task.exception() is not None:
+                logger.error(
+                    "the end of a cancelled unit of work failed",
+                    exc_info=task.exception(),
+                )
+            raise

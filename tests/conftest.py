@@ -1,0 +1,143 @@
+"""Fixtures: one Database per test on each backend, real Sanic servers on loopback.
+
+Backends come from ``TEST_POSTGRES_URL`` and ``TEST_MYSQL_URL``; SQLite always runs.
+When ``CI`` (or ``SANIC_SQLALCHEMY_REQUIRE_BACKENDS``) is set, a backend whose URL is
+missing fails the test instead of skipping it: a green CI run means every backend ran.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+import uuid
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from sanic import Sanic
+from sqlalchemy import select
+
+from sanic_sqlalchemy import Database
+from sanic_sqlalchemy.testing import checked_out, schema
+
+from .models import Base, User
+
+BACKENDS = ("sqlite", "postgresql", "mysql")
+_URL_VARIABLES = {"postgresql": "TEST_POSTGRES_URL", "mysql": "TEST_MYSQL_URL"}
+
+
+def backends_required() -> bool:
+    return bool(os.environ.get("CI") or os.environ.get("SANIC_SQLALCHEMY_REQUIRE_BACKENDS"))
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    if "backend" in metafunc.fixturenames:
+        marker = metafunc.definition.get_closest_marker("backends")
+        names = marker.args if marker else BACKENDS
+        metafunc.parametrize("backend", names, indirect=True)
+
+
+@pytest.fixture
+def backend(request: pytest.FixtureRequest) -> str:
+    name: str = request.param
+    return name
+
+
+def backend_url(name: str, tmp_path: Path) -> str:
+    """The URL of a test database on backend ``name``; skip (or fail in CI) if unset."""
+    if name == "sqlite":
+        return f"sqlite+aiosqlite:///{tmp_path / 'test.db'}"
+    variable = _URL_VARIABLES[name]
+    url = os.environ.get(variable)
+    if not url:
+        message = f"{variable} is not set: the {name} backend cannot be tested"
+        if backends_required():
+            pytest.fail(message)
+        pytest.skip(message)
+    return url
+
+
+@pytest.fixture
+def url(backend: str, tmp_path: Path) -> str:
+    return backend_url(backend, tmp_path)
+
+
+@pytest.fixture
+async def db(url: str) -> AsyncIterator[Database]:
+    """A Database on the test backend with fresh tables; checks nothing leaked."""
+    database = Database(url, pool_size=5, pool_timeout=5)
+    async with schema(database, Base.metadata):
+        yield database
+        assert checked_out(database).total == 0, "a connection was not returned to the pool"
+    await database.dispose()
+
+
+async def count_users(db: Database) -> int:
+    """Rows in users, read in a unit of its own."""
+    async with db:
+        return len((await db.read.execute(select(User))).scalars().all())
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def make_app(name: str = "test") -> Sanic[Any, Any]:
+    """A Sanic app with a name unique in this process."""
+    Sanic.test_mode = True
+    return Sanic(f"{name}_{uuid.uuid4().hex[:12]}")
+
+
+class Served:
+    """A Sanic app served on loopback by this test's event loop, with a client."""
+
+    def __init__(self, app: Sanic[Any, Any], port: int) -> None:
+        self.app = app
+        self.url = f"http://127.0.0.1:{port}"
+        self.client = httpx.AsyncClient(base_url=self.url, timeout=30)
+
+
+@pytest.fixture
+async def serve() -> AsyncIterator[Callable[[Sanic[Any, Any]], Any]]:
+    """``await serve(app)`` starts ``app`` in this loop; everything stops at teardown."""
+    running: list[tuple[Any, Served]] = []
+
+    async def start(app: Sanic[Any, Any]) -> Served:
+        port = free_port()
+        server = await app.create_server(
+            host="127.0.0.1", port=port, return_asyncio_server=True, access_log=False
+        )
+        assert server is not None
+        await server.startup()
+        await server.before_start()
+        await server.after_start()
+        served = Served(app, port)
+        running.append((server, served))
+        return served
+
+    yield start
+    for server, served in reversed(running):
+        await served.client.aclose()
+        await server.before_stop()
+        server.close()
+        await server.wait_closed()
+        await server.after_stop()
+    await asyncio.sleep(0)
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    """In CI a skipped test fails the run: green must mean every backend ran."""
+    if not backends_required():
+        return
+    reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+    skipped = len(reporter.stats.get("skipped", [])) if reporter is not None else 0
+    if skipped and exitstatus == 0:
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
+        if reporter is not None:
+            reporter.write_line(f"CI: {skipped} test(s) skipped; every backend must run", red=True)
