@@ -232,6 +232,12 @@ class SQLite(Backend):
             # IMMEDIATE takes the write lock at once, so a transaction that read first
             # cannot fail later when it upgrades to writing.
             event.listen(sync_engine, "begin", _sqlite_begin_immediate)
+        # A COMMIT refused by a deferred constraint leaves SQLite's transaction open
+        # (and its write lock held) while SQLAlchemy considers it over.
+        event.listen(sync_engine.pool, "checkin", _sqlite_end_leftover_transaction)
+
+    def is_unsafe_for(self, role: Role, driver_connection: Any) -> bool:
+        return bool(driver_connection.in_transaction)
 
     def is_read_only_violation(self, error: BaseException | None) -> bool:
         return getattr(error, "sqlite_errorcode", None) == 8 or "readonly database" in str(error)
@@ -276,6 +282,11 @@ def _sqlite_read_connection(dbapi_connection: Any, _record: Any) -> None:
         cursor.execute("PRAGMA query_only = ON")
     finally:
         cursor.close()
+
+
+def _sqlite_end_leftover_transaction(dbapi_connection: Any, _record: Any) -> None:
+    if dbapi_connection is not None and dbapi_connection.driver_connection.in_transaction:
+        dbapi_connection.rollback()
 
 
 def _sqlite_begin_immediate(connection: Connection) -> None:

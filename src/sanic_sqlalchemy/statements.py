@@ -85,12 +85,46 @@ def keywords(sql: str) -> list[str]:
     return [word.upper() for word in _WORD.findall(_NOISE.sub(" ", sql))]
 
 
+#: SQLite pragmas that only report (``PRAGMA table_info(users)``); SQLAlchemy's own
+#: reflection uses them.  Any other pragma, and any ``PRAGMA x = value``, is refused.
+_REPORTING_PRAGMAS = frozenset(
+    {
+        "TABLE_INFO",
+        "TABLE_XINFO",
+        "TABLE_LIST",
+        "INDEX_LIST",
+        "INDEX_INFO",
+        "INDEX_XINFO",
+        "FOREIGN_KEY_LIST",
+        "FOREIGN_KEY_CHECK",
+        "DATABASE_LIST",
+        "COLLATION_LIST",
+        "FUNCTION_LIST",
+        "PRAGMA_LIST",
+        "COMPILE_OPTIONS",
+        "INTEGRITY_CHECK",
+        "QUICK_CHECK",
+    }
+)
+
+
 def session_control_keyword(sql: str) -> str | None:
     """The first keyword of ``sql`` if it controls the session or transaction."""
     words = keywords(sql)
-    if words and words[0] in SESSION_CONTROL:
-        return words[0]
-    return None
+    if not words or words[0] not in SESSION_CONTROL:
+        return None
+    if words[0] == "PRAGMA" and _is_reporting_pragma(sql, words):
+        return None
+    return words[0]
+
+
+def _is_reporting_pragma(sql: str, words: list[str]) -> bool:
+    if "=" in _NOISE.sub(" ", sql):
+        return False
+    name = words[1:]
+    if len(name) > 1 and name[0] in ("MAIN", "TEMP"):
+        name = name[1:]  # PRAGMA main.table_info(...)
+    return bool(name) and name[0] in _REPORTING_PRAGMAS
 
 
 def is_plain_query(sql: str) -> bool:

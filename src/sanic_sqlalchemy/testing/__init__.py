@@ -3,6 +3,7 @@
 * ``schema(db, metadata)``: create the tables for a test and drop them afterwards.
 * ``checked_out(db)``: how many connections each pool has lent out right now; a test
   that ends with anything but zero has leaked a connection.
+* ``wait_until_idle(db)``: wait until every connection is back in its pool.
 * ``CheckoutCounter(db)``: counts pool checkouts, to prove a request took none.
 * ``StatementLog(db)``: records each SQL statement sent, per engine, to count round
   trips or to see what was sent.
@@ -11,6 +12,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -21,7 +23,15 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from ..database import Database
 
-__all__ = ["CheckoutCounter", "CommitRecorder", "PoolUse", "StatementLog", "checked_out", "schema"]
+__all__ = [
+    "CheckoutCounter",
+    "CommitRecorder",
+    "PoolUse",
+    "StatementLog",
+    "checked_out",
+    "schema",
+    "wait_until_idle",
+]
 
 
 @contextlib.asynccontextmanager
@@ -55,6 +65,21 @@ def checked_out(db: Database) -> PoolUse:
     return PoolUse(_checked_out(engines.write), _checked_out(engines.read))
 
 
+async def wait_until_idle(db: Database, timeout: float = 2.0) -> PoolUse:
+    """Wait (polling) until no connection of ``db`` is lent out; return the last count.
+
+    A streamed response reaches the client before its unit has finished closing, so
+    a test that checks the pools right after one should wait here first.
+    """
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    use = checked_out(db)
+    while use.total and loop.time() < deadline:
+        await asyncio.sleep(0.01)
+        use = checked_out(db)
+    return use
+
+
 def _checked_out(engine: AsyncEngine) -> int:
     status = getattr(engine.sync_engine.pool, "checkedout", None)
     return int(status()) if status is not None else 0
@@ -81,9 +106,10 @@ class CheckoutCounter:
 class StatementLog:
     """Records the SQL sent through the engines of ``db``: ``(role, statement)`` pairs.
 
-    Statements the drivers send on their own (asyncpg's ``BEGIN`` and ``COMMIT``) go
-    through the connection's transaction methods, which this log records too, so
-    ``len(log.statements)`` counts what the database was asked to do.
+    ``BEGIN``, ``COMMIT`` and ``ROLLBACK`` of the write engine go through the driver's
+    transaction methods, which this log records as such; the read engine runs in
+    autocommit, where those methods send nothing (except MySQL drivers, which still
+    send a ``ROLLBACK`` when a read connection goes back to the pool).
     """
 
     db: Database
@@ -108,12 +134,10 @@ class StatementLog:
             self.statements.append((role, "ROLLBACK"))
 
         target = engine.sync_engine
-        for name, listener in (
-            ("before_cursor_execute", on_execute),
-            ("begin", on_begin),
-            ("commit", on_commit),
-            ("rollback", on_rollback),
-        ):
+        listeners: list[tuple[str, Any]] = [("before_cursor_execute", on_execute)]
+        if role == "write":
+            listeners += [("begin", on_begin), ("commit", on_commit), ("rollback", on_rollback)]
+        for name, listener in listeners:
             event.listen(target, name, listener)
             self._listeners.append((target, name, listener))
 

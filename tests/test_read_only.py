@@ -1,0 +1,180 @@
+"""``db.read`` cannot change data: the database refuses, and so does the library."""
+
+from __future__ import annotations
+
+import pytest
+from sqlalchemy import delete, insert, inspect, select, text, update
+
+from sanic_sqlalchemy import Database, ReadOnlyError
+from sanic_sqlalchemy.statements import is_plain_query, session_control_keyword
+from sanic_sqlalchemy.testing import StatementLog
+
+from .conftest import count_users
+from .models import User
+
+WRITES = [
+    "INSERT INTO users (id, name, email) VALUES (50, 'x', 'x@example.com')",
+    "UPDATE users SET name = 'changed'",
+    "DELETE FROM users",
+    "CREATE TABLE read_only_probe (id INTEGER)",
+    "DROP TABLE users",
+]
+
+
+async def seed(db: Database) -> None:
+    async with db:
+        db.write.add(User(id=1, name="Ada", email="ada@example.com"))
+
+
+async def names(db: Database) -> list[str]:
+    async with db:
+        return list((await db.read.execute(select(User.name))).scalars().all())
+
+
+@pytest.mark.parametrize("statement", WRITES)
+async def test_raw_writes_are_refused_by_the_database(db: Database, statement: str) -> None:
+    """INSERT, UPDATE, DELETE, CREATE and DROP through ``db.read`` change nothing."""
+    await seed(db)
+    with pytest.raises(ReadOnlyError, match="read-only") as caught:
+        async with db:
+            await db.read.execute(text(statement))
+    assert caught.value.__cause__ is not None  # the database's own refusal
+    assert await names(db) == ["Ada"]
+    async with db.engines.write.connect() as connection:
+        exists = await connection.run_sync(lambda sync: inspect(sync).has_table("read_only_probe"))
+    assert exists is False
+
+
+@pytest.mark.parametrize(
+    "statement",
+    [
+        insert(User).values(id=50, name="x", email="x@example.com"),
+        update(User).values(name="changed"),
+        delete(User),
+    ],
+    ids=["insert", "update", "delete"],
+)
+async def test_core_writes_are_refused(db: Database, statement: object) -> None:
+    """Core DML executed through ``db.read`` is refused and changes nothing."""
+    await seed(db)
+    with pytest.raises(ReadOnlyError):
+        async with db:
+            await db.read.execute(statement)  # type: ignore[call-overload]
+    assert await names(db) == ["Ada"]
+
+
+async def test_orm_flush_is_refused_before_any_sql(db: Database) -> None:
+    """Flushing pending objects through ``db.read`` raises before sending anything."""
+    await seed(db)
+    log = StatementLog(db)
+    try:
+        async with db:
+            user = (await db.read.execute(select(User))).scalar_one()
+            sent = len(log.statements)
+            user.name = "changed"
+            db.read.add(User(id=2, name="Bob", email="bob@example.com"))
+            with pytest.raises(ReadOnlyError, match="refuses to flush"):
+                await db.read.flush()
+            with pytest.raises(ReadOnlyError):
+                await db.read.commit()
+            assert len(log.statements) == sent
+    finally:
+        log.detach()
+    assert await names(db) == ["Ada"]
+
+
+async def test_read_statement_costs_one_round_trip(db: Database) -> None:
+    """A read outside any write transaction sends just the query: no BEGIN, no ROLLBACK."""
+    await seed(db)
+    log = StatementLog(db)
+    try:
+        async with db:
+            await db.read.execute(select(User).where(User.id == 1))
+    finally:
+        log.detach()
+    assert [role for role, _ in log.statements] == ["read"]
+    assert log.statements[0][1].lstrip().upper().startswith("SELECT")
+
+
+@pytest.mark.parametrize(
+    "statement",
+    [
+        "SET default_transaction_read_only = off",
+        "SET SESSION TRANSACTION READ WRITE",
+        "BEGIN",
+        "START TRANSACTION READ WRITE",
+        "COMMIT",
+        "PRAGMA query_only = 0",
+        "/* sneaky */ SET transaction_read_only = 0",
+    ],
+)
+async def test_session_control_is_refused(db: Database, statement: str) -> None:
+    """Statements that could switch read-only off or open a transaction are refused."""
+    await seed(db)
+    with pytest.raises(ReadOnlyError, match="refuses"):
+        async with db:
+            await db.read.execute(text(statement))
+    with pytest.raises(ReadOnlyError):
+        async with db:
+            await db.read.execute(text("DELETE FROM users"))
+    assert await names(db) == ["Ada"]
+
+
+@pytest.mark.parametrize("statement", WRITES[:3])
+async def test_refused_inside_a_writing_unit_and_unit_stays_usable(
+    db: Database, statement: str
+) -> None:
+    """After the unit wrote, ``db.read`` still refuses writes and the unit still commits."""
+    await seed(db)
+    async with db:
+        db.write.add(User(id=2, name="Bob", email="bob@example.com"))
+        await db.write.flush()
+        with pytest.raises(ReadOnlyError):
+            await db.read.execute(text(statement))
+        assert sorted((await db.read.execute(select(User.name))).scalars().all()) == [
+            "Ada",
+            "Bob",
+        ]
+        db.write.add(User(id=3, name="Cy", email="cy@example.com"))
+    assert sorted(await names(db)) == ["Ada", "Bob", "Cy"]
+
+
+async def test_commit_through_read_cannot_commit_the_write(db: Database) -> None:
+    """``COMMIT`` through ``db.read`` in a writing unit is refused; a failure still rolls back."""
+    with pytest.raises(RuntimeError):
+        async with db:
+            db.write.add(User(id=1, name="Ada", email="ada@example.com"))
+            await db.write.flush()
+            with pytest.raises(ReadOnlyError):
+                await db.read.execute(text("COMMIT"))
+            raise RuntimeError("fail the unit")
+    assert await count_users(db) == 0
+
+
+async def test_hostile_string_through_read_is_a_parameter(db: Database) -> None:
+    """A hostile value bound into a ``db.read`` query is compared, never executed."""
+    await seed(db)
+    hostile = "x'; DELETE FROM users; --"
+    async with db:
+        result = await db.read.execute(
+            text("SELECT count(*) FROM users WHERE name = :name"), {"name": hostile}
+        )
+        assert result.scalar_one() == 0
+    assert await names(db) == ["Ada"]
+
+
+def test_statement_classification() -> None:
+    """The text checks see through comments and strings and catch DML hidden in WITH."""
+    assert session_control_keyword("  -- note\n set x = 1") == "SET"
+    assert session_control_keyword("SELECT 'SET x'") is None
+    assert is_plain_query("SELECT * FROM t WHERE a = 'DELETE'")
+    assert is_plain_query("with x as (select 1) select * from x")
+    assert not is_plain_query("WITH x AS (SELECT 1) DELETE FROM t")
+    assert not is_plain_query("SELECT 1 INTO @v")
+    assert not is_plain_query("EXPLAIN ANALYZE DELETE FROM t")
+    assert not is_plain_query("UPDATE t SET a = 1")
+    assert not is_plain_query("")
+    assert session_control_keyword("PRAGMA table_info(users)") is None
+    assert session_control_keyword("PRAGMA main.table_info('users')") is None
+    assert session_control_keyword("PRAGMA query_only(0)") == "PRAGMA"
+    assert session_control_keyword("PRAGMA query_only = OFF") == "PRAGMA"
