@@ -12,14 +12,12 @@ from typing import TYPE_CHECKING, Any, ParamSpec
 from .callbacks import CallbackErrorHook
 from .context import UnitScope
 from .engines import Engines
-from .errors import EngineNotInitialisedError, NoActiveUnitError
+from .errors import ConfigurationError, EngineNotInitialisedError, NoActiveUnitError
 from .sessions import ReadSession, WriteSession
 from .settings import Settings
 from .unit import UnitOfWork, UnitState
 
 if TYPE_CHECKING:
-    from contextvars import Token
-
     from sanic import Sanic
 
 P = ParamSpec("P")
@@ -58,14 +56,13 @@ class Database:
             "commit_on_exit": commit_on_exit,
             **options,
         }
-        self._settings: Settings | None = (
-            Settings.build(self._explicit) if url is not None else None
-        )
+        self._settings: Settings | None = None
+        if url is not None:
+            self._settings = _supported(Settings.build(self._explicit))
         self._engines: Engines | None = None
         #: Called as ``hook(error, callback)`` when an on-commit callback raises.
         self.on_callback_error: CallbackErrorHook | None = on_callback_error
         self.scope = UnitScope(f"sanic_sqlalchemy_unit_{next(_ids)}")
-        self._tokens: dict[int, Token[UnitOfWork | None]] = {}
 
     # -- configuration and engines ---------------------------------------------
 
@@ -91,7 +88,7 @@ class Database:
         explicit = dict(self._explicit)
         given = {"url": url, "read_urls": read_urls, "commit_on_exit": commit_on_exit, **options}
         explicit.update({key: value for key, value in given.items() if value is not None})
-        self._settings = Settings.build(explicit, app.config)
+        self._settings = _supported(Settings.build(explicit, app.config))
         install(self, app)
 
     @property
@@ -143,7 +140,7 @@ class Database:
             current.depth += 1
             return current
         unit = self.open_unit()
-        self._tokens[id(unit)] = self.scope.enter(unit)
+        unit.token = self.scope.enter(unit)
         return unit
 
     async def __aexit__(
@@ -158,11 +155,11 @@ class Database:
         if unit.depth:
             unit.depth -= 1
             return
-        token = self._tokens.pop(id(unit))
         try:
             await unit.end(succeeded(exc))
         finally:
-            self.scope.leave(token)
+            if unit.token is not None:
+                self.scope.leave(unit.token)
 
     def current_unit(self, name: str = "db.read") -> UnitOfWork:
         """The open unit of the running task; ``NoActiveUnitError`` if there is none."""
@@ -204,6 +201,15 @@ class Database:
     # Names kept from the hand-written DBSession wrappers this library replaces.
     add_post_process = on_commit
     post_process = after_commit
+
+
+def _supported(settings: Settings) -> Settings:
+    if settings.read_urls:
+        raise ConfigurationError(
+            "DATABASE_READ_URLS: read replicas are not supported by this version yet; "
+            "remove the setting (db.read then uses a read-only pool on the primary)."
+        )
+    return settings
 
 
 def succeeded(error: BaseException | None) -> bool:

@@ -22,6 +22,8 @@ from .gate import Gate
 from .sessions import ReadSession, WriteSession
 
 if TYPE_CHECKING:
+    from contextvars import Token
+
     from sqlalchemy.engine import Connection
 
     from .database import Database
@@ -69,7 +71,10 @@ class UnitOfWork:
         self._write: WriteSession | None = None
         self.state = UnitState.ACTIVE
         self.owner = asyncio.current_task()
+        #: How many ``async with db:`` blocks joined this unit beyond the first.
         self.depth = 0
+        #: Restores the previous current unit when an ``async with db:`` unit exits.
+        self.token: Token[UnitOfWork | None] | None = None
         self.callbacks = CallbackQueue()
         self.read_gate = Gate()
         self.write_gate = Gate()
