@@ -14,7 +14,7 @@ from sqlalchemy import ForeignKey, Integer, String, select
 from sqlalchemy import text as sql
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
-from sanic_sqlalchemy import Database
+from sanic_sqlalchemy import Database, NoActiveUnitError
 from sanic_sqlalchemy.errors import UnitStateError
 from sanic_sqlalchemy.testing import (
     CheckoutCounter,
@@ -449,3 +449,29 @@ async def test_engines_are_created_per_server_start(db: Database, serve: Any) ->
     served = await serve(app)
     await served.client.get("/")
     assert engines_seen[0] is not before
+
+
+async def test_websocket_handlers_open_their_own_units(db: Database, serve: Any) -> None:
+    """A websocket gets no request-long unit; ``async with db`` inside it commits per message."""
+    from websockets.asyncio.client import connect
+
+    app = make_app("websocket")
+
+    @app.websocket("/ws")
+    async def feed(_request: Request, ws: Any) -> None:
+        try:
+            _ = db.read
+        except NoActiveUnitError:
+            await ws.send("no unit")
+        async for message in ws:
+            async with db:
+                db.write.add(User(id=int(message), name="ws", email=f"{message}@example.com"))
+            await ws.send(f"saved {message}")
+
+    db.init_app(app)
+    served = await serve(app)
+    async with connect(served.url.replace("http", "ws") + "/ws") as ws:
+        assert await ws.recv() == "no unit"
+        await ws.send("1")
+        assert await ws.recv() == "saved 1"
+        assert await count_users(db) == 1

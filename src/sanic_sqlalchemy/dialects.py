@@ -30,7 +30,6 @@ from typing import Any
 from sqlalchemy import event
 from sqlalchemy.engine import URL, Connection
 from sqlalchemy.ext.asyncio import AsyncEngine
-from sqlalchemy.util import await_only
 
 from .errors import ReadOnlyError
 from .settings import Settings
@@ -138,22 +137,22 @@ class PostgreSQL(Backend):
 
     @contextlib.contextmanager
     def read_inside_write(self, connection: Connection, is_query: bool) -> Iterator[None]:
-        driver = connection.connection.driver_connection
-        assert driver is not None
-        await_only(driver.execute(f"SAVEPOINT {_SAVEPOINT}; SET TRANSACTION READ ONLY"))
+        # Through SQLAlchemy, not the raw driver: a connection that died here must be
+        # reported and invalidated like any other disconnect.
+        connection.exec_driver_sql(f"SAVEPOINT {_SAVEPOINT}")
+        connection.exec_driver_sql("SET TRANSACTION READ ONLY")
         try:
             yield
         except Exception:
-            await_only(
-                driver.execute(
-                    f"ROLLBACK TO SAVEPOINT {_SAVEPOINT}; RELEASE SAVEPOINT {_SAVEPOINT}"
-                )
-            )
+            _leave_savepoint(connection)
             raise
         # A cancellation skips this: the connection is then invalidated anyway.
-        await_only(
-            driver.execute(f"ROLLBACK TO SAVEPOINT {_SAVEPOINT}; RELEASE SAVEPOINT {_SAVEPOINT}")
-        )
+        _leave_savepoint(connection)
+
+
+def _leave_savepoint(connection: Connection) -> None:
+    connection.exec_driver_sql(f"ROLLBACK TO SAVEPOINT {_SAVEPOINT}")
+    connection.exec_driver_sql(f"RELEASE SAVEPOINT {_SAVEPOINT}")
 
 
 class MySQL(Backend):
@@ -250,8 +249,7 @@ class SQLite(Backend):
             yield
         finally:
             connection.exec_driver_sql("PRAGMA query_only = 0")
-            connection.exec_driver_sql(f"ROLLBACK TO SAVEPOINT {_SAVEPOINT}")
-            connection.exec_driver_sql(f"RELEASE SAVEPOINT {_SAVEPOINT}")
+            _leave_savepoint(connection)
 
     def cleanup(self) -> None:
         if self._ephemeral is not None:

@@ -2,7 +2,8 @@
 
 Every request is a unit of work:
 
-* ``http.lifecycle.handle`` opens it, before request middleware runs;
+* ``http.lifecycle.handle`` opens it, before request middleware runs (a websocket
+  handler gets none: it opens its own units with ``async with db:``);
 * ``Request.respond`` settles it once the final response is known and before any
   byte of it is sent: a status below 400 commits, anything else rolls back, and a
   failing commit raises there, so that Sanic answers 500 instead of a 2xx.  This is
@@ -110,6 +111,12 @@ def _install_signals(app: Sanic[Any, Any], databases: list[Database]) -> None:
         if conn_ctx is not None:
             setattr(conn_ctx, _UNITS, opened)
 
+    async def leave_websockets_alone(request: Request, handler: Any, **_context: Any) -> None:
+        if hasattr(handler, "is_websocket"):
+            # A websocket lives for minutes: one unit for all of it would hold a
+            # transaction open that long. Its handler opens units with `async with db:`.
+            await _close_request(request, success=False)
+
     async def close_units(request: Request, response: Any) -> None:
         await _close_request(request, success=getattr(response, "status", 500) < 400)
 
@@ -123,6 +130,7 @@ def _install_signals(app: Sanic[Any, Any], databases: list[Database]) -> None:
         await _close(getattr(conn_info.ctx, _UNITS, None), success=False)
 
     app.signal("http.lifecycle.handle", priority=_PRIORITY)(open_units)
+    app.signal("http.routing.after", priority=_PRIORITY)(leave_websockets_alone)
     app.signal("http.lifecycle.response", priority=-_PRIORITY)(close_units)
     app.signal("http.lifecycle.exception", priority=-_PRIORITY)(close_after_error)
     app.signal("http.lifecycle.complete", priority=-_PRIORITY)(close_with_connection)

@@ -195,7 +195,7 @@ class UnitOfWork:
                     await AsyncSession.commit(write)
                 committed = True
             elif write.in_transaction():
-                await AsyncSession.rollback(write)
+                await self._rollback(write)
         except BaseException:
             self.callbacks.drop_all()
             self.state = UnitState.ROLLED_BACK
@@ -213,6 +213,20 @@ class UnitOfWork:
         if ready:
             await self._run_outside(ready)
 
+    @staticmethod
+    async def _rollback(write: WriteSession) -> None:
+        try:
+            await AsyncSession.rollback(write)
+        except Exception:
+            # The unit is failing already, or has nothing to keep: a rollback that
+            # fails (typically because the connection died, which ends the server's
+            # transaction anyway) must not replace the error the caller is about to
+            # see. The connection is discarded when the session closes.
+            logger.warning(
+                "rolling back a unit of work failed; its connection is discarded",
+                exc_info=True,
+            )
+
     async def end(self, success: bool) -> None:
         """Settle the unit if not yet settled, then close both sessions."""
         try:
@@ -226,7 +240,12 @@ class UnitOfWork:
 
     @staticmethod
     async def _close(session: AsyncSession) -> None:
-        await session.close()
+        try:
+            await session.close()
+        except Exception:
+            # Closing returns the connection to the pool, which discards it if it
+            # cannot be reset; whatever the unit committed stays committed.
+            logger.warning("closing a session failed; its connection is discarded", exc_info=True)
 
     async def _shielded(self, work: Awaitable[_T]) -> _T:
         """Run ``work`` to completion even if the calling task is cancelled meanwhile.
