@@ -1,43 +1,66 @@
 """The one ContextVar that holds a Database's current unit of work.
 
 Child tasks inherit a copy of their parent's context, so they see the parent's unit;
-``async with db:`` in a child task opens a unit of its own (see ``Database``).
+``async with db:`` in a child task opens a unit of its own (see ``Database``).  When no
+unit is set, an integration may supply one (Sanic: the current request's unit, created
+on first use); ``outside()`` makes a context where neither counts, for on-commit
+callbacks, which run outside any unit.
 """
 
 from __future__ import annotations
 
 import contextvars
+from collections.abc import Callable
 from contextvars import ContextVar, Token
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Final
 
 if TYPE_CHECKING:
     from .unit import UnitOfWork
 
 
+class _Outside:
+    """Marks a context as outside any unit, ambient ones included."""
+
+
+OUTSIDE: Final = _Outside()
+
+UnitProvider = Callable[[], "UnitOfWork | None"]
+
+
 class UnitScope:
     """Which unit is current for one ``Database`` in the running context."""
 
-    __slots__ = ("_var",)
+    __slots__ = ("_var", "provider")
 
     def __init__(self, name: str) -> None:
-        self._var: ContextVar[UnitOfWork | None] = ContextVar(name, default=None)
+        self._var: ContextVar[UnitOfWork | _Outside | None] = ContextVar(name, default=None)
+        #: Supplies the unit when none is set here (the Sanic request's unit).
+        self.provider: UnitProvider | None = None
 
     def current(self) -> UnitOfWork | None:
-        return self._var.get()
+        value = self._var.get()
+        if value is None:
+            provider = self.provider
+            return provider() if provider is not None else None
+        if value is OUTSIDE:
+            return None
+        assert not isinstance(value, _Outside)
+        return value
 
-    def enter(self, unit: UnitOfWork) -> Token[UnitOfWork | None]:
+    def enter(self, unit: UnitOfWork) -> Token[UnitOfWork | _Outside | None]:
         return self._var.set(unit)
 
-    def leave(self, token: Token[UnitOfWork | None]) -> None:
+    def leave(self, token: Token[UnitOfWork | _Outside | None]) -> None:
         try:
             self._var.reset(token)
         except ValueError:
-            # Left from another context than the one that entered (an async
-            # generator finalised elsewhere): make sure no unit stays current here.
+            # Left from another context than the one that entered (the unit was
+            # created in a child task, or an async generator was finalised elsewhere):
+            # make sure no unit stays current here.
             self._var.set(None)
 
     def outside(self) -> contextvars.Context:
-        """A copy of the current context in which no unit of this scope is open."""
+        """A copy of the current context in which no unit of this scope is current."""
         context = contextvars.copy_context()
-        context.run(self._var.set, None)
+        context.run(self._var.set, OUTSIDE)
         return context

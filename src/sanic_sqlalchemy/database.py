@@ -60,6 +60,7 @@ class Database:
         if url is not None:
             self._settings = _supported(Settings.build(self._explicit))
         self._engines: Engines | None = None
+        self._disposing: asyncio.Future[None] | None = None
         #: Called as ``hook(error, callback)`` when an on-commit callback raises.
         self.on_callback_error: CallbackErrorHook | None = on_callback_error
         self.scope = UnitScope(f"sanic_sqlalchemy_unit_{next(_ids)}")
@@ -119,10 +120,22 @@ class Database:
         self._engines = Engines(self.settings)
 
     async def dispose(self) -> None:
-        """Close every pooled connection; the next unit creates fresh engines."""
+        """Close every pooled connection; the next unit creates fresh engines.
+
+        A second call while a disposal is under way (a worker told to stop twice)
+        waits for that disposal instead of returning before it is done.
+        """
         engines, self._engines = self._engines, None
         if engines is not None:
-            await engines.dispose()
+            self._disposing = asyncio.ensure_future(engines.dispose())
+        disposing = self._disposing
+        if disposing is None:
+            return
+        try:
+            await asyncio.shield(disposing)
+        finally:
+            if disposing.done() and self._disposing is disposing:
+                self._disposing = None
 
     # -- units of work ---------------------------------------------------------
 

@@ -20,6 +20,7 @@ How read-only is enforced:
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
 import tempfile
@@ -30,12 +31,15 @@ from typing import Any
 from sqlalchemy import event
 from sqlalchemy.engine import URL, Connection
 from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.util import await_only
 
 from .errors import ReadOnlyError
 from .settings import Settings
 from .statements import session_control_keyword
 
 _SAVEPOINT = "sanic_sqlalchemy_read"
+#: Seconds to keep retrying the one-time switch of a new SQLite file to WAL mode.
+_WAL_SWITCH_TIMEOUT = 10.0
 
 
 class Role(Enum):
@@ -264,9 +268,28 @@ def _sqlite_common(dbapi_connection: Any) -> None:
     cursor = dbapi_connection.cursor()
     try:
         cursor.execute("PRAGMA foreign_keys = ON")
-        cursor.execute("PRAGMA journal_mode = WAL")
+        cursor.execute("PRAGMA journal_mode")
+        if str(cursor.fetchone()[0]).lower() != "wal":
+            _switch_to_wal(cursor)
     finally:
         cursor.close()
+
+
+def _switch_to_wal(cursor: Any) -> None:
+    # The journal mode is stored in the database file, so this runs once per file.
+    # Switching needs a moment without other connections (two workers starting on a
+    # new file), and SQLite answers "locked" at once instead of waiting: retry.
+    delay, waited = 0.01, 0.0
+    while True:
+        try:
+            cursor.execute("PRAGMA journal_mode = WAL")
+            return
+        except Exception as error:
+            if "locked" not in str(error) or waited > _WAL_SWITCH_TIMEOUT:
+                raise
+        await_only(asyncio.sleep(delay))
+        waited += delay
+        delay = min(delay * 2, 0.5)
 
 
 def _sqlite_write_connection(dbapi_connection: Any, _record: Any) -> None:

@@ -1,45 +1,54 @@
 """The Sanic integration, and the only module that imports Sanic.
 
-Every request is a unit of work:
+Every request is a unit of work, created the first time the request touches ``db``
+(request middleware included), so that a request that never does costs next to
+nothing:
 
-* ``http.lifecycle.handle`` opens it, before request middleware runs (a websocket
-  handler gets none: it opens its own units with ``async with db:``);
 * ``Request.respond`` settles it once the final response is known and before any
   byte of it is sent: a status below 400 commits, anything else rolls back, and a
-  failing commit raises there, so that Sanic answers 500 instead of a 2xx.  This is
-  the one place every response passes, streaming ones included;
-* ``http.lifecycle.response`` closes it; a request that never got that far (the
-  client hung up, the handler was cancelled) is closed by ``http.lifecycle.complete``
-  or ``http.lifecycle.exception``.  Response middleware is never relied upon.
+  failing commit raises there, so that Sanic answers 500 instead of a 2xx.  Every
+  response passes there, streaming ones included;
+* the unit ends (its read session closes) right after that, or, when the handler
+  itself called ``respond`` to stream, when the handler returns: each route handler
+  is wrapped for this at server start, which also ends the unit of a handler that
+  was cancelled (the client hung up);
+* ``http.lifecycle.complete``, once per connection, ends whatever a request left
+  behind on paths that reach neither (a cancellation in request middleware).
+  Response middleware is never relied upon.
 
-A pool that stays exhausted longer than the pool timeout answers 503 with a
-``Retry-After`` header.
+A websocket handler gets no request unit (it would hold a transaction for minutes): it
+opens its own with ``async with db:``.  A pool that stays exhausted longer than the pool
+timeout answers 503 with a ``Retry-After`` header.
 """
 
 from __future__ import annotations
 
+import asyncio
+import functools
 import logging
+from collections.abc import Callable
+from inspect import isawaitable
 from typing import TYPE_CHECKING, Any
 
 from sanic import Request, Sanic
-from sanic.http.constants import Stage
+from sanic.exceptions import SanicException
 from sanic.response import HTTPResponse, text
 from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 
 if TYPE_CHECKING:
-    from contextvars import Token
-
     from .database import Database
     from .unit import UnitOfWork
 
 logger = logging.getLogger("sanic_sqlalchemy")
 
 _UNITS = "_sanic_sqlalchemy_units"
+_IN_HANDLER = "_sanic_sqlalchemy_in_handler"
+_WRAPPED = "__sanic_sqlalchemy_wrapped__"
 _PRIORITY = 1_000_000
 #: Seconds a client is asked to wait after a 503 for an exhausted pool.
 RETRY_AFTER = 1
 
-_Open = list[tuple["Database", "UnitOfWork", "Token[UnitOfWork | None]"]]
+_Units = dict["Database", "UnitOfWork"]
 
 
 def install(db: Database, app: Sanic[Any, Any]) -> None:
@@ -51,11 +60,11 @@ def install(db: Database, app: Sanic[Any, Any]) -> None:
         app.request_class = _unit_request_class(app.request_class or Request)
         databases = app.request_class._sanic_sqlalchemy_databases  # type: ignore[attr-defined]
         assert databases is not None
-        _install_signals(app, databases)
-        app.error_handler.add(PoolTimeoutError, _pool_exhausted)
+        _install_app_hooks(app)
     if db in databases:
         return
     databases.append(db)
+    db.scope.provider = functools.partial(_request_unit, db)
 
     async def start_engines(_app: Sanic[Any, Any]) -> None:
         await db.start()
@@ -65,6 +74,35 @@ def install(db: Database, app: Sanic[Any, Any]) -> None:
 
     app.register_listener(start_engines, "before_server_start", priority=_PRIORITY)
     app.register_listener(dispose_engines, "after_server_stop", priority=_PRIORITY)
+
+
+def _request_unit(db: Database) -> UnitOfWork | None:
+    """The current request's unit of ``db``, created on first use."""
+    try:
+        request = Request.get_current()
+    except SanicException:
+        return None
+    if db not in getattr(type(request), "_sanic_sqlalchemy_databases", ()):
+        return None  # a request of another app, which does not use this db
+    route = request.route
+    if route is not None and hasattr(route.handler, "is_websocket"):
+        return None
+    state = request.ctx.__dict__
+    units: _Units | None = state.get(_UNITS)
+    if units is None:
+        units = state[_UNITS] = {}
+        conn_info = request.conn_info
+        if conn_info is not None:
+            leftover: _Units | None = conn_info.ctx.__dict__.get(_UNITS)
+            if leftover and any(not unit.ended for unit in leftover.values()):
+                # Left open by a previous request on this connection that never
+                # reached its end: end it now.
+                _end_later(leftover)
+            conn_info.ctx.__dict__[_UNITS] = units
+    unit = units.get(db)
+    if unit is None:
+        unit = units[db] = db.open_unit()
+    return unit
 
 
 def _unit_request_class(base: type[Request]) -> type[Request]:
@@ -84,11 +122,19 @@ def _unit_request_class(base: type[Request]) -> type[Request]:
             final = await super().respond(
                 response, status=status, headers=headers, content_type=content_type
             )
-            opened: _Open | None = getattr(self.ctx, _UNITS, None)
-            if opened:
+            state = self.ctx.__dict__
+            units: _Units | None = state.get(_UNITS)
+            if units:
                 success = getattr(final, "status", 500) < 400
-                for _db, unit, _token in opened:
-                    await unit.settle(success)
+                try:
+                    for unit in units.values():
+                        await unit.settle(success)
+                except BaseException:
+                    await _end_units(units, success=False)
+                    raise
+                if not state.get(_IN_HANDLER):
+                    # Sanic is about to send a finished response: nothing will read.
+                    await _end_units(units, success)
             return final
 
     UnitOfWorkRequest.__name__ = base.__name__
@@ -97,70 +143,83 @@ def _unit_request_class(base: type[Request]) -> type[Request]:
     return UnitOfWorkRequest
 
 
-def _install_signals(app: Sanic[Any, Any], databases: list[Database]) -> None:
-    async def open_units(request: Request) -> None:
-        conn_ctx = request.conn_info.ctx if request.conn_info is not None else None
-        if conn_ctx is not None:
-            # A previous request on this connection that never reached its end.
-            await _close(getattr(conn_ctx, _UNITS, None), success=False)
-        opened: _Open = []
-        for db in databases:
-            unit = db.open_unit()
-            opened.append((db, unit, db.scope.enter(unit)))
-        setattr(request.ctx, _UNITS, opened)
-        if conn_ctx is not None:
-            setattr(conn_ctx, _UNITS, opened)
+def _wrap_handler(handler: Callable[..., Any]) -> Callable[..., Any]:
+    @functools.wraps(handler)
+    async def in_unit_of_work(request: Request, *args: Any, **kwargs: Any) -> Any:
+        state = request.ctx.__dict__
+        state[_IN_HANDLER] = True
+        try:
+            response = handler(request, *args, **kwargs)
+            if isawaitable(response):
+                response = await response
+            return response
+        except BaseException as error:
+            state[_IN_HANDLER] = False
+            units: _Units | None = state.get(_UNITS)
+            if units and not isinstance(error, Exception):
+                # Cancelled: no response will come to settle the unit.
+                await _end_units(units, success=False)
+            elif units:
+                await _end_settled(units)
+            raise
+        finally:
+            if state.get(_IN_HANDLER):
+                state[_IN_HANDLER] = False
+                units = state.get(_UNITS)
+                if units:
+                    # The handler responded itself (streaming): it is done reading.
+                    await _end_settled(units)
 
-    async def leave_websockets_alone(request: Request, handler: Any, **_context: Any) -> None:
-        if hasattr(handler, "is_websocket"):
-            # A websocket lives for minutes: one unit for all of it would hold a
-            # transaction open that long. Its handler opens units with `async with db:`.
-            await _close_request(request, success=False)
-
-    async def close_units(request: Request, response: Any) -> None:
-        await _close_request(request, success=getattr(response, "status", 500) < 400)
-
-    async def close_after_error(request: Request, exception: BaseException) -> None:
-        stream = request.stream
-        if stream is not None and stream.stage is not Stage.HANDLER:
-            # The response had started: no error response (and no respond()) follows.
-            await _close_request(request, success=False)
-
-    async def close_with_connection(conn_info: Any) -> None:
-        await _close(getattr(conn_info.ctx, _UNITS, None), success=False)
-
-    app.signal("http.lifecycle.handle", priority=_PRIORITY)(open_units)
-    app.signal("http.routing.after", priority=_PRIORITY)(leave_websockets_alone)
-    app.signal("http.lifecycle.response", priority=-_PRIORITY)(close_units)
-    app.signal("http.lifecycle.exception", priority=-_PRIORITY)(close_after_error)
-    app.signal("http.lifecycle.complete", priority=-_PRIORITY)(close_with_connection)
+    setattr(in_unit_of_work, _WRAPPED, True)
+    return in_unit_of_work
 
 
-async def _close_request(request: Request, success: bool) -> None:
-    opened: _Open | None = getattr(request.ctx, _UNITS, None)
-    if opened is None:
-        return
-    delattr(request.ctx, _UNITS)
-    conn_info = request.conn_info
-    if conn_info is not None and getattr(conn_info.ctx, _UNITS, None) is opened:
-        delattr(conn_info.ctx, _UNITS)
-    await _close(opened, success)
+def _install_app_hooks(app: Sanic[Any, Any]) -> None:
+    async def wrap_handlers(app: Sanic[Any, Any]) -> None:
+        for route in app.router.routes:
+            handler = route.handler
+            if getattr(handler, _WRAPPED, False) or hasattr(handler, "is_websocket"):
+                continue
+            route.handler = _wrap_handler(handler)
+
+    async def end_with_connection(conn_info: Any) -> None:
+        units: _Units | None = conn_info.ctx.__dict__.pop(_UNITS, None)
+        if units:
+            await _end_units(units, success=False)
+
+    app.register_listener(wrap_handlers, "before_server_start", priority=_PRIORITY)
+    app.signal("http.lifecycle.complete", priority=-_PRIORITY)(end_with_connection)
+    app.error_handler.add(PoolTimeoutError, _pool_exhausted)
 
 
-async def _close(opened: _Open | None, success: bool) -> None:
-    if not opened:
-        return
-    errors: list[BaseException] = []
-    for db, unit, token in opened:
+async def _end_settled(units: _Units) -> None:
+    if any(unit.settled for unit in units.values()):
+        await _end_units(units, success=False)
+
+
+async def _end_units(units: _Units, success: bool) -> None:
+    """End every unit (those already settled keep their outcome); raise the first error."""
+    error: BaseException | None = None
+    for unit in list(units.values()):
         try:
             await unit.end(success)
-        except Exception as error:
-            errors.append(error)
-        finally:
-            db.scope.leave(token)
-    opened.clear()
-    if errors:
-        raise errors[0]
+        except BaseException as failure:
+            error = error or failure
+    if error is not None:
+        raise error
+
+
+def _end_later(units: _Units) -> None:
+    task = asyncio.get_running_loop().create_task(_end_units(dict(units), success=False))
+    task.add_done_callback(_log_failure)
+    units.clear()
+
+
+def _log_failure(task: Any) -> None:
+    if not task.cancelled() and task.exception() is not None:
+        logger.error(
+            "ending a unit of work left by a previous request failed", exc_info=task.exception()
+        )
 
 
 def _pool_exhausted(request: Request, error: Exception) -> HTTPResponse:

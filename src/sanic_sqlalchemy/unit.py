@@ -26,6 +26,7 @@ if TYPE_CHECKING:
 
     from sqlalchemy.engine import Connection
 
+    from .context import _Outside
     from .database import Database
     from .dialects import Backend
     from .engines import Engines
@@ -73,8 +74,8 @@ class UnitOfWork:
         self.owner = asyncio.current_task()
         #: How many ``async with db:`` blocks joined this unit beyond the first.
         self.depth = 0
-        #: Restores the previous current unit when an ``async with db:`` unit exits.
-        self.token: Token[UnitOfWork | None] | None = None
+        #: Restores the previous current unit when the unit ends.
+        self.token: Token[UnitOfWork | _Outside | None] | None = None
         self.callbacks = CallbackQueue()
         self.read_gate = Gate()
         self.write_gate = Gate()
@@ -85,6 +86,16 @@ class UnitOfWork:
         self.reading_on_writer = False
         self.has_written = False
         self._write_began = False
+
+    @property
+    def settled(self) -> bool:
+        """Whether the write side is finished (committed or rolled back)."""
+        return self.state is not UnitState.ACTIVE
+
+    @property
+    def ended(self) -> bool:
+        """Whether both sessions are closed."""
+        return self.state is UnitState.ENDED
 
     # -- sessions ---------------------------------------------------------------
 

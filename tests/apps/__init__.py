@@ -1,0 +1,1 @@
+"""Sanic applications that the tests serve from real ``sanic`` processes."""
