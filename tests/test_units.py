@@ -251,3 +251,39 @@ async def test_unit_rejects_write_after_commit_state(db: Database) -> None:
         assert len((await db.read.execute(select(User))).scalars().all()) == 1
         with pytest.raises(UnitStateError, match="already committed"):
             _ = db.write
+
+
+def test_engines_cannot_cross_event_loops(url: str) -> None:
+    """Using a Database from a second event loop says to dispose it in the first."""
+    import asyncio
+
+    from sanic_sqlalchemy.errors import EventLoopMismatchError
+
+    db = Database(url)
+
+    async def use() -> None:
+        async with db:
+            await db.read.execute(text("SELECT 1"))
+
+    loop = asyncio.new_event_loop()
+    try:
+        loop.run_until_complete(use())
+        with pytest.raises(EventLoopMismatchError, match=r"await db\.dispose\(\)"):
+            asyncio.run(use())
+        loop.run_until_complete(db.dispose())
+    finally:
+        loop.close()
+
+    async def use_then_dispose() -> None:
+        await use()  # after dispose(), a new loop gets fresh engines
+        await db.dispose()
+
+    asyncio.run(use_then_dispose())
+
+
+async def test_text_round_trips_unicode(db: Database) -> None:
+    """Four-byte characters survive a round trip (utf8mb4 on MySQL/MariaDB)."""
+    async with db:
+        db.write.add(User(id=1, name="Zoë 🍕", email="zoe@example.com"))
+    async with db:
+        assert (await db.read.get(User, 1)).name == "Zoë 🍕"  # type: ignore[union-attr]
