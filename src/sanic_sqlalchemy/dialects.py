@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import os
 import tempfile
 from collections.abc import Iterator, Mapping
@@ -29,13 +30,15 @@ from enum import Enum
 from typing import Any
 
 from sqlalchemy import event
-from sqlalchemy.engine import URL, Connection
+from sqlalchemy.engine import URL, Connection, ExceptionContext
 from sqlalchemy.ext.asyncio import AsyncEngine
 from sqlalchemy.util import await_only
 
 from .errors import ReadOnlyError
 from .settings import Settings
 from .statements import session_control_keyword
+
+logger = logging.getLogger("sanic_sqlalchemy")
 
 _SAVEPOINT = "sanic_sqlalchemy_read"
 #: Seconds to keep retrying the one-time switch of a new SQLite file to WAL mode.
@@ -171,6 +174,7 @@ class MySQL(Backend):
     def install(self, engine: AsyncEngine, role: Role) -> None:
         if role is Role.READ:
             event.listen(engine.sync_engine, "connect", _mysql_read_only_session)
+        event.listen(engine.sync_engine, "handle_error", _mysql_kill_cancelled)
 
     def is_read_only_violation(self, error: BaseException | None) -> bool:
         args: tuple[Any, ...] = getattr(error, "args", ())
@@ -190,6 +194,46 @@ class MySQL(Backend):
                 "part of a transaction read-only. Run writes through db.write."
             )
         yield
+
+
+def _mysql_kill_cancelled(context: ExceptionContext) -> None:
+    """A cancelled statement keeps running on the server, in its transaction: kill it.
+
+    The driver only closes its socket, which MySQL/MariaDB notices when the statement
+    ends; meanwhile its locks are held.  ``KILL`` from a connection of its own ends the
+    statement and rolls the transaction back at once.
+    """
+    if not isinstance(context.original_exception, asyncio.CancelledError):
+        return
+    connection = context.connection
+    engine = context.engine
+    if connection is None or connection.invalidated or engine is None:
+        return
+    driver = connection.connection.driver_connection
+    thread_id = getattr(driver, "thread_id", None)
+    if thread_id is None:
+        return
+    dialect = engine.dialect
+    args, kwargs = dialect.create_connect_args(engine.url)
+    statement = f"KILL {int(thread_id()):d}"
+
+    def kill_now() -> None:
+        # Through the dialect's own DBAPI adapter, outside the pool: works for any
+        # asyncio MySQL driver SQLAlchemy supports.
+        killer = dialect.loaded_dbapi.connect(*args, **kwargs)
+        try:
+            cursor = killer.cursor()
+            cursor.execute(statement)
+            cursor.close()
+        finally:
+            killer.close()
+
+    try:
+        kill_now()
+    except Exception:
+        logger.warning(
+            "could not KILL a cancelled MySQL statement; the server ends it later", exc_info=True
+        )
 
 
 def _mysql_read_only_session(dbapi_connection: Any, _record: Any) -> None:
@@ -235,6 +279,7 @@ class SQLite(Backend):
             # IMMEDIATE takes the write lock at once, so a transaction that read first
             # cannot fail later when it upgrades to writing.
             event.listen(sync_engine, "begin", _sqlite_begin_immediate)
+        event.listen(sync_engine, "handle_error", _sqlite_interrupt_cancelled)
         # A COMMIT refused by a deferred constraint leaves SQLite's transaction open
         # (and its write lock held) while SQLAlchemy considers it over.
         event.listen(sync_engine.pool, "checkin", _sqlite_end_leftover_transaction)
@@ -252,8 +297,11 @@ class SQLite(Backend):
         try:
             yield
         finally:
-            connection.exec_driver_sql("PRAGMA query_only = 0")
-            _leave_savepoint(connection)
+            # After a cancellation the connection is invalidated: nothing to restore,
+            # and a statement on it would replace the CancelledError.
+            if not connection.invalidated:
+                connection.exec_driver_sql("PRAGMA query_only = 0")
+                _leave_savepoint(connection)
 
     def cleanup(self) -> None:
         if self._ephemeral is not None:
@@ -308,6 +356,29 @@ def _sqlite_read_connection(dbapi_connection: Any, _record: Any) -> None:
 def _sqlite_end_leftover_transaction(dbapi_connection: Any, _record: Any) -> None:
     if dbapi_connection is not None and dbapi_connection.driver_connection.in_transaction:
         dbapi_connection.rollback()
+
+
+def _sqlite_interrupt_cancelled(context: ExceptionContext) -> None:
+    """Stop a cancelled statement at once and let its connection really close.
+
+    aiosqlite runs it in a thread that a cancellation does not stop: closing the
+    connection would wait behind it.  And SQLAlchemy leaves the cursor of a cancelled
+    statement open, so the closed connection stays a zombie that holds its lock until
+    the garbage collector finalises the cursor.
+    """
+    if not isinstance(context.original_exception, asyncio.CancelledError):
+        return
+    connection = context.connection
+    if connection is None or connection.invalidated:
+        return
+    driver = connection.connection.driver_connection
+    sqlite_connection = getattr(driver, "_connection", None)
+    if sqlite_connection is not None:
+        sqlite_connection.interrupt()
+    # (ExceptionContext.cursor is never set in SQLAlchemy 2.1: use the execution's.)
+    cursor = getattr(context.execution_context, "cursor", None)
+    if cursor is not None:
+        cursor.close()
 
 
 def _sqlite_begin_immediate(connection: Connection) -> None:

@@ -56,3 +56,10 @@ class Gate:
                 if self._released is not None:
                     self._released.set()
                     self._released = None
+
+    async def until_free(self) -> None:
+        """Wait until no task holds the turn (a cancelled task may still be leaving)."""
+        while self._owner is not None:
+            if self._released is None:
+                self._released = asyncio.Event()
+            await self._released.wait()

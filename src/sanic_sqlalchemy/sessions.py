@@ -220,8 +220,15 @@ class WriteSession(AsyncSession):
     sync_session: _WriteSyncSession
 
     async def commit(self) -> None:
+        # Shielded like the commit at the unit's end: a cancellation that arrives while
+        # COMMIT is in flight waits for its outcome, so that a transaction that did
+        # commit also runs its callbacks; the cancellation is re-raised afterwards.
+        unit = self.sync_session._unit
+        await unit.shielded(self._commit_then_callbacks())
+
+    async def _commit_then_callbacks(self) -> None:
         await super().commit()
-        await self.sync_session._unit.run_committed_callbacks()
+        await self.sync_session._unit.run_ready_callbacks()
 
     async def rollback(self) -> None:
         await super().rollback()

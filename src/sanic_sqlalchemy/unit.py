@@ -167,11 +167,11 @@ class UnitOfWork:
             savepoint = self._write.sync_session.get_nested_transaction()
         self.callbacks.add(Callback(func, args, kwargs, savepoint))
 
-    async def run_committed_callbacks(self) -> None:
+    async def run_ready_callbacks(self) -> None:
         """Run the callbacks made ready by a commit that just succeeded."""
         ready = self.callbacks.take_ready()
         if ready:
-            await self._shielded(self._run_outside(ready))
+            await self._run_outside(ready)
 
     async def _run_outside(self, callbacks: list[Callback]) -> None:
         await run_callbacks(callbacks, self._database.on_callback_error)
@@ -190,16 +190,18 @@ class UnitOfWork:
             # Nothing was written: no transaction to finish, no task to spawn.
             self.state = UnitState.COMMITTED if success else UnitState.ROLLED_BACK
             if success and self.callbacks:
-                await self._shielded(
+                await self.shielded(
                     self._run_outside(self.callbacks.take_ready(include_pending=True))
                 )
             else:
                 self.callbacks.drop_all()
             return
-        await self._shielded(self._settle_write(self._write, success))
+        await self.shielded(self._settle_write(self._write, success))
 
     async def _settle_write(self, write: WriteSession, success: bool) -> None:
         committed = False
+        # A task of this unit cancelled mid-write may still be leaving the session.
+        await self.write_gate.until_free()
         try:
             if success and self._commit_on_exit:
                 if write.in_transaction():
@@ -247,7 +249,14 @@ class UnitOfWork:
                 self.state = UnitState.ENDED
                 read = self._read
                 if read is not None:
-                    await self._shielded(self._close(read))
+                    await self.shielded(self._close_when_free(read, self.read_gate))
+
+    @staticmethod
+    async def _close_when_free(session: AsyncSession, gate: Gate) -> None:
+        # A task of this unit cancelled mid-read (asyncio.gather returns as soon as one
+        # of its tasks is cancelled) may still be leaving the session: let it finish.
+        await gate.until_free()
+        await UnitOfWork._close(session)
 
     @staticmethod
     async def _close(session: AsyncSession) -> None:
@@ -258,7 +267,7 @@ class UnitOfWork:
             # cannot be reset; whatever the unit committed stays committed.
             logger.warning("closing a session failed; its connection is discarded", exc_info=True)
 
-    async def _shielded(self, work: Awaitable[_T]) -> _T:
+    async def shielded(self, work: Awaitable[_T]) -> _T:
         """Run ``work`` to completion even if the calling task is cancelled meanwhile.
 
         The work runs in its own task, outside any unit (callbacks may open their own).
