@@ -240,3 +240,25 @@ async def test_add_post_process_alias(db: Database) -> None:
     async with db:
         db.add_post_process(recorder, 1)
     assert recorder.args == [(1,)]
+
+
+async def test_callback_raising_cancelled_error_is_a_failure_not_a_cancellation(
+    db: Database,
+) -> None:
+    """A callback that raises ``CancelledError`` itself is reported; the rest run, the unit ends."""
+    import asyncio
+
+    reported: list[BaseException] = []
+    ran: list[str] = []
+
+    def cancelled_inside() -> None:
+        raise asyncio.CancelledError("a library's own timeout")
+
+    db.on_callback_error = lambda error, _callback: reported.append(error)
+    async with db:
+        db.on_commit(cancelled_inside)
+        db.on_commit(ran.append, "after")
+    assert ran == ["after"]
+    assert isinstance(reported[0], asyncio.CancelledError)
+    current = asyncio.current_task()
+    assert current is not None and current.cancelling() == 0

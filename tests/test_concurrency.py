@@ -12,6 +12,7 @@ from sqlalchemy import event, select, text
 
 from sanic_sqlalchemy import Database
 from sanic_sqlalchemy.errors import ConcurrentWriteError
+from sanic_sqlalchemy.testing import checked_out
 
 from .conftest import make_app
 from .models import User
@@ -117,3 +118,34 @@ async def test_concurrent_requests_never_share_sessions(db: Database, serve: Any
     assert len({id(write) for _, write in sessions}) == 50
     async with db:
         assert len((await db.read.execute(select(User))).scalars().all()) == 50
+
+
+async def test_write_and_read_while_a_sibling_reads(db: Database, backend: str) -> None:
+    """A task writes then reads while a sibling's slow read runs: nothing is released early."""
+    await seed(db, 1)
+    started = asyncio.Event()
+
+    def on_execute(_conn: Any, _cursor: Any, statement: str, *_args: Any) -> None:
+        if statement == SLOW[backend]:
+            started.set()
+
+    event.listen(db.engines.read.sync_engine, "before_cursor_execute", on_execute)
+
+    async def slow_read() -> int:
+        return len((await db.read.execute(text(SLOW[backend]))).all())
+
+    async def write_then_read() -> list[str]:
+        await started.wait()
+        db.write.add(User(id=2, name="user2", email="2@example.com"))
+        await db.write.flush()
+        assert checked_out(db).read == 1  # the slow read still has its connection
+        return list((await db.read.execute(select(User.name).order_by(User.id))).scalars())
+
+    try:
+        async with db:
+            rows, names = await asyncio.wait_for(asyncio.gather(slow_read(), write_then_read()), 10)
+        assert rows == 1
+        assert names == ["user1", "user2"]
+    finally:
+        event.remove(db.engines.read.sync_engine, "before_cursor_execute", on_execute)
+    assert checked_out(db).total == 0

@@ -120,7 +120,7 @@ async def test_session_control_is_refused(db: Database, statement: str) -> None:
     assert await names(db) == ["Ada"]
 
 
-@pytest.mark.parametrize("statement", WRITES[:3])
+@pytest.mark.parametrize("statement", WRITES)
 async def test_refused_inside_a_writing_unit_and_unit_stays_usable(
     db: Database, statement: str
 ) -> None:
@@ -161,6 +161,22 @@ async def test_hostile_string_through_read_is_a_parameter(db: Database) -> None:
         )
         assert result.scalar_one() == 0
     assert await names(db) == ["Ada"]
+
+
+@pytest.mark.backends("postgresql")
+async def test_read_only_switched_off_by_a_select_is_caught(db: Database) -> None:
+    """A SELECT that switches read-only off (``set_config``) cannot be followed by a write."""
+    await seed(db)
+    with pytest.raises(ReadOnlyError, match="switched its connection's read-only mode off"):
+        async with db:
+            await db.read.execute(
+                text("SELECT set_config('default_transaction_read_only', 'off', false)")
+            )
+            await db.read.execute(text("DELETE FROM users"))
+    assert await names(db) == ["Ada"]
+    async with db:  # the poisoned connection is gone: reads work and are read-only again
+        with pytest.raises(ReadOnlyError):
+            await db.read.execute(text("DELETE FROM users"))
 
 
 def test_statement_classification() -> None:

@@ -59,11 +59,13 @@ def shop(db: Database, recorder: CommitRecorder) -> Sanic[Any, Any]:
     @app.post("/redirect/<user_id:int>")
     async def redirected(_request: Request, user_id: int) -> HTTPResponse:
         db.write.add(User(id=user_id, name="Ada", email=f"{user_id}@example.com"))
+        db.on_commit(recorder, user_id)
         return redirect("/noop")
 
     @app.post("/raise-redirect/<user_id:int>")
     async def raise_redirect(_request: Request, user_id: int) -> HTTPResponse:
         db.write.add(User(id=user_id, name="Ada", email=f"{user_id}@example.com"))
+        db.on_commit(recorder, user_id)
         raise SanicException("see other", status_code=303, headers={"Location": "/noop"})
 
     @app.get("/users")
@@ -125,11 +127,12 @@ async def test_sanic_exception_rolls_back(
 
 
 async def test_redirects_commit(db: Database, serve: Any, recorder: CommitRecorder) -> None:
-    """A returned redirect and a raised 3xx exception both commit."""
+    """A returned redirect and a raised 3xx exception both commit and run their callbacks."""
     served = await serve(shop(db, recorder))
     assert (await served.client.post("/redirect/1")).status_code == 302
     assert (await served.client.post("/raise-redirect/2")).status_code == 303
     assert await count_users(db) == 2
+    assert recorder.args == [(1,), (2,)]
 
 
 async def test_request_without_database_takes_no_connection(
@@ -437,18 +440,26 @@ async def test_sanic_asgi_client(url: str) -> None:
 async def test_engines_are_created_per_server_start(db: Database, serve: Any) -> None:
     """``init_app`` creates the engines when the server starts and disposes them at stop."""
     app = make_app("lifecycle")
-    engines_seen: list[object] = []
 
     @app.get("/")
     async def index(_request: Request) -> HTTPResponse:
-        engines_seen.append(db.engines)
         return text("ok")
 
     db.init_app(app)
     before = db.engines
-    served = await serve(app)
-    await served.client.get("/")
-    assert engines_seen[0] is not before
+    server = await app.create_server(
+        host="127.0.0.1", port=0, return_asyncio_server=True, access_log=False
+    )
+    assert server is not None
+    await server.startup()
+    await server.before_start()
+    started = db._engines
+    assert started is not None and started is not before
+    await server.before_stop()
+    server.close()
+    await server.wait_closed()
+    await server.after_stop()
+    assert db._engines is None  # disposed when the server stopped
 
 
 async def test_websocket_handlers_open_their_own_units(db: Database, serve: Any) -> None:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from sqlalchemy import select, text
+from sqlalchemy import select, text, update
 
 from sanic_sqlalchemy import Database, EngineNotInitialisedError, NoActiveUnitError
 from sanic_sqlalchemy.errors import UnitStateError
@@ -287,3 +287,51 @@ async def test_text_round_trips_unicode(db: Database) -> None:
         db.write.add(User(id=1, name="Zoë 🍕", email="zoe@example.com"))
     async with db:
         assert (await db.read.get(User, 1)).name == "Zoë 🍕"  # type: ignore[union-attr]
+
+
+async def test_plain_sql_strings_without_text(db: Database) -> None:
+    """Both sessions take plain SQL strings, always with bound parameters (PRODUCT.md)."""
+    hostile = "x'); DELETE FROM users; --"
+    async with db:
+        await db.write.execute(
+            "INSERT INTO users (id, name, email) VALUES (:id, :name, :email)",  # type: ignore[arg-type]
+            {"id": 1, "name": hostile, "email": "x@example.com"},
+        )
+        assert await db.write.scalar("SELECT name FROM users WHERE id = :id", {"id": 1}) == hostile  # type: ignore[arg-type]
+    async with db:
+        result = await db.read.execute("SELECT name FROM users WHERE id = :id", {"id": 1})  # type: ignore[arg-type]
+        assert result.scalar_one() == hostile
+        names = await db.read.scalars("SELECT name FROM users")  # type: ignore[arg-type]
+        assert list(names) == [hostile]
+
+
+async def test_core_writes_refresh_objects_read_before(db: Database) -> None:
+    """A Core or text UPDATE through ``db.write`` shows in objects ``db.read`` loaded (rule 12)."""
+    async with db:
+        db.write.add(User(id=1, name="old", email="a@example.com"))
+    async with db:
+        user = (await db.read.execute(select(User).where(User.id == 1))).scalar_one()
+        await db.write.execute(text("UPDATE users SET name = 'new' WHERE id = 1"))
+        assert (await db.read.execute(select(User).where(User.id == 1))).scalar_one() is user
+        assert user.name == "new"
+        await db.write.commit()
+        await db.write.execute(update(User).where(User.id == 1).values(name="newer"))
+        await db.write.commit()
+        assert (await db.read.get(User, 1)) is user
+        assert user.name == "newer"
+
+
+async def test_sessions_use_their_own_engines(db: Database) -> None:
+    """``db.read`` is bound to the read-only engine, ``db.write`` to the write engine."""
+    async with db:
+        assert db.read.bind is db.engines.read
+        assert db.write.bind is db.engines.write
+        assert db.engines.read is not db.engines.write
+
+
+async def test_on_commit_after_the_unit_settled_says_why(db: Database) -> None:
+    """Registering a callback once the unit committed raises, saying to call it directly."""
+    async with db as unit:
+        await unit.settle(True)
+        with pytest.raises(UnitStateError, match="no later commit will run the callback"):
+            db.on_commit(print)

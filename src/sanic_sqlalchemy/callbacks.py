@@ -7,6 +7,7 @@ drops them, a commit of the whole transaction makes them ready, a rollback drops
 
 from __future__ import annotations
 
+import asyncio
 import inspect
 import logging
 from collections.abc import Callable
@@ -93,7 +94,9 @@ async def run_callbacks(callbacks: list[Callback], on_error: CallbackErrorHook |
     for callback in callbacks:
         try:
             await callback.run()
-        except Exception as error:
+        except (Exception, asyncio.CancelledError) as error:
+            # Callbacks run in a task of their own that nothing outside cancels, so a
+            # CancelledError here is the callback's own (an HTTP client's timeout, say).
             logger.error(
                 "on-commit callback %s raised; the callbacks after it still run",
                 _name(callback.func),

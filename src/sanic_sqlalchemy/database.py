@@ -169,7 +169,7 @@ class Database:
             unit.depth -= 1
             return
         try:
-            await unit.end(succeeded(exc))
+            await unit.end(succeeded(exc), exc)
         finally:
             if unit.token is not None:
                 self.scope.leave(unit.token)

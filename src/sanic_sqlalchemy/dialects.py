@@ -67,8 +67,6 @@ class Backend:
     """Behaviour shared by every backend; subclasses fill in the differences."""
 
     name = ""
-    #: Whether a read inside the writing transaction is refused by the database itself.
-    database_refuses_writes_in_transaction = True
 
     def url(self, url: URL) -> URL:
         """The URL to connect to, with this backend's defaults filled in."""
@@ -164,7 +162,6 @@ def _leave_savepoint(connection: Connection) -> None:
 
 class MySQL(Backend):
     name = "mysql"
-    database_refuses_writes_in_transaction = False
 
     def url(self, url: URL) -> URL:
         if "charset" not in url.query:
@@ -215,6 +212,8 @@ def _mysql_kill_cancelled(context: ExceptionContext) -> None:
         return
     dialect = engine.dialect
     args, kwargs = dialect.create_connect_args(engine.url)
+    # Bounded: the cancellation may come from the network being down.
+    kwargs["connect_timeout"] = 2
     statement = f"KILL {int(thread_id()):d}"
 
     def kill_now() -> None:

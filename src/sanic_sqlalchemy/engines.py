@@ -20,7 +20,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from sqlalchemy.pool import ConnectionPoolEntry, PoolProxiedConnection
 
 from .dialects import Backend, Role, backend_for, refuse_session_control
-from .errors import ConfigurationError, EventLoopMismatchError
+from .errors import ConfigurationError, EventLoopMismatchError, ReadOnlyError
 from .settings import Settings
 
 #: A connection used within this many seconds is trusted without a ping.
@@ -57,8 +57,29 @@ class Engines:
         self.backend.install(engine, role)
         self._install_liveness(engine, role)
         if role is Role.READ:
-            event.listen(engine.sync_engine, "before_cursor_execute", _guard_read_statement)
+            event.listen(engine.sync_engine, "before_cursor_execute", self._guard_read_statement)
         return engine
+
+    def _guard_read_statement(
+        self,
+        conn: Connection,
+        _cursor: Any,
+        statement: str,
+        _parameters: Any,
+        _context: Any,
+        _executemany: bool,
+    ) -> None:
+        refuse_session_control(statement)
+        driver = conn.connection.driver_connection
+        if self.backend.is_unsafe_for(Role.READ, driver):
+            # A previous statement switched read-only off (PostgreSQL's set_config(),
+            # say): nothing more runs on this connection.
+            conn.invalidate()
+            raise ReadOnlyError(
+                "db.read refused this statement: a previous statement switched its "
+                "connection's read-only mode off, so the connection was discarded. Run "
+                "writes through db.write."
+            )
 
     def _install_liveness(self, engine: AsyncEngine, role: Role) -> None:
         backend = self.backend
@@ -118,14 +139,3 @@ class Engines:
             await self.read.dispose()
         finally:
             self.backend.cleanup()
-
-
-def _guard_read_statement(
-    _conn: Connection,
-    _cursor: Any,
-    statement: str,
-    _parameters: Any,
-    _context: Any,
-    _executemany: bool,
-) -> None:
-    refuse_session_control(statement)

@@ -38,7 +38,7 @@ class NoActiveUnitError(SanicSQLAlchemyError, RuntimeError):
 
 
 class ReadOnlyError(SanicSQLAlchemyError):
-    """A write was attempted through ``db.read``; nothing was changed."""
+    """A write was attempted through ``db.read`` and refused before it changed anything."""
 
 
 class UnitStateError(SanicSQLAlchemyError, RuntimeError):

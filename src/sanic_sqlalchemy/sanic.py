@@ -204,7 +204,10 @@ async def _end_units(units: _Units, success: bool) -> None:
         try:
             await unit.end(success)
         except BaseException as failure:
-            error = error or failure
+            if error is None:
+                error = failure
+            else:
+                logger.error("ending another unit of the request failed too", exc_info=failure)
     if error is not None:
         raise error
 

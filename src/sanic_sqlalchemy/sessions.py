@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import event
+from sqlalchemy import event, text
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import ORMExecuteState, Session, SessionTransaction
@@ -27,10 +27,28 @@ if TYPE_CHECKING:
     from .unit import UnitOfWork
 
 
-class _ReadSyncSession(Session):
-    """The synchronous half of ``db.read``."""
+class _UnitSession(Session):
+    """What both halves share: their unit, and plain SQL strings taken as ``text()``."""
 
     _unit: UnitOfWork
+
+    def execute(self, statement: Any, *args: Any, **kwargs: Any) -> Any:
+        return super().execute(_as_statement(statement), *args, **kwargs)
+
+    def scalar(self, statement: Any, *args: Any, **kwargs: Any) -> Any:
+        return super().scalar(_as_statement(statement), *args, **kwargs)
+
+    def scalars(self, statement: Any, *args: Any, **kwargs: Any) -> Any:
+        return super().scalars(_as_statement(statement), *args, **kwargs)
+
+
+def _as_statement(statement: Any) -> Any:
+    # A plain SQL string is taken as text(): its :name parameters are always bound.
+    return text(statement) if isinstance(statement, str) else statement
+
+
+class _ReadSyncSession(_UnitSession):
+    """The synchronous half of ``db.read``."""
 
     def flush(self, objects: Any = None) -> None:
         if self.new or self.deleted or any(self.is_modified(obj) for obj in self.dirty):
@@ -43,11 +61,12 @@ class _ReadSyncSession(Session):
     def rollback(self) -> None:
         # Never roll back on the database: once the unit writes, this session may be
         # reading through the writing connection, whose transaction is not ours.
-        self._end_transaction()
+        with self._unit.read_gate.hold(writing=False):
+            self._end_transaction()
         self.expunge_all()
 
     def get(self, *args: Any, **kwargs: Any) -> Any:
-        if self._unit.has_written:
+        if self._unit.wrote:
             kwargs["populate_existing"] = True
         return super().get(*args, **kwargs)
 
@@ -57,10 +76,8 @@ class _ReadSyncSession(Session):
             transaction.close()
 
 
-class _WriteSyncSession(Session):
+class _WriteSyncSession(_UnitSession):
     """The synchronous half of ``db.write``."""
-
-    _unit: UnitOfWork
 
     def flush(self, objects: Any = None) -> None:
         unit = self._unit
@@ -102,19 +119,21 @@ def _on_read_execute(state: ORMExecuteState) -> Any:
     unit.check_readable()
     if isinstance(state.statement, TextClause):
         refuse_session_control(state.statement.text)
-    if unit.has_written and state.is_select:
+    if unit.wrote and state.is_select:
         state.update_execution_options(populate_existing=True)
-    writer = unit.writer_connection
-    if unit.read_bound_to is not writer:
-        # The unit began or ended a write transaction since the last read: start a new
-        # read transaction on the right connection (identity map kept).
-        session._end_transaction()
-        unit.read_bound_to = writer
     try:
-        if writer is None:
-            with unit.read_gate.hold(writing=False):
+        # The turn is taken before looking at the writer: another task of the unit
+        # may be mid-query on the read connection that a rebind would release.
+        with unit.read_gate.hold(writing=False):
+            writer = unit.writer_connection
+            if unit.read_bound_to is not writer:
+                # The unit began or ended a write transaction since the last read:
+                # a new read transaction on the right connection (identity map kept).
+                session._end_transaction()
+                unit.read_bound_to = writer
+            if writer is None:
                 return state.invoke_statement()
-        return _read_on_writer(state, unit, writer)
+            return _read_on_writer(state, unit, writer)
     except DBAPIError as error:
         _translate_read_only(unit, error)
         raise
@@ -154,12 +173,6 @@ def _on_write_begin(
 ) -> None:
     assert isinstance(session, _WriteSyncSession)
     session._unit.write_began(connection)
-
-
-@event.listens_for(_WriteSyncSession, "after_flush")
-def _on_write_flush(session: Session, _flush_context: Any) -> None:
-    assert isinstance(session, _WriteSyncSession)
-    session._unit.has_written = True
 
 
 @event.listens_for(_WriteSyncSession, "after_commit")

@@ -61,8 +61,7 @@ class Settings:
     @property
     def backend(self) -> str:
         """``sqlite``, ``postgresql`` or ``mysql`` (MariaDB counts as ``mysql``)."""
-        name = self.url.get_backend_name()
-        return "mysql" if name == "mariadb" else name
+        return backend_of(self.url)
 
     @classmethod
     def build(
@@ -95,7 +94,7 @@ class Settings:
             )
         url = _url(*raw["url"])
         read_urls = _read_urls(*raw["read_urls"]) if "read_urls" in raw else ()
-        backend = "mysql" if url.get_backend_name() == "mariadb" else url.get_backend_name()
+        backend = backend_of(url)
         for read_url in read_urls:
             if read_url.get_backend_name() != url.get_backend_name():
                 raise ConfigurationError(
@@ -123,6 +122,12 @@ class Settings:
             engine_options=engine_options,
         )
         return settings
+
+
+def backend_of(url: URL) -> str:
+    """``sqlite``, ``postgresql`` or ``mysql`` for ``url`` (MariaDB counts as MySQL)."""
+    name = url.get_backend_name()
+    return "mysql" if name == "mariadb" else name
 
 
 def _url(key: str, value: Any) -> URL:

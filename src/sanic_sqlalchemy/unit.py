@@ -44,7 +44,7 @@ class UnitState(Enum):
     ENDED = "ended"
 
 
-_WRITE_CLOSED = {
+_STATE_MESSAGES = {
     UnitState.COMMITTED: (
         "db.write cannot be used: this unit has already committed (in Sanic, the "
         "response has started: a streaming response commits before its headers are "
@@ -84,8 +84,8 @@ class UnitOfWork:
         #: The connection the read session's current transaction is bound to.
         self.read_bound_to: Connection | None = None
         self.reading_on_writer = False
-        self.has_written = False
-        self._write_began = False
+        #: Whether a write transaction ever began: reads then refresh loaded objects.
+        self.wrote = False
 
     @property
     def settled(self) -> bool:
@@ -120,7 +120,7 @@ class UnitOfWork:
             session.sync_session._unit = self
             self._read = session
         elif self.state is UnitState.ENDED:
-            raise UnitStateError(_WRITE_CLOSED[UnitState.ENDED])
+            raise UnitStateError(_STATE_MESSAGES[UnitState.ENDED])
         return session
 
     @property
@@ -133,20 +133,20 @@ class UnitOfWork:
             session.sync_session._unit = self
             self._write = session
         elif self.state is not UnitState.ACTIVE:
-            raise UnitStateError(_WRITE_CLOSED[self.state])
+            raise UnitStateError(_STATE_MESSAGES[self.state])
         return session
 
     def check_readable(self) -> None:
         if self.state is UnitState.ENDED:
-            raise UnitStateError(_WRITE_CLOSED[UnitState.ENDED])
+            raise UnitStateError(_STATE_MESSAGES[UnitState.ENDED])
 
     def check_writable(self) -> None:
         if self.state is not UnitState.ACTIVE:
-            raise UnitStateError(_WRITE_CLOSED[self.state])
+            raise UnitStateError(_STATE_MESSAGES[self.state])
 
     def write_began(self, connection: Connection) -> None:
         self.writer_connection = connection
-        self._write_began = True
+        self.wrote = True
 
     def write_ended(self) -> None:
         self.writer_connection = None
@@ -178,11 +178,12 @@ class UnitOfWork:
 
     # -- the end ----------------------------------------------------------------
 
-    async def settle(self, success: bool) -> None:
+    async def settle(self, success: bool, error: BaseException | None = None) -> None:
         """Commit (on success) or roll back the write side; run or drop callbacks.
 
         Reads keep working afterwards until ``end()``.  A failing commit raises,
-        after rolling back and dropping the callbacks.
+        after rolling back and dropping the callbacks.  ``error`` is the exception the
+        unit is failing with, if any: a rollback failure is noted on it, not raised.
         """
         if self.state is not UnitState.ACTIVE:
             return
@@ -196,9 +197,11 @@ class UnitOfWork:
             else:
                 self.callbacks.drop_all()
             return
-        await self.shielded(self._settle_write(self._write, success))
+        await self.shielded(self._settle_write(self._write, success, error))
 
-    async def _settle_write(self, write: WriteSession, success: bool) -> None:
+    async def _settle_write(
+        self, write: WriteSession, success: bool, error: BaseException | None
+    ) -> None:
         committed = False
         # A task of this unit cancelled mid-write may still be leaving the session.
         await self.write_gate.until_free()
@@ -208,7 +211,7 @@ class UnitOfWork:
                     await AsyncSession.commit(write)
                 committed = True
             elif write.in_transaction():
-                await self._rollback(write)
+                await self._rollback(write, error)
         except BaseException:
             self.callbacks.drop_all()
             self.state = UnitState.ROLLED_BACK
@@ -216,7 +219,7 @@ class UnitOfWork:
             raise
         self.state = UnitState.COMMITTED if success else UnitState.ROLLED_BACK
         await self._close(write)
-        if committed or (success and not self._write_began):
+        if committed or (success and not self.wrote):
             ready = self.callbacks.take_ready(include_pending=True)
         else:
             # commit_on_exit=False: what was registered since the last commit waited
@@ -227,23 +230,26 @@ class UnitOfWork:
             await self._run_outside(ready)
 
     @staticmethod
-    async def _rollback(write: WriteSession) -> None:
+    async def _rollback(write: WriteSession, error: BaseException | None) -> None:
         try:
             await AsyncSession.rollback(write)
-        except Exception:
+        except Exception as failure:
             # The unit is failing already, or has nothing to keep: a rollback that
             # fails (typically because the connection died, which ends the server's
             # transaction anyway) must not replace the error the caller is about to
-            # see. The connection is discarded when the session closes.
-            logger.warning(
+            # see; it is logged and noted on that error. The connection is discarded
+            # when the session closes.
+            logger.error(
                 "rolling back a unit of work failed; its connection is discarded",
-                exc_info=True,
+                exc_info=failure,
             )
+            if error is not None and hasattr(error, "add_note"):
+                error.add_note(f"sanic-sqlalchemy: the rollback also failed: {failure!r}")
 
-    async def end(self, success: bool) -> None:
+    async def end(self, success: bool, error: BaseException | None = None) -> None:
         """Settle the unit if not yet settled, then close both sessions."""
         try:
-            await self.settle(success)
+            await self.settle(success, error)
         finally:
             if self.state is not UnitState.ENDED:
                 self.state = UnitState.ENDED
@@ -265,7 +271,7 @@ class UnitOfWork:
         except Exception:
             # Closing returns the connection to the pool, which discards it if it
             # cannot be reset; whatever the unit committed stays committed.
-            logger.warning("closing a session failed; its connection is discarded", exc_info=True)
+            logger.error("closing a session failed; its connection is discarded", exc_info=True)
 
     async def shielded(self, work: Awaitable[_T]) -> _T:
         """Run ``work`` to completion even if the calling task is cancelled meanwhile.
