@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
 from sanic import Request
 from sanic.response import HTTPResponse, json
 from sqlalchemy import event, select, text
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from sanic_sqlalchemy import Database
 from sanic_sqlalchemy.errors import ConcurrentWriteError
@@ -23,6 +26,22 @@ SLOW = {
     "postgresql": "SELECT pg_sleep(0.3)",
     "mysql": "SELECT SLEEP(0.3)",
 }
+
+
+@contextlib.contextmanager
+def when_started(engine: AsyncEngine, statement: str) -> Iterator[asyncio.Event]:
+    """An event set once ``statement`` is sent through ``engine``."""
+    started = asyncio.Event()
+
+    def on_execute(_conn: Any, _cursor: Any, sent: str, *_args: Any) -> None:
+        if sent == statement:
+            started.set()
+
+    event.listen(engine.sync_engine, "before_cursor_execute", on_execute)
+    try:
+        yield started
+    finally:
+        event.remove(engine.sync_engine, "before_cursor_execute", on_execute)
 
 
 async def seed(db: Database, count: int = 3) -> None:
@@ -56,14 +75,7 @@ async def test_gather_reads_after_writing(db: Database) -> None:
 async def test_concurrent_writes_in_one_unit_raise(db: Database, backend: str) -> None:
     """``db.write`` used by a second task while a first one's statement runs raises (rule 10)."""
     await seed(db, 1)
-    started = asyncio.Event()
-
-    def on_execute(_conn: Any, _cursor: Any, statement: str, *_args: Any) -> None:
-        if statement == SLOW[backend]:
-            started.set()
-
-    event.listen(db.engines.write.sync_engine, "before_cursor_execute", on_execute)
-    try:
+    with when_started(db.engines.write, SLOW[backend]) as started:
         async with db:
             await db.write.execute(text("UPDATE users SET name = 'first' WHERE id = 1"))
             running = asyncio.create_task(db.write.execute(text(SLOW[backend])))
@@ -75,8 +87,6 @@ async def test_concurrent_writes_in_one_unit_raise(db: Database, backend: str) -
         async with db:
             name = (await db.read.execute(select(User.name))).scalar_one()
         assert name == "first"
-    finally:
-        event.remove(db.engines.write.sync_engine, "before_cursor_execute", on_execute)
 
 
 async def test_child_task_opens_its_own_unit(db: Database) -> None:
@@ -123,29 +133,22 @@ async def test_concurrent_requests_never_share_sessions(db: Database, serve: Any
 async def test_write_and_read_while_a_sibling_reads(db: Database, backend: str) -> None:
     """A task writes then reads while a sibling's slow read runs: nothing is released early."""
     await seed(db, 1)
-    started = asyncio.Event()
-
-    def on_execute(_conn: Any, _cursor: Any, statement: str, *_args: Any) -> None:
-        if statement == SLOW[backend]:
-            started.set()
-
-    event.listen(db.engines.read.sync_engine, "before_cursor_execute", on_execute)
 
     async def slow_read() -> int:
         return len((await db.read.execute(text(SLOW[backend]))).all())
 
-    async def write_then_read() -> list[str]:
+    async def write_then_read(started: asyncio.Event) -> list[str]:
         await started.wait()
         db.write.add(User(id=2, name="user2", email="2@example.com"))
         await db.write.flush()
         assert checked_out(db).read == 1  # the slow read still has its connection
         return list((await db.read.execute(select(User.name).order_by(User.id))).scalars())
 
-    try:
+    with when_started(db.engines.read, SLOW[backend]) as started:
         async with db:
-            rows, names = await asyncio.wait_for(asyncio.gather(slow_read(), write_then_read()), 10)
-        assert rows == 1
-        assert names == ["user1", "user2"]
-    finally:
-        event.remove(db.engines.read.sync_engine, "before_cursor_execute", on_execute)
+            rows, names = await asyncio.wait_for(
+                asyncio.gather(slow_read(), write_then_read(started)), 10
+            )
+    assert rows == 1
+    assert names == ["user1", "user2"]
     assert checked_out(db).total == 0
