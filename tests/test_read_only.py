@@ -194,3 +194,23 @@ def test_statement_classification() -> None:
     assert session_control_keyword("PRAGMA main.table_info('users')") is None
     assert session_control_keyword("PRAGMA query_only(0)") == "PRAGMA"
     assert session_control_keyword("PRAGMA query_only = OFF") == "PRAGMA"
+
+
+@pytest.mark.backends("mysql")
+async def test_mysql_reads_send_no_rollback(url: str) -> None:
+    """On MySQL/MariaDB a read unit sends its query and nothing else: no ROLLBACK at the end."""
+    db = Database(url, pool_size=1)
+
+    async def rollbacks_so_far() -> int:
+        async with db:
+            row = (await db.read.execute(text("SHOW SESSION STATUS LIKE 'Com_rollback'"))).one()
+            return int(row[1])
+
+    try:
+        before = await rollbacks_so_far()
+        for _ in range(5):
+            async with db:
+                await db.read.execute(text("SELECT 1"))
+        assert await rollbacks_so_far() == before
+    finally:
+        await db.dispose()

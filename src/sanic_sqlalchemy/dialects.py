@@ -74,7 +74,12 @@ class Backend:
 
     def engine_options(self, role: Role, settings: Settings) -> dict[str, Any]:
         """Keyword arguments for ``create_async_engine`` specific to this backend."""
-        return {"isolation_level": "AUTOCOMMIT"} if role is Role.READ else {}
+        if role is Role.WRITE:
+            return {}
+        # Reads run in autocommit: there is never a transaction to roll back, and
+        # MySQL drivers would otherwise send ROLLBACK twice per unit (session close
+        # and pool check-in), two round trips for nothing.
+        return {"isolation_level": "AUTOCOMMIT", "skip_autocommit_rollback": True}
 
     def install(self, engine: AsyncEngine, role: Role) -> None:
         """Attach this backend's connection set-up to ``engine`` (and to it only)."""
