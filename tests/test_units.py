@@ -335,3 +335,27 @@ async def test_on_commit_after_the_unit_settled_says_why(db: Database) -> None:
         await unit.settle(True)
         with pytest.raises(UnitStateError, match="no later commit will run the callback"):
             db.on_commit(print)
+
+
+async def test_in_memory_sqlite_is_shared_by_both_pools_and_removed() -> None:
+    """``sqlite+aiosqlite://`` gives one private database to both pools, deleted at dispose."""
+    from sanic_sqlalchemy.testing import schema
+
+    from .models import Base
+
+    db = Database("sqlite+aiosqlite://")
+    async with schema(db, Base.metadata):
+        async with db:
+            db.write.add(User(id=1, name="Ada", email="ada@example.com"))
+        async with db:
+            assert (await db.read.get(User, 1)) is not None
+        path = db.engines.write.url.database
+        assert path is not None and _exists(path)
+    await db.dispose()
+    assert not _exists(path)
+
+
+def _exists(path: str) -> bool:
+    import os
+
+    return os.path.exists(path)
