@@ -1,0 +1,1 @@
+"""The benchmark harness of sanic-sqlalchemy (see benchmarks/README.md)."""

@@ -1,0 +1,18 @@
+"""One Sanic application per variant, all serving the same endpoints and the same JSON.
+
+Every module has ``create_app(url: str, backend: str) -> Sanic`` where ``backend`` is
+``"postgresql"`` or ``"mysql"``.  The SQL each variant sends is described in
+benchmarks/README.md ("What each variant does").
+"""
+
+#: variant name -> (module, backends it supports, human label)
+VARIANTS: dict[str, tuple[str, tuple[str, ...], str]] = {
+    "raw-asyncpg": ("raw_asyncpg", ("postgresql",), "raw asyncpg (pool)"),
+    "raw-asyncmy": ("raw_asyncmy", ("mysql",), "raw asyncmy (pool)"),
+    "core": ("core", ("postgresql", "mysql"), "SQLAlchemy Core by hand"),
+    "orm": ("orm", ("postgresql", "mysql"), "ORM session per request (middleware)"),
+    "advanced-alchemy": ("advanced_alchemy_ext", ("postgresql",), "advanced-alchemy Sanic ext"),
+    "ours": ("ours", ("postgresql", "mysql"), "sanic-sqlalchemy (ours)"),
+    # Diagnostic (not run by default): ours's design by hand, without its guard rails.
+    "orm-readonly": ("orm_readonly", ("postgresql",), "diagnostic: ours's design by hand"),
+}
