@@ -15,7 +15,7 @@ from .engines import Engines
 from .errors import ConfigurationError, EngineNotInitialisedError, NoActiveUnitError
 from .sessions import ReadSession, WriteSession
 from .settings import Settings
-from .unit import UnitOfWork, UnitState
+from .unit import UnitOfWork
 
 if TYPE_CHECKING:
     from sanic import Sanic
@@ -145,11 +145,7 @@ class Database:
 
     async def __aenter__(self) -> UnitOfWork:
         current = self.scope.current()
-        if (
-            current is not None
-            and current.state is not UnitState.ENDED
-            and current.owner is asyncio.current_task()
-        ):
+        if current is not None and not current.ended and current.owner is asyncio.current_task():
             current.depth += 1
             return current
         unit = self.open_unit()

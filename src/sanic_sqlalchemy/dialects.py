@@ -278,7 +278,7 @@ class SQLite(Backend):
         if role is Role.READ:
             event.listen(sync_engine, "connect", _sqlite_read_connection)
         else:
-            event.listen(sync_engine, "connect", _sqlite_write_connection)
+            event.listen(sync_engine, "connect", _sqlite_set_up)
             # The driver's own BEGIN handling breaks savepoints; emit BEGIN ourselves.
             # IMMEDIATE takes the write lock at once, so a transaction that read first
             # cannot fail later when it upgrades to writing.
@@ -315,7 +315,8 @@ class SQLite(Backend):
             self._ephemeral = None
 
 
-def _sqlite_common(dbapi_connection: Any) -> None:
+def _sqlite_set_up(dbapi_connection: Any, _record: Any = None) -> None:
+    """Every SQLite connection: our own BEGIN, foreign keys enforced, WAL journal."""
     dbapi_connection.isolation_level = None
     cursor = dbapi_connection.cursor()
     try:
@@ -344,12 +345,8 @@ def _switch_to_wal(cursor: Any) -> None:
         delay = min(delay * 2, 0.5)
 
 
-def _sqlite_write_connection(dbapi_connection: Any, _record: Any) -> None:
-    _sqlite_common(dbapi_connection)
-
-
 def _sqlite_read_connection(dbapi_connection: Any, _record: Any) -> None:
-    _sqlite_common(dbapi_connection)
+    _sqlite_set_up(dbapi_connection)
     cursor = dbapi_connection.cursor()
     try:
         cursor.execute("PRAGMA query_only = ON")

@@ -18,6 +18,7 @@ from sqlalchemy.engine import Connection
 from sqlalchemy.exc import ArgumentError, DisconnectionError
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from sqlalchemy.pool import ConnectionPoolEntry, PoolProxiedConnection
+from sqlalchemy.sql.elements import TextClause
 
 from .dialects import Backend, Role, backend_for, refuse_session_control
 from .errors import ConfigurationError, EventLoopMismatchError, ReadOnlyError
@@ -66,10 +67,14 @@ class Engines:
         _cursor: Any,
         statement: str,
         _parameters: Any,
-        _context: Any,
+        context: Any,
         _executemany: bool,
     ) -> None:
-        refuse_session_control(statement)
+        compiled = getattr(context, "compiled", None)
+        if compiled is None or isinstance(compiled.statement, TextClause):
+            # Only SQL text can be SET, BEGIN and the like: a compiled Core or ORM
+            # construct never is, so the hot path skips the scan.
+            refuse_session_control(statement)
         driver = conn.connection.driver_connection
         if self.backend.is_unsafe_for(Role.READ, driver):
             # A previous statement switched read-only off (PostgreSQL's set_config(),
@@ -85,10 +90,7 @@ class Engines:
         backend = self.backend
         dialect = engine.sync_engine.dialect
 
-        def on_connect(_dbapi_connection: Any, record: ConnectionPoolEntry) -> None:
-            record.info[_LAST_USED] = time.monotonic()
-
-        def on_checkin(_dbapi_connection: Any, record: ConnectionPoolEntry) -> None:
+        def mark_used(_dbapi_connection: Any, record: ConnectionPoolEntry) -> None:
             record.info[_LAST_USED] = time.monotonic()
 
         def on_checkout(
@@ -111,8 +113,8 @@ class Engines:
                 if not alive:
                     raise DisconnectionError("connection did not answer a ping")
 
-        event.listen(engine.sync_engine.pool, "connect", on_connect)
-        event.listen(engine.sync_engine.pool, "checkin", on_checkin)
+        event.listen(engine.sync_engine.pool, "connect", mark_used)
+        event.listen(engine.sync_engine.pool, "checkin", mark_used)
         event.listen(engine.sync_engine.pool, "checkout", on_checkout)
 
     def check_loop(self) -> None:

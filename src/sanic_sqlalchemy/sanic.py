@@ -148,27 +148,25 @@ def _wrap_handler(handler: Callable[..., Any]) -> Callable[..., Any]:
     async def in_unit_of_work(request: Request, *args: Any, **kwargs: Any) -> Any:
         state = request.ctx.__dict__
         state[_IN_HANDLER] = True
+        cancelled = False
         try:
             response = handler(request, *args, **kwargs)
             if isawaitable(response):
                 response = await response
             return response
         except BaseException as error:
-            state[_IN_HANDLER] = False
-            units: _Units | None = state.get(_UNITS)
-            if units and not isinstance(error, Exception):
-                # Cancelled: no response will come to settle the unit.
-                await _end_units(units, success=False)
-            elif units:
-                await _end_settled(units)
+            cancelled = not isinstance(error, Exception)
             raise
         finally:
-            if state.get(_IN_HANDLER):
-                state[_IN_HANDLER] = False
-                units = state.get(_UNITS)
-                if units:
-                    # The handler responded itself (streaming): it is done reading.
-                    await _end_settled(units)
+            state[_IN_HANDLER] = False
+            units: _Units | None = state.get(_UNITS)
+            if units and cancelled:
+                # No response will come to settle the unit.
+                await _end_units(units, success=False)
+            elif units:
+                # A unit the handler settled by responding itself (streaming) is done
+                # reading; the others wait for respond().
+                await _end_settled(units)
 
     setattr(in_unit_of_work, _WRAPPED, True)
     return in_unit_of_work
@@ -193,8 +191,9 @@ def _install_app_hooks(app: Sanic[Any, Any]) -> None:
 
 
 async def _end_settled(units: _Units) -> None:
-    if any(unit.settled for unit in units.values()):
-        await _end_units(units, success=False)
+    settled = {db: unit for db, unit in units.items() if unit.settled}
+    if settled:
+        await _end_units(settled, success=False)
 
 
 async def _end_units(units: _Units, success: bool) -> None:

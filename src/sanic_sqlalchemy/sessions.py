@@ -117,8 +117,6 @@ def _on_read_execute(state: ORMExecuteState) -> Any:
     assert isinstance(session, _ReadSyncSession)
     unit = session._unit
     unit.check_readable()
-    if isinstance(state.statement, TextClause):
-        refuse_session_control(state.statement.text)
     if unit.wrote and state.is_select:
         state.update_execution_options(populate_existing=True)
     try:
@@ -140,6 +138,9 @@ def _on_read_execute(state: ORMExecuteState) -> Any:
 
 
 def _read_on_writer(state: ORMExecuteState, unit: UnitOfWork, writer: Connection) -> Any:
+    # The read engine refuses session-control SQL itself; the writer's engine does not.
+    if isinstance(state.statement, TextClause):
+        refuse_session_control(state.statement.text)
     if unit.reading_on_writer:
         # A query issued while loading the first one (selectinload, a lazy load):
         # already inside the read-only scope.
