@@ -249,34 +249,45 @@ async def test_two_workers_share_the_database_and_stop_cleanly(url: str, tmp_pat
             pids = await _both_workers(client)
             written: dict[int, dict[str, Any]] = {}
             serial = 0
+            # Requests go in concurrent batches: sequential connections may all be
+            # accepted by the same worker, concurrent ones reach both.
             for writer in sorted(pids):
                 # Insert until this worker has written a row...
-                for _ in range(100):
-                    serial += 1
-                    payload = {"name": f"user {serial}", "email": f"user{serial}@example.com"}
-                    response = await client.post("/users", json=payload)
-                    assert response.status_code == 201, response.text
-                    created = response.json()
-                    assert (created["name"], created["email"]) == (
-                        payload["name"],
-                        payload["email"],
+                created = None
+                for _ in range(20):
+                    payloads = [
+                        {"name": f"user {n}", "email": f"user{n}@example.com"}
+                        for n in range(serial + 1, serial + 11)
+                    ]
+                    serial += len(payloads)
+                    responses = await asyncio.gather(
+                        *(client.post("/users", json=payload) for payload in payloads)
                     )
-                    assert created["pid"] == created["served_by"]
-                    written[created["id"]] = created
-                    if created["pid"] == writer:
+                    for payload, response in zip(payloads, responses, strict=True):
+                        assert response.status_code == 201, response.text
+                        row = response.json()
+                        assert (row["name"], row["email"]) == (payload["name"], payload["email"])
+                        assert row["pid"] == row["served_by"]
+                        written[row["id"]] = row
+                        if row["pid"] == writer:
+                            created = row
+                    if created is not None:
                         break
                 else:
-                    pytest.fail(f"worker {writer} served none of 100 inserts")
+                    pytest.fail(f"worker {writer} served none of 200 inserts")
                 # ...then read it back until the other worker has served it.
-                for _ in range(100):
-                    response = await client.get(f"/users/{created['id']}")
-                    assert response.status_code == 200, response.text
-                    read = response.json()
-                    assert _same_user(read, created), (read, created)
-                    if read["served_by"] != writer:
+                for _ in range(20):
+                    responses = await asyncio.gather(
+                        *(client.get(f"/users/{created['id']}") for _ in range(10))
+                    )
+                    reads = [response.json() for response in responses]
+                    for response, read in zip(responses, reads, strict=True):
+                        assert response.status_code == 200, response.text
+                        assert _same_user(read, created), (read, created)
+                    if any(read["served_by"] != writer for read in reads):
                         break
                 else:
-                    pytest.fail(f"the worker other than {writer} served none of 100 reads")
+                    pytest.fail(f"the worker other than {writer} served none of 200 reads")
 
             stored = await stored_users(admin)
             assert {user_id: row["email"] for user_id, row in stored.items()} == {
