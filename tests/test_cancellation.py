@@ -358,7 +358,7 @@ async def test_cancel_while_waiting_for_a_pooled_connection(
 
     async def holder() -> None:
         async with small:
-            await small.read.execute(select(User))
+            await small.read.connection()  # held until the unit ends
             holding.set()
             await release.wait()
 

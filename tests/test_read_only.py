@@ -165,18 +165,26 @@ async def test_hostile_string_through_read_is_a_parameter(db: Database) -> None:
 
 @pytest.mark.backends("postgresql")
 async def test_read_only_switched_off_by_a_select_is_caught(db: Database) -> None:
-    """A SELECT that switches read-only off (``set_config``) cannot be followed by a write."""
+    """A SELECT that switches read-only off (``set_config``) cannot be followed by a write,
+    on the same connection (kept here with ``connection()``) or on the next one."""
     await seed(db)
+    switch_off = text(
+        "SELECT pg_backend_pid() FROM set_config('default_transaction_read_only', 'off', false)"
+    )
     with pytest.raises(ReadOnlyError, match="switched its connection's read-only mode off"):
         async with db:
-            await db.read.execute(
-                text("SELECT set_config('default_transaction_read_only', 'off', false)")
-            )
+            await db.read.connection()
+            await db.read.execute(switch_off)
             await db.read.execute(text("DELETE FROM users"))
     assert await names(db) == ["Ada"]
-    async with db:  # the poisoned connection is gone: reads work and are read-only again
-        with pytest.raises(ReadOnlyError):
+    async with db:
+        poisoned = (await db.read.execute(switch_off)).scalar_one()
+        # The connection went back to the pool read-write: it is discarded, not reused.
+        with pytest.raises(ReadOnlyError, match="refused the statement as read-only"):
             await db.read.execute(text("DELETE FROM users"))
+        pid = (await db.read.execute(text("SELECT pg_backend_pid()"))).scalar_one()
+        assert pid != poisoned
+    assert await names(db) == ["Ada"]
 
 
 def test_statement_classification() -> None:

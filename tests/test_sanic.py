@@ -342,7 +342,7 @@ async def test_pool_exhaustion_answers_503(url: str, serve: Any) -> None:
 
     @app.get("/hold")
     async def hold(_request: Request) -> HTTPResponse:
-        await db.read.execute(select(User))
+        await db.read.connection()  # held until the unit ends
         await release.wait()
         return text("held")
 

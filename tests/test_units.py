@@ -7,7 +7,7 @@ from sqlalchemy import select, text, update
 
 from sanic_sqlalchemy import Database, EngineNotInitialisedError, NoActiveUnitError
 from sanic_sqlalchemy.errors import UnitStateError
-from sanic_sqlalchemy.testing import CheckoutCounter, CommitRecorder, checked_out
+from sanic_sqlalchemy.testing import CheckoutCounter, CommitRecorder, PoolUse, checked_out
 
 from .conftest import count_users
 from .models import Order, User
@@ -234,12 +234,38 @@ async def test_plain_sql_strings_with_bound_parameters(db: Database) -> None:
 
 
 async def test_connections_return_to_the_pool(db: Database) -> None:
-    """Both sessions release their connections when the unit ends (rule 4)."""
+    """A read gives its connection back as soon as its rows are read; the write session
+    keeps its connection (and transaction) until the unit ends (rule 4)."""
     async with db:
-        await db.read.execute(select(User))
+        users = (await db.read.execute(select(User))).scalars()
+        assert checked_out(db).total == 0
+        assert users.all() == []
         db.write.add(User(id=1, name="Ada", email="ada@example.com"))
         await db.write.flush()
-        assert checked_out(db).total == 2
+        assert checked_out(db) == PoolUse(write=1, read=0)
+        # After a write, reads share the writer's connection.
+        assert [user.name for user in (await db.read.scalars(select(User)))] == ["Ada"]
+        assert checked_out(db) == PoolUse(write=1, read=0)
+    assert checked_out(db).total == 0
+    async with db:
+        await db.read.connection()  # asked for explicitly: kept until the unit ends
+        await db.read.execute(select(User))
+        assert checked_out(db) == PoolUse(write=0, read=1)
+    assert checked_out(db).total == 0
+
+
+async def test_streamed_read_keeps_its_connection_while_iterated(db: Database) -> None:
+    """``db.read.stream()`` reads rows from the connection as they are iterated: it keeps
+    its connection, every row arrives, and the connection goes back when the unit ends."""
+    async with db:
+        db.write.add_all([User(id=n, name=f"u{n}", email=f"u{n}@example.com") for n in range(1, 4)])
+    async with db:
+        users = await db.read.stream_scalars(select(User).order_by(User.id))
+        assert checked_out(db) == PoolUse(write=0, read=1)
+        first = await users.__anext__()
+        assert await db.read.scalar(select(User.name).where(User.id == 3)) == "u3"
+        assert [first.name] + [user.name async for user in users] == ["u1", "u2", "u3"]
+        assert checked_out(db) == PoolUse(write=0, read=1)
     assert checked_out(db).total == 0
 
 

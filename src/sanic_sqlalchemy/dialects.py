@@ -67,6 +67,8 @@ class Backend:
     """Behaviour shared by every backend; subclasses fill in the differences."""
 
     name = ""
+    #: Execution options of a read connection that streams rows (server-side cursor).
+    streaming_options: Mapping[str, Any] = {}
 
     def url(self, url: URL) -> URL:
         """The URL to connect to, with this backend's defaults filled in."""
@@ -96,6 +98,10 @@ class Backend:
         """True when a pooled connection left its expected state (read-only, idle)."""
         return False
 
+    def read_only_lost(self, driver_connection: Any) -> bool:
+        """True when a statement switched a read connection's read-only mode off."""
+        return False
+
     @contextlib.contextmanager
     def read_inside_write(self, connection: Connection, is_query: bool) -> Iterator[None]:
         """Run one read on the unit's writing connection without letting it write."""
@@ -117,6 +123,9 @@ def _merge_connect_args(options: Mapping[str, Any], extra: Mapping[str, Any]) ->
 
 class PostgreSQL(Backend):
     name = "postgresql"
+    # asyncpg opens cursors only inside a transaction: a streamed read gets one (made
+    # read-only by the connection's default); the pool restores autocommit at check-in.
+    streaming_options: Mapping[str, Any] = {"isolation_level": "READ COMMITTED"}
 
     def engine_options(self, role: Role, settings: Settings) -> dict[str, Any]:
         options = super().engine_options(role, settings)
@@ -136,14 +145,13 @@ class PostgreSQL(Backend):
     def is_unsafe_for(self, role: Role, driver_connection: Any) -> bool:
         if driver_connection.is_in_transaction():
             return True
-        if role is Role.READ:
-            # PostgreSQL reports this setting to the client whenever it changes, so
-            # reading it costs no round trip.
-            setting = getattr(
-                driver_connection.get_settings(), "default_transaction_read_only", "on"
-            )
-            return bool(setting != "on")
-        return False
+        return role is Role.READ and self.read_only_lost(driver_connection)
+
+    def read_only_lost(self, driver_connection: Any) -> bool:
+        # PostgreSQL reports this setting to the client whenever it changes, so reading
+        # it costs no round trip.
+        setting = getattr(driver_connection.get_settings(), "default_transaction_read_only", "on")
+        return bool(setting != "on")
 
     @contextlib.contextmanager
     def read_inside_write(self, connection: Connection, is_query: bool) -> Iterator[None]:

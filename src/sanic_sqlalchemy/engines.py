@@ -76,7 +76,7 @@ class Engines:
             # construct never is, so the hot path skips the scan.
             refuse_session_control(statement)
         driver = conn.connection.driver_connection
-        if self.backend.is_unsafe_for(Role.READ, driver):
+        if self.backend.read_only_lost(driver):
             # A previous statement switched read-only off (PostgreSQL's set_config(),
             # say): nothing more runs on this connection.
             conn.invalidate()

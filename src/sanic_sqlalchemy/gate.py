@@ -9,8 +9,7 @@ corrupted session.  Runs inside SQLAlchemy's greenlet, hence ``await_only``.
 from __future__ import annotations
 
 import asyncio
-import contextlib
-from collections.abc import Iterator
+from types import TracebackType
 
 from sqlalchemy.util import await_only
 
@@ -28,9 +27,11 @@ class Gate:
         self._writing = False
         self._released: asyncio.Event | None = None
 
-    @contextlib.contextmanager
-    def hold(self, *, writing: bool) -> Iterator[None]:
-        """Hold the turn for the current task while the block runs."""
+    def hold(self, *, writing: bool) -> _Hold:
+        """``with gate.hold(writing=...):`` holds the turn for the current task."""
+        return _Hold(self, writing)
+
+    def _enter(self, writing: bool) -> None:
         task = asyncio.current_task()
         while self._owner is not None and self._owner is not task:
             if writing and self._writing:
@@ -46,16 +47,20 @@ class Gate:
         self._owner = task
         self._writing = self._writing or writing
         self._depth += 1
-        try:
-            yield
-        finally:
-            self._depth -= 1
-            if self._depth == 0:
-                self._owner = None
-                self._writing = False
-                if self._released is not None:
-                    self._released.set()
-                    self._released = None
+
+    def _leave(self) -> None:
+        self._depth -= 1
+        if self._depth == 0:
+            self._owner = None
+            self._writing = False
+            if self._released is not None:
+                self._released.set()
+                self._released = None
+
+    @property
+    def free(self) -> bool:
+        """Whether no task holds the turn."""
+        return self._owner is None
 
     async def until_free(self) -> None:
         """Wait until no task holds the turn (a cancelled task may still be leaving)."""
@@ -63,3 +68,24 @@ class Gate:
             if self._released is None:
                 self._released = asyncio.Event()
             await self._released.wait()
+
+
+class _Hold:
+    """The context manager of ``Gate.hold`` (a slotted object, cheaper than a generator)."""
+
+    __slots__ = ("_gate", "_writing")
+
+    def __init__(self, gate: Gate, writing: bool) -> None:
+        self._gate = gate
+        self._writing = writing
+
+    def __enter__(self) -> None:
+        self._gate._enter(self._writing)
+
+    def __exit__(
+        self,
+        _type: type[BaseException] | None,
+        _error: BaseException | None,
+        _traceback: TracebackType | None,
+    ) -> None:
+        self._gate._leave()

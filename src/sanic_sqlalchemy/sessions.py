@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 from sqlalchemy import event, text
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncSession
-from sqlalchemy.orm import ORMExecuteState, Session, SessionTransaction
+from sqlalchemy.orm import Session, SessionTransaction
 from sqlalchemy.sql.elements import TextClause
 
 from .dialects import refuse_session_control
@@ -28,18 +28,27 @@ if TYPE_CHECKING:
 
 
 class _UnitSession(Session):
-    """What both halves share: their unit, and plain SQL strings taken as ``text()``."""
+    """What both halves share: their unit, and plain SQL strings taken as ``text()``.
+
+    Every statement of the ORM passes through ``execute`` (``get``, ``refresh``, lazy
+    and eager loads included), so the guard rails sit there rather than in a
+    ``do_orm_execute`` listener, which would run each statement through SQLAlchemy's
+    execution machinery twice.
+    """
 
     _unit: UnitOfWork
 
-    def execute(self, statement: Any, *args: Any, **kwargs: Any) -> Any:
-        return super().execute(_as_statement(statement), *args, **kwargs)
+    def execute(self, statement: Any, params: Any = None, **kwargs: Any) -> Any:
+        return self._run(_as_statement(statement), params, kwargs)
 
-    def scalar(self, statement: Any, *args: Any, **kwargs: Any) -> Any:
-        return super().scalar(_as_statement(statement), *args, **kwargs)
+    def scalar(self, statement: Any, params: Any = None, **kwargs: Any) -> Any:
+        return self.execute(statement, params, **kwargs).scalar()
 
-    def scalars(self, statement: Any, *args: Any, **kwargs: Any) -> Any:
-        return super().scalars(_as_statement(statement), *args, **kwargs)
+    def scalars(self, statement: Any, params: Any = None, **kwargs: Any) -> Any:
+        return self.execute(statement, params, **kwargs).scalars()
+
+    def _run(self, statement: Any, params: Any, kwargs: dict[str, Any]) -> Any:
+        raise NotImplementedError
 
 
 def _as_statement(statement: Any) -> Any:
@@ -49,6 +58,46 @@ def _as_statement(statement: Any) -> Any:
 
 class _ReadSyncSession(_UnitSession):
     """The synchronous half of ``db.read``."""
+
+    def _run(self, statement: Any, params: Any, kwargs: dict[str, Any]) -> Any:
+        unit = self._unit
+        unit.check_readable()
+        if unit.wrote and getattr(statement, "is_select", False):
+            # The unit's writes may have changed rows this session loaded earlier.
+            kwargs["execution_options"] = {
+                **kwargs.get("execution_options", {}),
+                "populate_existing": True,
+            }
+        try:
+            # The turn is taken before looking at the writer: another task of the unit
+            # may be mid-query on the read connection that a rebind would release.
+            with unit.read_gate.hold(writing=False):
+                writer = unit.writer_connection
+                if unit.read_bound_to is not writer:
+                    # The unit began or ended a write transaction since the last read:
+                    # a new read transaction on the right connection (identity map kept).
+                    self._end_transaction()
+                    unit.read_bound_to = writer
+                if writer is not None:
+                    return _read_on_writer(self, statement, params, kwargs, writer)
+                if self.get_transaction() is not None:
+                    # A load issued while loading (selectinload), a streamed result or
+                    # an explicit db.read.connection(): keep using that connection.
+                    return Session.execute(self, statement, params, **kwargs)
+                if _streams(statement, kwargs):
+                    # Rows come from the connection as they are iterated: it stays
+                    # with the session (in a transaction where cursors need one).
+                    self.connection(execution_options=unit.backend.streaming_options)
+                    return Session.execute(self, statement, params, **kwargs)
+                result = Session.execute(self, statement, params, **kwargs)
+                # Reads run in autocommit and their rows are buffered: the connection
+                # goes back to the pool now, not when the unit ends, so a request
+                # awaiting something else meanwhile holds none.
+                self._end_transaction()
+                return result
+        except DBAPIError as error:
+            _translate_read_only(unit, error)
+            raise
 
     def flush(self, objects: Any = None) -> None:
         if self.new or self.deleted or any(self.is_modified(obj) for obj in self.dirty):
@@ -79,6 +128,12 @@ class _ReadSyncSession(_UnitSession):
 class _WriteSyncSession(_UnitSession):
     """The synchronous half of ``db.write``."""
 
+    def _run(self, statement: Any, params: Any, kwargs: dict[str, Any]) -> Any:
+        unit = self._unit
+        unit.check_writable()
+        with unit.write_gate.hold(writing=True):
+            return Session.execute(self, statement, params, **kwargs)
+
     def flush(self, objects: Any = None) -> None:
         unit = self._unit
         unit.check_writable()
@@ -96,8 +151,16 @@ class _WriteSyncSession(_UnitSession):
             super().rollback()
 
 
-def _is_query(state: ORMExecuteState) -> bool:
-    statement = state.statement
+def _streams(statement: Any, kwargs: dict[str, Any]) -> bool:
+    """Whether the result reads rows from the connection as it is iterated."""
+    given = kwargs.get("execution_options")
+    for options in (given, getattr(statement, "_execution_options", None)):
+        if options and (options.get("stream_results") or options.get("yield_per")):
+            return True
+    return False
+
+
+def _is_query(statement: Any) -> bool:
     if isinstance(statement, TextClause):
         return is_plain_query(statement.text)
     return bool(getattr(statement, "is_select", False))
@@ -111,61 +174,33 @@ def _translate_read_only(unit: UnitOfWork, error: DBAPIError) -> None:
         ) from error
 
 
-@event.listens_for(_ReadSyncSession, "do_orm_execute")
-def _on_read_execute(state: ORMExecuteState) -> Any:
-    session = state.session
-    assert isinstance(session, _ReadSyncSession)
+def _read_on_writer(
+    session: _ReadSyncSession,
+    statement: Any,
+    params: Any,
+    kwargs: dict[str, Any],
+    writer: Connection,
+) -> Any:
     unit = session._unit
-    unit.check_readable()
-    if unit.wrote and state.is_select:
-        state.update_execution_options(populate_existing=True)
-    try:
-        # The turn is taken before looking at the writer: another task of the unit
-        # may be mid-query on the read connection that a rebind would release.
-        with unit.read_gate.hold(writing=False):
-            writer = unit.writer_connection
-            if unit.read_bound_to is not writer:
-                # The unit began or ended a write transaction since the last read:
-                # a new read transaction on the right connection (identity map kept).
-                session._end_transaction()
-                unit.read_bound_to = writer
-            if writer is None:
-                return state.invoke_statement()
-            return _read_on_writer(state, unit, writer)
-    except DBAPIError as error:
-        _translate_read_only(unit, error)
-        raise
-
-
-def _read_on_writer(state: ORMExecuteState, unit: UnitOfWork, writer: Connection) -> Any:
     # The read engine refuses session-control SQL itself; the writer's engine does not.
-    if isinstance(state.statement, TextClause):
-        refuse_session_control(state.statement.text)
+    if isinstance(statement, TextClause):
+        refuse_session_control(statement.text)
+    kwargs["bind_arguments"] = {**(kwargs.get("bind_arguments") or {}), "bind": writer}
     if unit.reading_on_writer:
         # A query issued while loading the first one (selectinload, a lazy load):
         # already inside the read-only scope.
-        return state.invoke_statement(bind_arguments={"bind": writer})
+        return Session.execute(session, statement, params, **kwargs)
     with (
         unit.write_gate.hold(writing=False),
-        unit.backend.read_inside_write(writer, _is_query(state)),
+        unit.backend.read_inside_write(writer, _is_query(statement)),
     ):
         unit.reading_on_writer = True
         try:
-            result = state.invoke_statement(bind_arguments={"bind": writer})
+            result = Session.execute(session, statement, params, **kwargs)
             # Buffer every row before the read-only scope ends.
             return result.freeze()()
         finally:
             unit.reading_on_writer = False
-
-
-@event.listens_for(_WriteSyncSession, "do_orm_execute")
-def _on_write_execute(state: ORMExecuteState) -> Any:
-    session = state.session
-    assert isinstance(session, _WriteSyncSession)
-    unit = session._unit
-    unit.check_writable()
-    with unit.write_gate.hold(writing=True):
-        return state.invoke_statement()
 
 
 @event.listens_for(_WriteSyncSession, "after_begin")

@@ -254,7 +254,13 @@ class UnitOfWork:
             if self.state is not UnitState.ENDED:
                 self.state = UnitState.ENDED
                 read = self._read
-                if read is not None:
+                if read is None:
+                    pass
+                elif read.sync_session.get_transaction() is None and self.read_gate.free:
+                    # Each read gave its connection back as it finished: closing only
+                    # detaches the loaded objects, with no I/O a cancellation could cut.
+                    read.sync_session.close()
+                else:
                     await self.shielded(self._close_when_free(read, self.read_gate))
 
     @staticmethod

@@ -158,7 +158,7 @@ async def slow(request: Request) -> HTTPResponse:
     elif backend == "mysql":
         await session.execute(text("SELECT SLEEP(:seconds)"), {"seconds": seconds})
     else:
-        # SQLite cannot sleep in SQL; the session keeps its connection until the unit ends.
-        await session.execute(text("SELECT 1"))
+        # SQLite cannot sleep in SQL: the session holds a connection until the unit ends.
+        await session.connection()
         await asyncio.sleep(seconds)
     return json({"slept": seconds, "via": via, "pid": os.getpid()})
