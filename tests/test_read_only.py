@@ -222,3 +222,35 @@ async def test_mysql_reads_send_no_rollback(url: str) -> None:
         assert await rollbacks_so_far() == before
     finally:
         await db.dispose()
+
+
+@pytest.mark.backends("mysql")
+async def test_mysql_committed_writes_send_no_rollback(url: str) -> None:
+    """On MySQL/MariaDB a committed write unit is not followed by a ROLLBACK when its
+    connection goes back to the pool; a failed one is rolled back."""
+    db = Database(url, pool_size=1)
+
+    async def status(name: str) -> int:
+        async with db:
+            row = (await db.write.execute(text(f"SHOW SESSION STATUS LIKE '{name}'"))).one()
+            return int(row[1])
+
+    try:
+        async with db:
+            await db.write.execute(text("CREATE TEMPORARY TABLE notes (body TEXT)"))
+        rollbacks, commits = await status("Com_rollback"), await status("Com_commit")
+        for n in range(5):
+            async with db:
+                await db.write.execute(text("INSERT INTO notes VALUES (:n)"), {"n": str(n)})
+        assert await status("Com_commit") >= commits + 5
+        assert await status("Com_rollback") == rollbacks
+        with pytest.raises(RuntimeError):
+            async with db:
+                await db.write.execute(text("INSERT INTO notes VALUES ('lost')"))
+                raise RuntimeError("the unit fails")
+        assert await status("Com_rollback") == rollbacks + 1
+        async with db:
+            bodies = (await db.write.execute(text("SELECT body FROM notes"))).scalars().all()
+        assert sorted(bodies) == ["0", "1", "2", "3", "4"]
+    finally:
+        await db.dispose()

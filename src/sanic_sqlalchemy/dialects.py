@@ -32,6 +32,7 @@ from typing import Any
 from sqlalchemy import event
 from sqlalchemy.engine import URL, Connection, ExceptionContext
 from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.pool import PoolResetState
 from sqlalchemy.util import await_only
 
 from .errors import ReadOnlyError
@@ -181,10 +182,23 @@ class MySQL(Backend):
             url = url.update_query_dict({"charset": "utf8mb4"})
         return url
 
+    def engine_options(self, role: Role, settings: Settings) -> dict[str, Any]:
+        options = super().engine_options(role, settings)
+        if role is Role.WRITE:
+            # The pool's own reset would send ROLLBACK after every COMMIT, a round trip
+            # for nothing: _mysql_reset rolls back only a transaction still open.
+            options["pool_reset_on_return"] = None
+        return options
+
     def install(self, engine: AsyncEngine, role: Role) -> None:
         if role is Role.READ:
             event.listen(engine.sync_engine, "connect", _mysql_read_only_session)
+        else:
+            event.listen(engine.sync_engine.pool, "reset", _mysql_reset)
         event.listen(engine.sync_engine, "handle_error", _mysql_kill_cancelled)
+
+    def is_unsafe_for(self, role: Role, driver_connection: Any) -> bool:
+        return _mysql_in_transaction(driver_connection)
 
     def is_read_only_violation(self, error: BaseException | None) -> bool:
         args: tuple[Any, ...] = getattr(error, "args", ())
@@ -246,6 +260,19 @@ def _mysql_kill_cancelled(context: ExceptionContext) -> None:
         logger.warning(
             "could not KILL a cancelled MySQL statement; the server ends it later", exc_info=True
         )
+
+
+def _mysql_in_transaction(driver_connection: Any) -> bool:
+    # The server sends its transaction status with every reply: reading it is free.
+    # A driver without this PyMySQL method is assumed to be in a transaction.
+    status = getattr(driver_connection, "get_transaction_status", None)
+    return status is None or bool(status())
+
+
+def _mysql_reset(dbapi_connection: Any, _record: Any, reset_state: PoolResetState) -> None:
+    """Roll back a connection returned to the pool only if a transaction is still open."""
+    if not reset_state.terminate_only and _mysql_in_transaction(dbapi_connection.driver_connection):
+        dbapi_connection.rollback()
 
 
 def _mysql_read_only_session(dbapi_connection: Any, _record: Any) -> None:
