@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable, Coroutine
 from enum import Enum
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm import Session
+from sqlalchemy.util import greenlet_spawn
 
 from .callbacks import Callback, CallbackQueue, run_callbacks
 from .errors import UnitStateError
@@ -59,6 +61,44 @@ _STATE_MESSAGES = {
         "db.write inside `async with db:` (or a request), not after it."
     ),
 }
+
+
+def _finish_write(session: Session, commit: bool, error: BaseException | None) -> None:
+    """Commit or roll back the write session, then close it: one trip into SQLAlchemy's
+    greenlet for both, where ``AsyncSession`` would take two."""
+    try:
+        if not session.in_transaction():
+            pass
+        elif commit:
+            session.commit()
+        else:
+            _roll_back(session, error)
+    finally:
+        _close_logged(session)
+
+
+def _roll_back(session: Session, error: BaseException | None) -> None:
+    try:
+        session.rollback()
+    except Exception as failure:
+        # The unit is failing already, or has nothing to keep: a rollback that fails
+        # (typically because the connection died, which ends the server's transaction
+        # anyway) must not replace the error the caller is about to see; it is logged
+        # and noted on that error. The connection is discarded when the session closes.
+        logger.error(
+            "rolling back a unit of work failed; its connection is discarded", exc_info=failure
+        )
+        if error is not None and hasattr(error, "add_note"):  # Python >= 3.11
+            error.add_note(f"sanic-sqlalchemy: the rollback also failed: {failure!r}")
+
+
+def _close_logged(session: Session) -> None:
+    try:
+        session.close()
+    except Exception:
+        # Closing returns the connection to the pool, which discards it if it cannot be
+        # reset; whatever the unit committed stays committed.
+        logger.error("closing a session failed; its connection is discarded", exc_info=True)
 
 
 class UnitOfWork:
@@ -202,24 +242,17 @@ class UnitOfWork:
     async def _settle_write(
         self, write: WriteSession, success: bool, error: BaseException | None
     ) -> None:
-        committed = False
+        commit = success and self._commit_on_exit
         # A task of this unit cancelled mid-write may still be leaving the session.
         await self.write_gate.until_free()
         try:
-            if success and self._commit_on_exit:
-                if write.in_transaction():
-                    await AsyncSession.commit(write)
-                committed = True
-            elif write.in_transaction():
-                await self._rollback(write, error)
+            await greenlet_spawn(_finish_write, write.sync_session, commit, error)
         except BaseException:
             self.callbacks.drop_all()
             self.state = UnitState.ROLLED_BACK
-            await self._close(write)
             raise
         self.state = UnitState.COMMITTED if success else UnitState.ROLLED_BACK
-        await self._close(write)
-        if committed or (success and not self.wrote):
+        if commit or (success and not self.wrote):
             ready = self.callbacks.take_ready(include_pending=True)
         else:
             # commit_on_exit=False: what was registered since the last commit waited
@@ -228,23 +261,6 @@ class UnitOfWork:
             self.callbacks.drop_all()
         if ready:
             await self._run_outside(ready)
-
-    @staticmethod
-    async def _rollback(write: WriteSession, error: BaseException | None) -> None:
-        try:
-            await AsyncSession.rollback(write)
-        except Exception as failure:
-            # The unit is failing already, or has nothing to keep: a rollback that
-            # fails (typically because the connection died, which ends the server's
-            # transaction anyway) must not replace the error the caller is about to
-            # see; it is logged and noted on that error. The connection is discarded
-            # when the session closes.
-            logger.error(
-                "rolling back a unit of work failed; its connection is discarded",
-                exc_info=failure,
-            )
-            if error is not None and hasattr(error, "add_note"):
-                error.add_note(f"sanic-sqlalchemy: the rollback also failed: {failure!r}")
 
     async def end(self, success: bool, error: BaseException | None = None) -> None:
         """Settle the unit if not yet settled, then close both sessions."""
@@ -272,21 +288,16 @@ class UnitOfWork:
 
     @staticmethod
     async def _close(session: AsyncSession) -> None:
-        try:
-            await session.close()
-        except Exception:
-            # Closing returns the connection to the pool, which discards it if it
-            # cannot be reset; whatever the unit committed stays committed.
-            logger.error("closing a session failed; its connection is discarded", exc_info=True)
+        await greenlet_spawn(_close_logged, session.sync_session)
 
-    async def shielded(self, work: Awaitable[_T]) -> _T:
+    async def shielded(self, work: Coroutine[Any, Any, _T]) -> _T:
         """Run ``work`` to completion even if the calling task is cancelled meanwhile.
 
         The work runs in its own task, outside any unit (callbacks may open their own).
         A cancellation of the caller is re-raised once the work is done.
         """
         context = self._database.scope.outside()
-        task: asyncio.Future[_T] = context.run(asyncio.ensure_future, work)
+        task = context.run(asyncio.get_running_loop().create_task, work)
         try:
             return await asyncio.shield(task)
         except asyncio.CancelledError:
