@@ -25,9 +25,9 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import inspect
 import logging
 from collections.abc import Callable
-from inspect import isawaitable
 from typing import TYPE_CHECKING, Any
 
 from sanic import Request, Sanic
@@ -144,32 +144,54 @@ def _unit_request_class(base: type[Request]) -> type[Request]:
 
 
 def _wrap_handler(handler: Callable[..., Any]) -> Callable[..., Any]:
-    @functools.wraps(handler)
-    async def in_unit_of_work(request: Request, *args: Any, **kwargs: Any) -> Any:
-        state = request.ctx.__dict__
-        state[_IN_HANDLER] = True
-        cancelled = False
-        try:
-            response = handler(request, *args, **kwargs)
-            if isawaitable(response):
-                response = await response
-            return response
-        except BaseException as error:
-            cancelled = not isinstance(error, Exception)
-            raise
-        finally:
+    if inspect.iscoroutinefunction(handler):
+        # The common case, kept lean: it runs on every request, database or not.
+        async def in_unit_of_work(request: Request, *args: Any, **kwargs: Any) -> Any:
+            state = request.ctx.__dict__
+            state[_IN_HANDLER] = True
+            try:
+                response = await handler(request, *args, **kwargs)
+            except BaseException as error:
+                state[_IN_HANDLER] = False
+                await _after_handler(state, cancelled=not isinstance(error, Exception))
+                raise
             state[_IN_HANDLER] = False
-            units: _Units | None = state.get(_UNITS)
-            if units and cancelled:
-                # No response will come to settle the unit.
-                await _end_units(units, success=False)
-            elif units:
-                # A unit the handler settled by responding itself (streaming) is done
-                # reading; the others wait for respond().
-                await _end_settled(units)
+            if _UNITS in state:
+                await _after_handler(state, cancelled=False)
+            return response
 
+    else:
+
+        async def in_unit_of_work(request: Request, *args: Any, **kwargs: Any) -> Any:
+            state = request.ctx.__dict__
+            state[_IN_HANDLER] = True
+            cancelled = False
+            try:
+                response = handler(request, *args, **kwargs)
+                if inspect.isawaitable(response):
+                    response = await response
+                return response
+            except BaseException as error:
+                cancelled = not isinstance(error, Exception)
+                raise
+            finally:
+                state[_IN_HANDLER] = False
+                await _after_handler(state, cancelled)
+
+    functools.update_wrapper(in_unit_of_work, handler)
     setattr(in_unit_of_work, _WRAPPED, True)
     return in_unit_of_work
+
+
+async def _after_handler(state: dict[str, Any], cancelled: bool) -> None:
+    units: _Units | None = state.get(_UNITS)
+    if units and cancelled:
+        # No response will come to settle the unit.
+        await _end_units(units, success=False)
+    elif units:
+        # A unit the handler settled by responding itself (streaming) is done reading;
+        # the others wait for respond().
+        await _end_settled(units)
 
 
 def _install_app_hooks(app: Sanic[Any, Any]) -> None:
