@@ -68,6 +68,14 @@ def shop(db: Database, recorder: CommitRecorder) -> Sanic[Any, Any]:
         db.on_commit(recorder, user_id)
         raise SanicException("see other", status_code=303, headers={"Location": "/noop"})
 
+    @app.post("/sync/<user_id:int>")
+    def create_in_sync_handler(request: Request, user_id: int) -> HTTPResponse:
+        db.write.add(User(id=user_id, name="Ada", email=f"{user_id}@example.com"))
+        db.on_commit(recorder, user_id)
+        if request.args.get("raise"):
+            raise RuntimeError("the sync handler failed after writing")
+        return json({"id": user_id}, status=int(request.args.get("status", 201)))
+
     @app.get("/users")
     async def users(_request: Request) -> HTTPResponse:
         rows = (await db.read.execute(select(User).order_by(User.id))).scalars().all()
@@ -124,6 +132,20 @@ async def test_sanic_exception_rolls_back(
     served = await serve(shop(db, recorder))
     assert (await served.client.post("/notfound/1")).status_code == 404
     assert await count_users(db) == 0
+
+
+async def test_sync_handlers_are_units_too(
+    db: Database, serve: Any, recorder: CommitRecorder
+) -> None:
+    """A plain ``def`` handler's writes commit on success and roll back on an error status
+    or an exception, like an ``async def`` handler's."""
+    served = await serve(shop(db, recorder))
+    assert (await served.client.post("/sync/1")).status_code == 201
+    assert (await served.client.post("/sync/2?status=422")).status_code == 422
+    assert (await served.client.post("/sync/3?raise=1")).status_code == 500
+    assert recorder.args == [(1,)]
+    assert await count_users(db) == 1
+    assert (await wait_until_idle(db)).total == 0
 
 
 async def test_redirects_commit(db: Database, serve: Any, recorder: CommitRecorder) -> None:
