@@ -104,6 +104,26 @@ def _close_logged(session: Session) -> None:
 class UnitOfWork:
     """One request's (or one ``async with db:`` block's) database work."""
 
+    # Slots: one unit per request, and fewer objects for the cyclic GC to look at.
+    __slots__ = (
+        "_commit_on_exit",
+        "_database",
+        "_engines",
+        "_read",
+        "_write",
+        "callbacks",
+        "depth",
+        "owner",
+        "read_bound_to",
+        "read_gate",
+        "reading_on_writer",
+        "state",
+        "token",
+        "write_gate",
+        "writer_connection",
+        "wrote",
+    )
+
     def __init__(self, database: Database, commit_on_exit: bool) -> None:
         self._database = database
         self._engines: Engines | None = None
