@@ -80,20 +80,20 @@ class _ReadSyncSession(_UnitSession):
                     unit.read_bound_to = writer
                 if writer is not None:
                     return _read_on_writer(self, statement, params, kwargs, writer)
-                if self.get_transaction() is not None:
-                    # A load issued while loading (selectinload), a streamed result or
-                    # an explicit db.read.connection(): keep using that connection.
-                    return Session.execute(self, statement, params, **kwargs)
-                if _streams(statement, kwargs):
+                # A load issued while loading (selectinload), a streamed result or an
+                # explicit db.read.connection() holds a connection: keep using it.
+                keep = self.get_transaction() is not None
+                if not keep and _streams(statement, kwargs):
                     # Rows come from the connection as they are iterated: it stays
                     # with the session (in a transaction where cursors need one).
                     self.connection(execution_options=unit.backend.streaming_options)
-                    return Session.execute(self, statement, params, **kwargs)
+                    keep = True
                 result = Session.execute(self, statement, params, **kwargs)
-                # Reads run in autocommit and their rows are buffered: the connection
-                # goes back to the pool now, not when the unit ends, so a request
-                # awaiting something else meanwhile holds none.
-                self._end_transaction()
+                if not keep:
+                    # Reads run in autocommit and their rows are buffered: the
+                    # connection goes back to the pool now, not when the unit ends, so
+                    # a request awaiting something else meanwhile holds none.
+                    self._end_transaction()
                 return result
         except DBAPIError as error:
             _translate_read_only(unit, error)

@@ -67,12 +67,11 @@ def _finish_write(session: Session, commit: bool, error: BaseException | None) -
     """Commit or roll back the write session, then close it: one trip into SQLAlchemy's
     greenlet for both, where ``AsyncSession`` would take two."""
     try:
-        if not session.in_transaction():
-            pass
-        elif commit:
-            session.commit()
-        else:
-            _roll_back(session, error)
+        if session.in_transaction():
+            if commit:
+                session.commit()
+            else:
+                _roll_back(session, error)
     finally:
         _close_logged(session)
 
@@ -294,24 +293,20 @@ class UnitOfWork:
                 # reference counting free a finished unit at once, not the cyclic GC.
                 self._read = self._write = None
                 self.writer_connection = self.read_bound_to = None
-                if read is None:
-                    pass
-                elif read.sync_session.get_transaction() is None and self.read_gate.free:
-                    # Each read gave its connection back as it finished: closing only
-                    # detaches the loaded objects, with no I/O a cancellation could cut.
-                    read.sync_session.close()
-                else:
-                    await self.shielded(self._close_when_free(read, self.read_gate))
+                if read is not None:
+                    if read.sync_session.get_transaction() is None and self.read_gate.free:
+                        # Each read gave its connection back as it finished: closing
+                        # only detaches the loaded objects, with no I/O a cancellation
+                        # could cut.
+                        read.sync_session.close()
+                    else:
+                        await self.shielded(self._close_when_free(read, self.read_gate))
 
     @staticmethod
     async def _close_when_free(session: AsyncSession, gate: Gate) -> None:
         # A task of this unit cancelled mid-read (asyncio.gather returns as soon as one
         # of its tasks is cancelled) may still be leaving the session: let it finish.
         await gate.until_free()
-        await UnitOfWork._close(session)
-
-    @staticmethod
-    async def _close(session: AsyncSession) -> None:
         await greenlet_spawn(_close_logged, session.sync_session)
 
     async def shielded(self, work: Coroutine[Any, Any, _T]) -> _T:
