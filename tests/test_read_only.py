@@ -120,6 +120,28 @@ async def test_session_control_is_refused(db: Database, statement: str) -> None:
     assert await names(db) == ["Ada"]
 
 
+@pytest.mark.parametrize("statement", ["SET default_transaction_read_only = off", "BEGIN"])
+async def test_session_control_is_refused_on_a_held_connection(
+    db: Database, statement: str
+) -> None:
+    """SQL sent straight to ``await db.read.connection()`` (driver SQL included) passes
+    the same guard as ``db.read.execute``: the session never sees it."""
+    await seed(db)
+    for run in ("exec_driver_sql", "execute"):
+        with pytest.raises(ReadOnlyError, match="refuses"):
+            async with db:
+                connection = await db.read.connection()
+                if run == "exec_driver_sql":
+                    await connection.exec_driver_sql(statement)
+                else:
+                    await connection.execute(text(statement))
+    async with db:
+        connection = await db.read.connection()
+        with pytest.raises(ReadOnlyError):
+            await connection.exec_driver_sql("DELETE FROM users")
+    assert await names(db) == ["Ada"]
+
+
 @pytest.mark.parametrize("statement", WRITES)
 async def test_refused_inside_a_writing_unit_and_unit_stays_usable(
     db: Database, statement: str
@@ -176,6 +198,12 @@ async def test_read_only_switched_off_by_a_select_is_caught(db: Database) -> Non
             await db.read.connection()
             await db.read.execute(switch_off)
             await db.read.execute(text("DELETE FROM users"))
+    assert await names(db) == ["Ada"]
+    with pytest.raises(ReadOnlyError, match="switched its connection's read-only mode off"):
+        async with db:
+            connection = await db.read.connection()
+            await connection.execute(switch_off)
+            await connection.exec_driver_sql("DELETE FROM users")
     assert await names(db) == ["Ada"]
     async with db:
         poisoned = (await db.read.execute(switch_off)).scalar_one()

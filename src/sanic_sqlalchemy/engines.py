@@ -14,8 +14,8 @@ import time
 from typing import Any
 
 from sqlalchemy import event
-from sqlalchemy.engine import Connection
-from sqlalchemy.exc import ArgumentError, DisconnectionError
+from sqlalchemy.engine import Connection, ExceptionContext
+from sqlalchemy.exc import ArgumentError, DBAPIError, DisconnectionError
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from sqlalchemy.pool import ConnectionPoolEntry, PoolProxiedConnection
 from sqlalchemy.sql.elements import TextClause
@@ -58,10 +58,32 @@ class Engines:
         self.backend.install(engine, role)
         self._install_liveness(engine, role)
         if role is Role.READ:
-            event.listen(engine.sync_engine, "before_cursor_execute", self._guard_read_statement)
+            event.listen(engine.sync_engine, "handle_error", self._translate_refused_write)
         return engine
 
-    def _guard_read_statement(
+    def _translate_refused_write(self, context: ExceptionContext) -> None:
+        # Whatever path the write took (driver SQL on a held connection included).
+        error = context.sqlalchemy_exception
+        if isinstance(error, DBAPIError):
+            refusal = refused_as_read_only(self.backend, error)
+            if refusal is not None:
+                raise refusal
+
+    def guard_read_connection(self, connection: Connection) -> None:
+        """Check every statement run on ``connection``, a read connection held beyond
+        one statement (``db.read.connection()``, a streamed read).
+
+        Statements through ``db.read`` are checked by the session, and a connection
+        taken for one statement is checked on checkout; only a held connection can run
+        SQL the session never sees (``exec_driver_sql``) or be switched out of
+        read-only by a previous statement.  Per connection rather than on the engine:
+        an engine-wide listener would put every read through SQLAlchemy's event
+        dispatch (about 8 µs a statement).
+        """
+        if not event.contains(connection, "before_cursor_execute", self._guard_statement):
+            event.listen(connection, "before_cursor_execute", self._guard_statement)
+
+    def _guard_statement(
         self,
         conn: Connection,
         _cursor: Any,
@@ -141,3 +163,14 @@ class Engines:
             await self.read.dispose()
         finally:
             self.backend.cleanup()
+
+
+def refused_as_read_only(backend: Backend, error: DBAPIError) -> ReadOnlyError | None:
+    """The ``ReadOnlyError`` to raise when ``error`` is the database refusing a write
+    because the connection or transaction is read-only; ``None`` otherwise."""
+    if not backend.is_read_only_violation(error.orig):
+        return None
+    return ReadOnlyError(
+        "db.read cannot write: the database refused the statement as read-only and "
+        "nothing was changed. Run writes through db.write."
+    )

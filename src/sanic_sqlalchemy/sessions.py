@@ -18,6 +18,7 @@ from sqlalchemy.orm import Session, SessionTransaction
 from sqlalchemy.sql.elements import TextClause
 
 from .dialects import refuse_session_control
+from .engines import refused_as_read_only
 from .errors import ReadOnlyError
 from .statements import is_plain_query
 
@@ -62,6 +63,10 @@ class _ReadSyncSession(_UnitSession):
     def _run(self, statement: Any, params: Any, kwargs: dict[str, Any]) -> Any:
         unit = self._unit
         unit.check_readable()
+        if isinstance(statement, TextClause):
+            # Only SQL text can be SET, BEGIN and the like (compiled constructs never
+            # are): refused on any connection, the writer's included.
+            refuse_session_control(statement.text)
         if unit.wrote and getattr(statement, "is_select", False):
             # The unit's writes may have changed rows this session loaded earlier.
             kwargs["execution_options"] = {
@@ -106,6 +111,14 @@ class _ReadSyncSession(_UnitSession):
                 "deleted through it) and refuses to flush them. Make changes through "
                 "db.write, e.g. `db.write.add(obj)`; nothing was sent to the database."
             )
+
+    def connection(self, bind_arguments: Any = None, execution_options: Any = None) -> Connection:
+        connection = super().connection(bind_arguments, execution_options)
+        engines = self._unit.engines
+        if connection.engine is engines.read.sync_engine:
+            # Held beyond one statement: SQL can reach it without passing execute().
+            engines.guard_read_connection(connection)
+        return connection
 
     def rollback(self) -> None:
         # Never roll back on the database: once the unit writes, this session may be
@@ -167,11 +180,10 @@ def _is_query(statement: Any) -> bool:
 
 
 def _translate_read_only(unit: UnitOfWork, error: DBAPIError) -> None:
-    if unit.backend.is_read_only_violation(error.orig):
-        raise ReadOnlyError(
-            "db.read cannot write: the database refused the statement as read-only and "
-            "nothing was changed. Run writes through db.write."
-        ) from error
+    # A read on the writing connection (the read engine translates its own refusals).
+    refusal = refused_as_read_only(unit.backend, error)
+    if refusal is not None:
+        raise refusal from error
 
 
 def _read_on_writer(
@@ -182,9 +194,6 @@ def _read_on_writer(
     writer: Connection,
 ) -> Any:
     unit = session._unit
-    # The read engine refuses session-control SQL itself; the writer's engine does not.
-    if isinstance(statement, TextClause):
-        refuse_session_control(statement.text)
     kwargs["bind_arguments"] = {**(kwargs.get("bind_arguments") or {}), "bind": writer}
     if unit.reading_on_writer:
         # A query issued while loading the first one (selectinload, a lazy load):
