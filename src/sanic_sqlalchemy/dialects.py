@@ -131,6 +131,9 @@ class PostgreSQL(Backend):
     def engine_options(self, role: Role, settings: Settings) -> dict[str, Any]:
         options = super().engine_options(role, settings)
         if role is Role.READ:
+            # asyncpg's rollback outside a transaction sends nothing already; asking the
+            # connection whether it is in autocommit first would only cost time.
+            del options["skip_autocommit_rollback"]
             options["connect_args"] = _merge_connect_args(
                 settings.engine_options,
                 {"server_settings": {"default_transaction_read_only": "on"}},

@@ -24,7 +24,7 @@ from .dialects import Backend, Role, backend_for, refuse_session_control
 from .errors import ConfigurationError, EventLoopMismatchError, ReadOnlyError
 from .settings import Settings
 
-#: A connection used within this many seconds is trusted without a ping.
+#: A connection checked out within this many seconds is trusted without a ping.
 LIVENESS_WINDOW = 1.0
 _LAST_USED = "sanic_sqlalchemy_last_used"
 
@@ -112,7 +112,7 @@ class Engines:
         backend = self.backend
         dialect = engine.sync_engine.dialect
 
-        def mark_used(_dbapi_connection: Any, record: ConnectionPoolEntry) -> None:
+        def mark_connected(_dbapi_connection: Any, record: ConnectionPoolEntry) -> None:
             record.info[_LAST_USED] = time.monotonic()
 
         def on_checkout(
@@ -123,7 +123,13 @@ class Engines:
                 raise DisconnectionError("connection closed while idle in the pool")
             if backend.is_unsafe_for(role, driver):
                 raise DisconnectionError("connection left its read-only or idle state")
-            if time.monotonic() - record.info.get(_LAST_USED, 0.0) > LIVENESS_WINDOW:
+            # Idle time counts from the last checkout, not the last check-in: never
+            # shorter than the truth, and one pool event less per statement.
+            now = time.monotonic()
+            info = record.info
+            last_used = info.get(_LAST_USED, 0.0)
+            info[_LAST_USED] = now
+            if now - last_used > LIVENESS_WINDOW:
                 # Raises DisconnectionError (the pool then opens a new connection)
                 # when the server no longer answers.
                 try:
@@ -135,8 +141,7 @@ class Engines:
                 if not alive:
                     raise DisconnectionError("connection did not answer a ping")
 
-        event.listen(engine.sync_engine.pool, "connect", mark_used)
-        event.listen(engine.sync_engine.pool, "checkin", mark_used)
+        event.listen(engine.sync_engine.pool, "connect", mark_connected)
         event.listen(engine.sync_engine.pool, "checkout", on_checkout)
 
     def check_loop(self) -> None:
