@@ -276,6 +276,31 @@ async def test_failing_commit_answers_500(
         assert checked_out(db).total == 0
 
 
+@pytest.mark.backends("sqlite", "postgresql")
+async def test_a_failing_commit_rolls_back_the_other_databases_unit(
+    db: Database, serve: Any, tmp_path: Any
+) -> None:
+    """With two databases in one request, a commit refused by the first rolls back the
+    second database's unit instead of committing half the request."""
+    other = Database(f"sqlite+aiosqlite:///{tmp_path / 'other.db'}")
+    app = make_app("two_databases")
+
+    @app.post("/")
+    async def index(_request: Request) -> HTTPResponse:
+        db.write.add(Child(id=1, parent_id=12345, name="orphan"))  # refused at COMMIT
+        other.write.add(User(id=1, name="Ada", email="ada@example.com"))
+        return json({"created": 2}, status=201)
+
+    db.init_app(app)
+    other.init_app(app)
+    async with schema(db, DeferredBase.metadata), schema(other, Base.metadata):
+        served = await serve(app)
+        assert (await served.client.post("/")).status_code == 500
+        async with other:
+            assert (await other.read.execute(select(User))).scalars().all() == []
+        assert checked_out(other).total == 0
+
+
 @pytest.mark.backends("postgresql")
 async def test_database_error_details_only_in_debug(db: Database, serve: Any) -> None:
     """A database error's text reaches the client only when the app runs in debug mode."""

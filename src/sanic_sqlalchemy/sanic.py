@@ -43,6 +43,8 @@ logger = logging.getLogger("sanic_sqlalchemy")
 
 _UNITS = "_sanic_sqlalchemy_units"
 _IN_HANDLER = "_sanic_sqlalchemy_in_handler"
+#: Set when the handler called ``respond`` itself: its units settled before it returned.
+_STREAMING = "_sanic_sqlalchemy_streaming"
 _WRAPPED = "__sanic_sqlalchemy_wrapped__"
 _PRIORITY = 1_000_000
 #: Seconds a client is asked to wait after a 503 for an exhausted pool.
@@ -126,15 +128,18 @@ def _unit_request_class(base: type[Request]) -> type[Request]:
             units: _Units | None = state.get(_UNITS)
             if units:
                 success = getattr(final, "status", 500) < 400
+                if not state.get(_IN_HANDLER):
+                    # Sanic is about to send a finished response: nothing will read.
+                    await _end_units(units, success)
+                    return final
+                # The handler streams: it may still read while it sends.
+                state[_STREAMING] = True
                 try:
                     for unit in units.values():
                         await unit.settle(success)
                 except BaseException:
                     await _end_units(units, success=False)
                     raise
-                if not state.get(_IN_HANDLER):
-                    # Sanic is about to send a finished response: nothing will read.
-                    await _end_units(units, success)
             return final
 
     UnitOfWorkRequest.__name__ = base.__name__
@@ -156,7 +161,7 @@ def _wrap_handler(handler: Callable[..., Any]) -> Callable[..., Any]:
                 await _after_handler(state, cancelled=not isinstance(error, Exception))
                 raise
             state[_IN_HANDLER] = False
-            if _UNITS in state:
+            if _STREAMING in state:
                 await _after_handler(state, cancelled=False)
             return response
 
@@ -219,11 +224,14 @@ async def _end_settled(units: _Units) -> None:
 
 
 async def _end_units(units: _Units, success: bool) -> None:
-    """End every unit (those already settled keep their outcome); raise the first error."""
+    """End every unit (those already settled keep their outcome); raise the first error.
+
+    Once one unit fails (its commit raised), the units after it roll back.
+    """
     error: BaseException | None = None
     for unit in list(units.values()):
         try:
-            await unit.end(success)
+            await unit.end(success and error is None)
         except BaseException as failure:
             if error is None:
                 error = failure
