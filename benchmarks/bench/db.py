@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator
@@ -102,31 +103,64 @@ async def pg_page(target: Target, limit: int) -> list[dict[str, Any]]:
     return [dict(row) for row in rows]
 
 
-async def pg_sessions(target: Target) -> int:
-    """``pg_stat_database.sessions`` of the bench database: connections ever opened.
+class BackendWatch:
+    """The PostgreSQL connections to the bench database opened while it runs, by start time.
 
-    Read through the ``postgres`` database so that asking does not add a session.
+    Polls ``pg_stat_activity`` (every ``interval`` seconds, from the ``postgres``
+    database) and keeps each new backend's start time: a connection counts even if it is
+    closed again before the window ends (the pool discards connections whose clients
+    hung up).  ``pg_stat_database.sessions`` is no substitute: backends publish it
+    lazily (skipped while its lock is contended, i.e. under load), so it lags by
+    seconds.  Connections that live shorter than ``interval`` are missed here; the
+    counting proxy's load phase sees every one of them.
     """
-    async with pg_connect(target, "postgres") as connection:
-        value = await connection.fetchval(
-            "SELECT sessions FROM pg_stat_database WHERE datname = $1", target.database
-        )
-    return int(value or 0)
 
+    def __init__(self, target: Target, interval: float = 0.1) -> None:
+        self.target = target
+        self.interval = interval
+        self.started: dict[int, float] = {}
+        self._known: set[int] = set()
+        self._connection: Any = None
+        self._task: asyncio.Task[None] | None = None
 
-async def pg_backends_started(target: Target, since: float, until: float | None = None) -> int:
-    """Connections to the bench database opened in [since, until) (Unix times) and still
-    open: exact for those, blind to connections that already closed."""
-    async with pg_connect(target, "postgres") as connection:
-        value = await connection.fetchval(
-            "SELECT count(*) FROM pg_stat_activity WHERE datname = $1 "
-            "AND backend_start >= to_timestamp($2) "
-            "AND ($3::float8 IS NULL OR backend_start < to_timestamp($3))",
-            target.database,
-            since,
-            until,
+    async def start(self) -> None:
+        self._connection = await asyncpg.connect(
+            host=self.target.host, port=self.target.port, user=self.target.user,
+            database="postgres",
+        )  # fmt: skip
+        self._known = set((await self._backends()).keys())
+        self._task = asyncio.ensure_future(self._poll())
+
+    async def stop(self) -> dict[int, float]:
+        """Stop polling; new backends' start times (Unix seconds) by process id."""
+        assert self._task is not None
+        self._task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self._task
+        try:
+            self._record(await self._backends())
+        finally:
+            await self._connection.close()
+        return self.started
+
+    async def _poll(self) -> None:
+        while True:
+            self._record(await self._backends())
+            await asyncio.sleep(self.interval)
+
+    def _record(self, backends: dict[int, float]) -> None:
+        for pid, started in backends.items():
+            if pid not in self._known:
+                self._known.add(pid)
+                self.started[pid] = started
+
+    async def _backends(self) -> dict[int, float]:
+        rows = await self._connection.fetch(
+            "SELECT pid, extract(epoch FROM backend_start)::float8 AS started "
+            "FROM pg_stat_activity WHERE datname = $1",
+            self.target.database,
         )
-    return int(value or 0)
+        return {row["pid"]: row["started"] for row in rows}
 
 
 # -- MariaDB ----------------------------------------------------------------------
@@ -219,10 +253,3 @@ async def prepare(target: Target) -> dict[str, Any]:
     if target.backend == "postgresql":
         return await prepare_postgresql(target)
     return await prepare_mysql(target)
-
-
-async def connections_opened(target: Target) -> int:
-    """A counter of connections opened so far (PostgreSQL: bench only)."""
-    if target.backend == "postgresql":
-        return await pg_sessions(target)
-    return await my_connections(target)

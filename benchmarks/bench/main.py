@@ -320,7 +320,11 @@ async def measure(
     """
     mysql = target.backend == "mysql"
     settle = min(1.0, args.duration / 4)
-    opened0 = await db.connections_opened(target)
+    watch = None if mysql else db.BackendWatch(target)
+    if watch is None:
+        opened0 = await db.my_connections(target)
+    else:
+        await watch.start()
     loadavg = os.getloadavg()[0]
     cpu0 = server.cpu()
     started = time.monotonic()
@@ -336,26 +340,23 @@ async def measure(
     )
     await asyncio.sleep(settle)
     wall_mid = time.time()
-    opened_mid = await db.connections_opened(target)
+    if watch is None:
+        opened_mid = await db.my_connections(target)
     result = await load
     wall = time.monotonic() - started
     cpu = server.cpu() - cpu0
-    await asyncio.sleep(0.5)  # statistics of connections that just closed
-    opened1 = await db.connections_opened(target)
-    if mysql:
-        # The server-wide counter also counts the connection that reads it.
+    if watch is None:
+        # The server-wide counter is exact and immediate; it also counts the
+        # connection that reads it.
+        opened1 = await db.my_connections(target)
         replaced = opened_mid - opened0 - 1
         steady = opened1 - opened_mid - 1
     else:
-        # Still-open connections are placed by their start time; the rest of the
-        # sessions counter's growth is connections opened and closed again (churn),
-        # spread over the window.
-        early = await db.pg_backends_started(target, wall_start, wall_mid)
-        late = await db.pg_backends_started(target, wall_mid)
-        churn = max(0, opened1 - opened0 - early - late)
-        share = max(0.0, (args.duration - settle) / args.duration)
-        replaced = early + round(churn * (1 - share))
-        steady = late + round(churn * share)
+        # Placed by their start time; those closed again (discarded by the pool at
+        # the hang-up that ends the window) were seen while they lived.
+        starts = list((await watch.stop()).values())
+        replaced = sum(wall_start <= at < wall_mid for at in starts)
+        steady = sum(at >= wall_mid for at in starts)
     return Window(
         round=round_no,
         requests=result.requests,
