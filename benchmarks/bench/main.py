@@ -282,14 +282,6 @@ async def load_phase(
                         SERVER_PORT, endpoint, seconds=args.warmup,
                         connections=args.connections, core=args.load_core,
                     )  # fmt: skip
-                # PostgreSQL counts a new session when the backend next flushes its
-                # statistics, which an idle backend may put off for up to 10 s: after a
-                # pause, one more burst on every pool makes them all flush now.
-                await asyncio.sleep(1.2)
-                await run_wrk(
-                    SERVER_PORT, "mixed", seconds=1, connections=args.connections,
-                    core=args.load_core,
-                )  # fmt: skip
                 await asyncio.sleep(0.3)
                 for endpoint in ENDPOINTS:
                     window = await measure(args, target, server, endpoint, round_no)

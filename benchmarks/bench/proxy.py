@@ -12,7 +12,8 @@ packet and authentication (``p``) are not commands, and ``X`` (Terminate) expect
 answer.  MariaDB packets carry a sequence id that is 0 exactly when the client starts
 a new command, so the hand-shake is told apart the same way; ``COM_QUIT`` is not
 counted.  New sessions are counted too (on PostgreSQL by their start-up packet, so
-that the connection a driver opens to send a cancel request is counted apart).
+that the connection a driver opens to send a cancel request is counted apart; on
+MariaDB a connection that sends ``KILL`` is counted as a cancel, not a session).
 """
 
 from __future__ import annotations
@@ -32,7 +33,8 @@ _CANCEL_REQUEST = 80877102
 class Counts:
     #: New sessions (PostgreSQL: start-up packets; MariaDB: accepted connections).
     connections: int = 0
-    #: PostgreSQL cancel requests, which arrive on a connection of their own.
+    #: Cancel requests, which arrive on a connection of their own (PostgreSQL's
+    #: CancelRequest, MariaDB's ``KILL``).
     cancels: int = 0
     round_trips: int = 0
     queries: int = 0  # PostgreSQL simple-query messages (Q)
@@ -155,6 +157,7 @@ class _MySQLClientStream:
     def __init__(self, counts: Counts) -> None:
         self.counts = counts
         self.buffer = bytearray()
+        self.killer = False
 
     def feed(self, data: bytes) -> bool:
         self.buffer += data
@@ -173,6 +176,12 @@ class _MySQLClientStream:
                 if kind == 0x03:  # COM_QUERY
                     self.counts.queries += 1
                     self.counts.statement("query", body)
+                    if not self.killer and body[:5].upper() == b"KILL ":
+                        # MariaDB's cancel request: a connection opened to KILL the
+                        # statement of a cancelled request, not a pooled session.
+                        self.killer = True
+                        self.counts.connections -= 1
+                        self.counts.cancels += 1
                 command = True
         return command
 
