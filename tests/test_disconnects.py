@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import threading
 import time
 from collections.abc import AsyncIterator, Callable, Iterable
 from typing import Any
@@ -23,7 +24,7 @@ from typing import Any
 import pytest
 from sanic import Request, Sanic
 from sanic.response import HTTPResponse, json
-from sqlalchemy import bindparam, select, text
+from sqlalchemy import bindparam, event, select, text
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 from sqlalchemy.pool import NullPool
@@ -296,6 +297,38 @@ async def test_read_connection_killed_between_reads_does_not_fail_the_unit(
         assert second != first
         assert await db.read.scalar(text("SELECT 1")) == 1
     assert checked_out(db).total == 0
+
+
+async def test_read_on_a_connection_that_died_as_it_was_taken_is_retried(
+    backend: str, url: str
+) -> None:
+    """A connection killed so shortly before a read takes it that the event loop has not
+    yet seen it close passes the checkout check; the read fails on it and runs once
+    more on a fresh connection, so the unit never sees the failure."""
+    db = Database(url, pool_size=1, max_overflow=0)
+    try:
+        async with db:
+            first = int((await db.read.execute(text(_own_id_sql(backend)))).scalar_one())
+            # Killed from another thread while this event loop is blocked: the loop has
+            # not processed the server's closing of the socket when the read runs.
+            killer = threading.Thread(
+                target=asyncio.run, args=(kill_and_wait(url, backend, {first}),)
+            )
+            killer.start()
+            killer.join()
+            failures: list[bool] = []
+            event.listen(
+                db.engines.read.sync_engine,
+                "handle_error",
+                lambda context: failures.append(context.is_disconnect),
+            )
+            second = int((await db.read.execute(text(_own_id_sql(backend)))).scalar_one())
+            assert second != first
+            # The read did fail on the dead connection (this is the case under test).
+            assert failures == [True]
+        assert checked_out(db).total == 0
+    finally:
+        await db.dispose()
 
 
 @pytest.mark.parametrize("statement_through", ["write", "read-after-write"])

@@ -93,16 +93,33 @@ class _ReadSyncSession(_UnitSession):
                     # with the session (in a transaction where cursors need one).
                     self.connection(execution_options=unit.backend.streaming_options)
                     keep = True
-                result = Session.execute(self, statement, params, **kwargs)
-                if not keep:
+                if keep:
+                    return Session.execute(self, statement, params, **kwargs)
+                try:
+                    return self._read_on_a_live_connection(statement, params, kwargs)
+                finally:
                     # Reads run in autocommit and their rows are buffered: the
                     # connection goes back to the pool now, not when the unit ends, so
                     # a request awaiting something else meanwhile holds none.
                     self._end_transaction()
-                return result
         except DBAPIError as error:
             _translate_read_only(unit, error)
             raise
+
+    def _read_on_a_live_connection(
+        self, statement: Any, params: Any, kwargs: dict[str, Any]
+    ) -> Any:
+        try:
+            return Session.execute(self, statement, params, **kwargs)
+        except DBAPIError as error:
+            if not error.connection_invalidated:
+                raise
+        # The connection died as it was taken, before the event loop saw it close (the
+        # checkout check had no way to know): a read in autocommit on a read-only
+        # connection changed nothing, so it runs once more, on a fresh connection (the
+        # pool replaces every connection older than the failure).
+        self._end_transaction()
+        return Session.execute(self, statement, params, **kwargs)
 
     def flush(self, objects: Any = None) -> None:
         if self.new or self.deleted or any(self.is_modified(obj) for obj in self.dirty):
