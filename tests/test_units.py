@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 from sqlalchemy import select, text, update
+from sqlalchemy.exc import DBAPIError
 
 from sanic_sqlalchemy import Database, EngineNotInitialisedError, NoActiveUnitError
 from sanic_sqlalchemy.errors import UnitStateError
@@ -252,6 +253,12 @@ async def test_connections_return_to_the_pool(db: Database) -> None:
         await db.read.execute(select(User))
         assert checked_out(db) == PoolUse(write=0, read=1)
     assert checked_out(db).total == 0
+    async with db:
+        # A read that fails gives its connection back too; the unit can go on reading.
+        with pytest.raises(DBAPIError):
+            await db.read.execute(text("SELECT * FROM no_such_table"))
+        assert checked_out(db).total == 0
+        assert (await db.read.scalars(select(User.name))).all() == ["Ada"]
 
 
 async def test_streamed_read_keeps_its_connection_while_iterated(db: Database) -> None:
