@@ -73,38 +73,39 @@ class _ReadSyncSession(_UnitSession):
                 **kwargs.get("execution_options", {}),
                 "populate_existing": True,
             }
-        try:
-            # The turn is taken before looking at the writer: another task of the unit
-            # may be mid-query on the read connection that a rebind would release.
-            with unit.read_gate.hold(writing=False):
-                writer = unit.writer_connection
-                if unit.read_bound_to is not writer:
-                    # The unit began or ended a write transaction since the last read:
-                    # a new read transaction on the right connection (identity map kept).
-                    self._end_transaction()
-                    unit.read_bound_to = writer
-                if writer is not None:
-                    return _read_on_writer(self, statement, params, kwargs, writer)
-                # A load issued while loading (selectinload), a streamed result or an
-                # explicit db.read.connection() holds a connection: keep using it.
-                keep = self.get_transaction() is not None
-                if not keep and _streams(statement, kwargs):
-                    # Rows come from the connection as they are iterated: it stays
-                    # with the session (in a transaction where cursors need one).
-                    self.connection(execution_options=unit.backend.streaming_options)
-                    keep = True
-                if keep:
-                    return Session.execute(self, statement, params, **kwargs)
+        # The turn is taken before looking at the writer: another task of the unit
+        # may be mid-query on the read connection that a rebind would release.
+        with unit.read_gate.hold(writing=False):
+            writer = unit.writer_connection
+            if unit.read_bound_to is not writer:
+                # The unit began or ended a write transaction since the last read:
+                # a new read transaction on the right connection (identity map kept).
+                self._end_transaction()
+                unit.read_bound_to = writer
+            if writer is not None:
                 try:
-                    return self._read_on_a_live_connection(statement, params, kwargs)
-                finally:
-                    # Reads run in autocommit and their rows are buffered: the
-                    # connection goes back to the pool now, not when the unit ends, so
-                    # a request awaiting something else meanwhile holds none.
-                    self._end_transaction()
-        except DBAPIError as error:
-            _translate_read_only(unit, error)
-            raise
+                    return _read_on_writer(self, statement, params, kwargs, writer)
+                except DBAPIError as error:
+                    # The read engine translates its own refusals; the writer's does not.
+                    _translate_read_only(unit, error)
+                    raise
+            # A load issued while loading (selectinload), a streamed result or an
+            # explicit db.read.connection() holds a connection: keep using it.
+            keep = self.get_transaction() is not None
+            if not keep and _streams(statement, kwargs):
+                # Rows come from the connection as they are iterated: it stays
+                # with the session (in a transaction where cursors need one).
+                self.connection(execution_options=unit.backend.streaming_options)
+                keep = True
+            if keep:
+                return Session.execute(self, statement, params, **kwargs)
+            try:
+                return self._read_on_a_live_connection(statement, params, kwargs)
+            finally:
+                # Reads run in autocommit and their rows are buffered: the
+                # connection goes back to the pool now, not when the unit ends, so
+                # a request awaiting something else meanwhile holds none.
+                self._end_transaction()
 
     def _read_on_a_live_connection(
         self, statement: Any, params: Any, kwargs: dict[str, Any]
@@ -197,7 +198,6 @@ def _is_query(statement: Any) -> bool:
 
 
 def _translate_read_only(unit: UnitOfWork, error: DBAPIError) -> None:
-    # A read on the writing connection (the read engine translates its own refusals).
     refusal = refused_as_read_only(unit.backend, error)
     if refusal is not None:
         raise refusal from error
