@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 from sqlalchemy import delete, insert, inspect, select, text, update
 
 from sanic_sqlalchemy import Database, ReadOnlyError
-from sanic_sqlalchemy.statements import is_plain_query, session_control_keyword
+from sanic_sqlalchemy.readonly import Dialect, refusal
 from sanic_sqlalchemy.testing import StatementLog
 
 from .conftest import count_users
@@ -32,17 +34,43 @@ async def names(db: Database) -> list[str]:
 
 
 @pytest.mark.parametrize("statement", WRITES)
-async def test_raw_writes_are_refused_by_the_database(db: Database, statement: str) -> None:
-    """INSERT, UPDATE, DELETE, CREATE and DROP through ``db.read`` change nothing."""
+async def test_raw_writes_are_refused_before_sending(db: Database, statement: str) -> None:
+    """INSERT, UPDATE, DELETE, CREATE and DROP through ``db.read`` are refused before
+    anything is sent, and change nothing."""
     await seed(db)
-    with pytest.raises(ReadOnlyError, match="read-only") as caught:
+    with pytest.raises(ReadOnlyError, match="refused this statement before sending it") as caught:
         async with db:
             await db.read.execute(text(statement))
-    assert caught.value.__cause__ is not None  # the database's own refusal
+    assert caught.value.__context__ is None  # no error of the driver's: nothing was sent
     assert await names(db) == ["Ada"]
     async with db.engines.write.connect() as connection:
         exists = await connection.run_sync(lambda sync: inspect(sync).has_table("read_only_probe"))
     assert exists is False
+
+
+async def _driver_execute(backend: str, driver: Any, sql: str) -> None:
+    if backend == "postgresql":
+        await driver.execute(sql)
+    elif backend == "mysql":
+        async with driver.cursor() as cursor:
+            await cursor.execute(sql)
+    else:
+        await driver.execute(sql)
+
+
+@pytest.mark.parametrize("statement", WRITES)
+async def test_read_connections_are_read_only_on_the_server(
+    db: Database, backend: str, statement: str
+) -> None:
+    """Past the library's own checks (the raw driver connection of the read pool), the
+    database itself refuses every write: the second line of defence."""
+    await seed(db)
+    async with db.engines.read.connect() as connection:
+        raw = await connection.get_raw_connection()
+        with pytest.raises(Exception) as caught:
+            await _driver_execute(backend, raw.driver_connection, statement)
+        assert db.engines.backend.is_read_only_violation(caught.value), caught.value
+    assert await names(db) == ["Ada"]
 
 
 @pytest.mark.parametrize(
@@ -111,7 +139,7 @@ async def test_read_statement_costs_one_round_trip(db: Database) -> None:
 async def test_session_control_is_refused(db: Database, statement: str) -> None:
     """Statements that could switch read-only off or open a transaction are refused."""
     await seed(db)
-    with pytest.raises(ReadOnlyError, match="refuses"):
+    with pytest.raises(ReadOnlyError, match="refused this statement before sending it"):
         async with db:
             await db.read.execute(text(statement))
     with pytest.raises(ReadOnlyError):
@@ -128,7 +156,7 @@ async def test_session_control_is_refused_on_a_held_connection(
     the same guard as ``db.read.execute``: the session never sees it."""
     await seed(db)
     for run in ("exec_driver_sql", "execute"):
-        with pytest.raises(ReadOnlyError, match="refuses"):
+        with pytest.raises(ReadOnlyError, match="refused this statement before sending it"):
             async with db:
                 connection = await db.read.connection()
                 if run == "exec_driver_sql":
@@ -185,51 +213,75 @@ async def test_hostile_string_through_read_is_a_parameter(db: Database) -> None:
     assert await names(db) == ["Ada"]
 
 
-@pytest.mark.backends("postgresql")
-async def test_read_only_switched_off_by_a_select_is_caught(db: Database) -> None:
-    """A SELECT that switches read-only off (``set_config``) cannot be followed by a write,
-    on the same connection (kept here with ``connection()``) or on the next one."""
-    await seed(db)
-    switch_off = text(
-        "SELECT pg_backend_pid() FROM set_config('default_transaction_read_only', 'off', false)"
-    )
-    with pytest.raises(ReadOnlyError, match="switched its connection's read-only mode off"):
+_SNEAKY = {
+    # Functions of the database's own that switch read-only off: the text checks cannot
+    # see into them, so the connection's reported state is the line of defence.
+    "postgresql": (
+        "CREATE OR REPLACE FUNCTION sneaky() RETURNS int LANGUAGE sql AS $$ SELECT 1 FROM "
+        "set_config('default_transaction_read_only', 'off', false) $$",
+        "DROP FUNCTION IF EXISTS sneaky()",
+        "SELECT pg_backend_pid()",
+    ),
+    "mysql": (
+        "CREATE FUNCTION sneaky() RETURNS INT NOT DETERMINISTIC "
+        "BEGIN SET @@session.tx_read_only = 0; RETURN 1; END",
+        "DROP FUNCTION IF EXISTS sneaky",
+        "SELECT CONNECTION_ID()",
+    ),
+}
+
+
+@pytest.mark.backends("postgresql", "mysql")
+async def test_read_only_switched_off_inside_a_function_is_caught(url: str, backend: str) -> None:
+    """A query whose function switches read-only off cannot be followed by anything on the
+    same held connection, and its connection is discarded before another unit gets it."""
+    create, drop, whoami = _SNEAKY[backend]
+    db = Database(url, pool_size=1)
+    try:
         async with db:
-            await db.read.connection()
-            await db.read.execute(switch_off)
-            await db.read.execute(text("DELETE FROM users"))
-    assert await names(db) == ["Ada"]
-    with pytest.raises(ReadOnlyError, match="switched its connection's read-only mode off"):
+            await db.write.execute(text(drop))
+            await db.write.execute(text(create))
+        with pytest.raises(ReadOnlyError, match="switched its connection's read-only mode off"):
+            async with db:
+                await db.read.connection()
+                await db.read.execute(text("SELECT sneaky()"))
+                await db.read.execute(text("SELECT 1"))
         async with db:
-            connection = await db.read.connection()
-            await connection.execute(switch_off)
-            await connection.exec_driver_sql("DELETE FROM users")
-    assert await names(db) == ["Ada"]
-    async with db:
-        poisoned = (await db.read.execute(switch_off)).scalar_one()
-        # The connection went back to the pool read-write: it is discarded, not reused.
-        with pytest.raises(ReadOnlyError, match="refused the statement as read-only"):
-            await db.read.execute(text("DELETE FROM users"))
-        pid = (await db.read.execute(text("SELECT pg_backend_pid()"))).scalar_one()
-        assert pid != poisoned
-    assert await names(db) == ["Ada"]
+            poisoned = (await db.read.execute(text(whoami))).scalar_one()
+            await db.read.execute(text("SELECT sneaky()"))
+        async with db:
+            # The connection went back to the pool read-write: it is discarded, not reused.
+            assert (await db.read.execute(text(whoami))).scalar_one() != poisoned
+        async with db.engines.read.connect() as connection:
+            raw = await connection.get_raw_connection()
+            with pytest.raises(Exception) as caught:
+                await _driver_execute(
+                    backend, raw.driver_connection, "CREATE TABLE sneaky_t (id INTEGER)"
+                )
+            assert db.engines.backend.is_read_only_violation(caught.value), caught.value
+    finally:
+        async with db:
+            await db.write.execute(text(drop))
+        await db.dispose()
 
 
 def test_statement_classification() -> None:
-    """The text checks see through comments and strings and catch DML hidden in WITH."""
-    assert session_control_keyword("  -- note\n set x = 1") == "SET"
-    assert session_control_keyword("SELECT 'SET x'") is None
-    assert is_plain_query("SELECT * FROM t WHERE a = 'DELETE'")
-    assert is_plain_query("with x as (select 1) select * from x")
-    assert not is_plain_query("WITH x AS (SELECT 1) DELETE FROM t")
-    assert not is_plain_query("SELECT 1 INTO @v")
-    assert not is_plain_query("EXPLAIN ANALYZE DELETE FROM t")
-    assert not is_plain_query("UPDATE t SET a = 1")
-    assert not is_plain_query("")
-    assert session_control_keyword("PRAGMA table_info(users)") is None
-    assert session_control_keyword("PRAGMA main.table_info('users')") is None
-    assert session_control_keyword("PRAGMA query_only(0)") == "PRAGMA"
-    assert session_control_keyword("PRAGMA query_only = OFF") == "PRAGMA"
+    """The policy sees through comments and strings and catches DML hidden in WITH."""
+    for dialect in Dialect:
+        assert refusal("  -- note\n set x = 1", dialect) is not None
+        assert refusal("SELECT 'SET x'", dialect) is None
+        assert refusal("SELECT * FROM t WHERE a = 'DELETE'", dialect) is None
+        assert refusal("with x as (select 1) select * from x", dialect) is None
+        assert refusal("WITH x AS (SELECT 1) DELETE FROM t", dialect) is not None
+        assert refusal("SELECT 1 INTO @v", dialect) is not None
+        assert refusal("EXPLAIN ANALYZE DELETE FROM t", dialect) is not None
+        assert refusal("UPDATE t SET a = 1", dialect) is not None
+        assert refusal("", dialect) is not None
+    sqlite = Dialect.SQLITE
+    assert refusal("PRAGMA table_info(users)", sqlite) is None
+    assert refusal("PRAGMA main.table_info('users')", sqlite) is None
+    assert refusal("PRAGMA query_only(0)", sqlite) == "PRAGMA query_only is not a reporting pragma"
+    assert refusal("PRAGMA query_only = OFF", sqlite) == "it changes a PRAGMA setting"
 
 
 @pytest.mark.backends("mysql")

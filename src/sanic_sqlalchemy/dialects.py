@@ -12,10 +12,17 @@ How read-only is enforced:
   ``READ ONLY`` and rolled back afterwards.
 * MySQL/MariaDB: read connections run ``SET SESSION TRANSACTION READ ONLY`` once when
   opened (a session-wide setting also refuses DDL, which ``START TRANSACTION READ
-  ONLY`` does not).  Inside a writing transaction nothing can be made read-only, so the
-  library lets only plain queries through and refuses the rest before sending them.
+  ONLY`` does not), and ask the server to flag every change of session state in its
+  replies, so that a connection whose read-only mode was switched off is seen without a
+  round trip.  Inside a writing transaction nothing can be made read-only: there the
+  read guard (``readonly``), which lets only plain queries through, is the only defence.
+  Every connection is opened without the driver's multi-statement capability, so the
+  server itself refuses chained statements.
 * SQLite: read connections set ``PRAGMA query_only`` once when opened.  Inside a
   writing transaction a read runs in a savepoint with ``query_only`` switched on.
+
+On every backend the read guard refuses, before sending it, any statement that is not a
+plain query; the database's read-only mode is the second line of defence.
 """
 
 from __future__ import annotations
@@ -35,9 +42,8 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from sqlalchemy.pool import PoolResetState
 from sqlalchemy.util import await_only
 
-from .errors import ReadOnlyError
+from .errors import ConfigurationError
 from .settings import Settings
-from .statements import session_control_keyword
 
 logger = logging.getLogger("sanic_sqlalchemy")
 
@@ -51,17 +57,6 @@ class Role(Enum):
 
     WRITE = "write"
     READ = "read"
-
-
-def refuse_session_control(sql: str) -> None:
-    """Raise ``ReadOnlyError`` for a statement that would change the read connection."""
-    keyword = session_control_keyword(sql)
-    if keyword is not None:
-        raise ReadOnlyError(
-            f"db.read refuses {keyword} statements: they change the connection or its "
-            "transaction, which on the read path could switch read-only off for the "
-            "next request. Run them through db.write."
-        )
 
 
 class Backend:
@@ -104,7 +99,7 @@ class Backend:
         return False
 
     @contextlib.contextmanager
-    def read_inside_write(self, connection: Connection, is_query: bool) -> Iterator[None]:
+    def read_inside_write(self, connection: Connection) -> Iterator[None]:
         """Run one read on the unit's writing connection without letting it write."""
         yield
 
@@ -158,7 +153,7 @@ class PostgreSQL(Backend):
         return bool(setting != "on")
 
     @contextlib.contextmanager
-    def read_inside_write(self, connection: Connection, is_query: bool) -> Iterator[None]:
+    def read_inside_write(self, connection: Connection) -> Iterator[None]:
         # Through SQLAlchemy, not the raw driver: a connection that died here must be
         # reported and invalidated like any other disconnect.
         connection.exec_driver_sql(f"SAVEPOINT {_SAVEPOINT}")
@@ -193,15 +188,31 @@ class MySQL(Backend):
             options["pool_reset_on_return"] = None
         return options
 
+    def __init__(self, *, multi_statements: bool = False) -> None:
+        #: Whether the write pool's connections may chain statements (never the read pool's).
+        self.multi_statements = multi_statements
+
     def install(self, engine: AsyncEngine, role: Role) -> None:
+        sync_engine = engine.sync_engine
         if role is Role.READ:
-            event.listen(engine.sync_engine, "connect", _mysql_read_only_session)
+            event.listen(sync_engine, "do_connect", _mysql_connect_tracking_session_state)
+            event.listen(sync_engine, "connect", _mysql_read_only_session)
         else:
-            event.listen(engine.sync_engine.pool, "reset", _mysql_reset)
-        event.listen(engine.sync_engine, "handle_error", _mysql_kill_cancelled)
+            if not self.multi_statements:
+                event.listen(sync_engine, "do_connect", _mysql_connect_single_statement)
+            event.listen(sync_engine.pool, "reset", _mysql_reset)
+        event.listen(sync_engine, "handle_error", _mysql_kill_cancelled)
 
     def is_unsafe_for(self, role: Role, driver_connection: Any) -> bool:
-        return _mysql_in_transaction(driver_connection)
+        if _mysql_in_transaction(driver_connection):
+            return True
+        return role is Role.READ and self.read_only_lost(driver_connection)
+
+    def read_only_lost(self, driver_connection: Any) -> bool:
+        # The server flags every reply to a statement that changed the session's state
+        # (a SET of any kind, a USE, a PREPARE): on a read connection, none ever should.
+        status = getattr(driver_connection, "server_status", _SESSION_STATE_CHANGED)
+        return bool(status & _SESSION_STATE_CHANGED)
 
     def is_read_only_violation(self, error: BaseException | None) -> bool:
         args: tuple[Any, ...] = getattr(error, "args", ())
@@ -211,16 +222,6 @@ class MySQL(Backend):
         return bool(getattr(driver_connection, "_stream_broken", False)) or not getattr(
             driver_connection, "connected", True
         )
-
-    @contextlib.contextmanager
-    def read_inside_write(self, connection: Connection, is_query: bool) -> Iterator[None]:
-        if not is_query:
-            raise ReadOnlyError(
-                "db.read refused this statement before sending it: this unit has written, "
-                "so its reads share the writing transaction, and MySQL/MariaDB cannot make "
-                "part of a transaction read-only. Run writes through db.write."
-            )
-        yield
 
 
 def _mysql_kill_cancelled(context: ExceptionContext) -> None:
@@ -278,10 +279,60 @@ def _mysql_reset(dbapi_connection: Any, _record: Any, reset_state: PoolResetStat
         dbapi_connection.rollback()
 
 
+#: Client capabilities (MySQL protocol): chaining statements with ';', and receiving
+#: session state changes in the server's replies.
+_CLIENT_MULTI_STATEMENTS = 1 << 16
+_CLIENT_SESSION_TRACK = 1 << 23
+#: Server status flag: the statement just run changed the session's state.
+_SESSION_STATE_CHANGED = 1 << 14
+
+
+def _mysql_connect_single_statement(
+    dialect: Any, _record: Any, cargs: Any, cparams: dict[str, Any]
+) -> None:
+    """Open connections without the multi-statement capability the drivers always ask
+    for: the server then refuses a chained statement (``SELECT 1; DELETE …``)."""
+    cparams["async_creator_fn"] = _capability_connector(dialect, clear=_CLIENT_MULTI_STATEMENTS)
+
+
+def _mysql_connect_tracking_session_state(
+    dialect: Any, _record: Any, cargs: Any, cparams: dict[str, Any]
+) -> None:
+    cparams["async_creator_fn"] = _capability_connector(
+        dialect, clear=_CLIENT_MULTI_STATEMENTS, add=_CLIENT_SESSION_TRACK
+    )
+
+
+def _capability_connector(dialect: Any, *, clear: int, add: int = 0) -> Any:
+    # asyncmy and aiomysql both build a Connection object and negotiate the capabilities
+    # in _client_flag when it connects; both set MULTI_STATEMENTS unconditionally.
+    driver = dialect.loaded_dbapi
+    module = getattr(driver, "asyncmy", None) or getattr(driver, "aiomysql", None)
+    connection_class = getattr(getattr(module, "connection", None), "Connection", None)
+    if connection_class is None:
+        raise ConfigurationError(
+            f"DATABASE_URL: the MySQL driver {dialect.driver!r} is not supported; use "
+            "mysql+asyncmy:// (or mysql+aiomysql://)."
+        )
+
+    async def connect(*args: Any, **kwargs: Any) -> Any:
+        connection = connection_class(*args, **kwargs)
+        connection._client_flag = (connection._client_flag & ~clear) | add
+        opening = getattr(connection, "connect", None) or connection._connect
+        await opening()
+        return connection
+
+    return connect
+
+
 def _mysql_read_only_session(dbapi_connection: Any, _record: Any) -> None:
     cursor = dbapi_connection.cursor()
     try:
+        cursor.execute("SET SESSION session_track_state_change = ON")
         cursor.execute("SET SESSION TRANSACTION READ ONLY")
+        # Both replies carry the "state changed" flag; a reply without it clears it, so
+        # that the flag means "changed since the connection was set up".
+        cursor.execute("DO 0")
     finally:
         cursor.close()
 
@@ -333,7 +384,7 @@ class SQLite(Backend):
         return getattr(error, "sqlite_errorcode", None) == 8 or "readonly database" in str(error)
 
     @contextlib.contextmanager
-    def read_inside_write(self, connection: Connection, is_query: bool) -> Iterator[None]:
+    def read_inside_write(self, connection: Connection) -> Iterator[None]:
         connection.exec_driver_sql(f"SAVEPOINT {_SAVEPOINT}")
         connection.exec_driver_sql("PRAGMA query_only = 1")
         try:
@@ -430,5 +481,5 @@ def backend_for(settings: Settings) -> Backend:
     if backend == "postgresql":
         return PostgreSQL()
     if backend == "mysql":
-        return MySQL()
+        return MySQL(multi_statements=settings.multi_statements)
     return SQLite()

@@ -14,14 +14,14 @@ import time
 from typing import Any
 
 from sqlalchemy import event
-from sqlalchemy.engine import Connection, ExceptionContext
+from sqlalchemy.engine import ExceptionContext
 from sqlalchemy.exc import ArgumentError, DBAPIError, DisconnectionError
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from sqlalchemy.pool import ConnectionPoolEntry, PoolProxiedConnection
-from sqlalchemy.sql.elements import TextClause
 
-from .dialects import Backend, Role, backend_for, refuse_session_control
+from .dialects import Backend, Role, backend_for
 from .errors import ConfigurationError, EventLoopMismatchError, ReadOnlyError
+from .readonly import ReadGuard
 from .settings import Settings
 
 #: A connection checked out within this many seconds is trusted without a ping.
@@ -57,8 +57,12 @@ class Engines:
         engine = create_async_engine(self.backend.url(settings.url), **options)
         self.backend.install(engine, role)
         self._install_liveness(engine, role)
+        guard = ReadGuard(self.backend)
         if role is Role.READ:
+            guard.install_on_read_engine(engine)
             event.listen(engine.sync_engine, "handle_error", self._translate_refused_write)
+        else:
+            guard.install_on_write_engine(engine)
         return engine
 
     def _translate_refused_write(self, context: ExceptionContext) -> None:
@@ -68,45 +72,6 @@ class Engines:
             refusal = refused_as_read_only(self.backend, error)
             if refusal is not None:
                 raise refusal
-
-    def guard_read_connection(self, connection: Connection) -> None:
-        """Check every statement run on ``connection``, a read connection held beyond
-        one statement (``db.read.connection()``, a streamed read).
-
-        Statements through ``db.read`` are checked by the session, and a connection
-        taken for one statement is checked on checkout; only a held connection can run
-        SQL the session never sees (``exec_driver_sql``) or be switched out of
-        read-only by a previous statement.  Per connection rather than on the engine:
-        an engine-wide listener would put every read through SQLAlchemy's event
-        dispatch (about 8 µs a statement).
-        """
-        if not event.contains(connection, "before_cursor_execute", self._guard_statement):
-            event.listen(connection, "before_cursor_execute", self._guard_statement)
-
-    def _guard_statement(
-        self,
-        conn: Connection,
-        _cursor: Any,
-        statement: str,
-        _parameters: Any,
-        context: Any,
-        _executemany: bool,
-    ) -> None:
-        compiled = getattr(context, "compiled", None)
-        if compiled is None or isinstance(compiled.statement, TextClause):
-            # Only SQL text can be SET, BEGIN and the like: a compiled Core or ORM
-            # construct never is, so the hot path skips the scan.
-            refuse_session_control(statement)
-        driver = conn.connection.driver_connection
-        if self.backend.read_only_lost(driver):
-            # A previous statement switched read-only off (PostgreSQL's set_config(),
-            # say): nothing more runs on this connection.
-            conn.invalidate()
-            raise ReadOnlyError(
-                "db.read refused this statement: a previous statement switched its "
-                "connection's read-only mode off, so the connection was discarded. Run "
-                "writes through db.write."
-            )
 
     def _install_liveness(self, engine: AsyncEngine, role: Role) -> None:
         backend = self.backend

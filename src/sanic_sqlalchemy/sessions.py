@@ -15,12 +15,10 @@ from sqlalchemy import event, text
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import Session, SessionTransaction
-from sqlalchemy.sql.elements import TextClause
 
-from .dialects import refuse_session_control
 from .engines import refused_as_read_only
 from .errors import ReadOnlyError
-from .statements import is_plain_query
+from .readonly import READ_OPTION
 
 if TYPE_CHECKING:
     from sqlalchemy.engine import Connection
@@ -63,10 +61,6 @@ class _ReadSyncSession(_UnitSession):
     def _run(self, statement: Any, params: Any, kwargs: dict[str, Any]) -> Any:
         unit = self._unit
         unit.check_readable()
-        if isinstance(statement, TextClause):
-            # Only SQL text can be SET, BEGIN and the like (compiled constructs never
-            # are): refused on any connection, the writer's included.
-            refuse_session_control(statement.text)
         if unit.wrote and getattr(statement, "is_select", False):
             # The unit's writes may have changed rows this session loaded earlier.
             kwargs["execution_options"] = {
@@ -130,14 +124,6 @@ class _ReadSyncSession(_UnitSession):
                 "db.write, e.g. `db.write.add(obj)`; nothing was sent to the database."
             )
 
-    def connection(self, bind_arguments: Any = None, execution_options: Any = None) -> Connection:
-        connection = super().connection(bind_arguments, execution_options)
-        engines = self._unit.engines
-        if connection.engine is engines.read.sync_engine:
-            # Held beyond one statement: SQL can reach it without passing execute().
-            engines.guard_read_connection(connection)
-        return connection
-
     def rollback(self) -> None:
         # Never roll back on the database: once the unit writes, this session may be
         # reading through the writing connection, whose transaction is not ours.
@@ -191,12 +177,6 @@ def _streams(statement: Any, kwargs: dict[str, Any]) -> bool:
     return False
 
 
-def _is_query(statement: Any) -> bool:
-    if isinstance(statement, TextClause):
-        return is_plain_query(statement.text)
-    return bool(getattr(statement, "is_select", False))
-
-
 def _translate_read_only(unit: UnitOfWork, error: DBAPIError) -> None:
     refusal = refused_as_read_only(unit.backend, error)
     if refusal is not None:
@@ -212,13 +192,15 @@ def _read_on_writer(
 ) -> Any:
     unit = session._unit
     kwargs["bind_arguments"] = {**(kwargs.get("bind_arguments") or {}), "bind": writer}
+    # The write engine's read guard checks only the statements marked as reads.
+    kwargs["execution_options"] = {**(kwargs.get("execution_options") or {}), READ_OPTION: True}
     if unit.reading_on_writer:
         # A query issued while loading the first one (selectinload, a lazy load):
         # already inside the read-only scope.
         return Session.execute(session, statement, params, **kwargs)
     with (
         unit.write_gate.hold(writing=False),
-        unit.backend.read_inside_write(writer, _is_query(statement)),
+        unit.backend.read_inside_write(writer),
     ):
         unit.reading_on_writer = True
         try:

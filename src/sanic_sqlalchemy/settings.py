@@ -27,6 +27,7 @@ CONFIG_KEYS: Mapping[str, str] = {
     "DATABASE_POOL_TIMEOUT": "pool_timeout",
     "DATABASE_POOL_RECYCLE": "pool_recycle",
     "DATABASE_COMMIT_ON_EXIT": "commit_on_exit",
+    "DATABASE_MULTI_STATEMENTS": "multi_statements",
 }
 _KEY_FOR = {keyword: key for key, keyword in CONFIG_KEYS.items()}
 
@@ -56,6 +57,8 @@ class Settings:
     pool_timeout: float = DEFAULT_POOL_TIMEOUT
     pool_recycle: int | None = None
     commit_on_exit: bool = True
+    #: MySQL/MariaDB: let db.write chain statements with ';' (db.read never can).
+    multi_statements: bool = False
     engine_options: Mapping[str, Any] = field(default_factory=dict)
 
     @property
@@ -119,9 +122,23 @@ class Settings:
             if "pool_recycle" in raw
             else default_recycle,
             commit_on_exit=_bool(*raw["commit_on_exit"]) if "commit_on_exit" in raw else True,
+            multi_statements=_multi_statements(raw, backend),
             engine_options=engine_options,
         )
         return settings
+
+
+def _multi_statements(raw: Mapping[str, tuple[str, Any]], backend: str) -> bool:
+    if "multi_statements" not in raw:
+        return False
+    enabled = _bool(*raw["multi_statements"])
+    if enabled and backend != "mysql":
+        raise ConfigurationError(
+            f"{raw['multi_statements'][0]}: chained statements can only be allowed on "
+            f"MySQL/MariaDB; the {backend} driver never runs more than one statement per "
+            "call. Remove the setting."
+        )
+    return enabled
 
 
 def backend_of(url: URL) -> str:
