@@ -6,13 +6,14 @@ from typing import Any
 
 import pytest
 from sqlalchemy import delete, insert, inspect, select, text, update
+from sqlalchemy.exc import DBAPIError
 
-from sanic_sqlalchemy import Database, ReadOnlyError
+from sanic_sqlalchemy import ConfigurationError, Database, ReadOnlyError
 from sanic_sqlalchemy.readonly import Dialect, refusal
-from sanic_sqlalchemy.testing import StatementLog
+from sanic_sqlalchemy.testing import StatementLog, schema
 
 from .conftest import count_users
-from .models import User
+from .models import Base, User
 
 WRITES = [
     "INSERT INTO users (id, name, email) VALUES (50, 'x', 'x@example.com')",
@@ -334,3 +335,45 @@ async def test_mysql_committed_writes_send_no_rollback(url: str) -> None:
         assert sorted(bodies) == ["0", "1", "2", "3", "4"]
     finally:
         await db.dispose()
+
+
+@pytest.mark.backends("mysql")
+async def test_mysql_server_refuses_chained_statements(db: Database) -> None:
+    """The library's MySQL/MariaDB connections cannot chain statements: the server itself
+    refuses ``SELECT 1; DELETE …`` through db.write."""
+    await seed(db)
+    with pytest.raises(DBAPIError, match="1064"):
+        async with db:
+            await db.write.execute(text("SELECT 1; DELETE FROM users"))
+    assert await names(db) == ["Ada"]
+
+
+@pytest.mark.backends("mysql")
+async def test_mysql_multi_statements_opt_in_is_for_db_write_only(url: str) -> None:
+    """``multi_statements=True`` lets db.write chain statements; db.read still refuses
+    them, and its connections still could not run them."""
+    db = Database(url, pool_size=1, multi_statements=True)
+    async with schema(db, Base.metadata):
+        await seed(db)
+        async with db:
+            await db.write.execute(
+                text("UPDATE users SET name = 'A' WHERE id = 1; UPDATE users SET email = 'e'")
+            )
+        assert await names(db) == ["A"]
+        with pytest.raises(ReadOnlyError, match="more than one statement"):
+            async with db:
+                await db.read.execute(text("SELECT 1; SELECT 2"))
+        async with db.engines.read.connect() as connection:
+            raw = await connection.get_raw_connection()
+            with pytest.raises(Exception, match="1064"):
+                async with raw.driver_connection.cursor() as cursor:
+                    await cursor.execute("SELECT 1; SELECT 2")
+    await db.dispose()
+
+
+@pytest.mark.backends("sqlite", "postgresql")
+def test_multi_statements_is_refused_where_it_cannot_apply(url: str) -> None:
+    """``multi_statements`` on a backend whose driver never chains statements is a
+    configuration error, raised at once."""
+    with pytest.raises(ConfigurationError, match="multi_statements= \\(argument\\): chained"):
+        Database(url, multi_statements=True)
