@@ -837,3 +837,39 @@ async def test_client_hanging_up_during_a_slow_query(
     assert response.status_code == 200
     assert response.json() == {"users": 0}
     assert checked_out(db).total == 0
+
+
+def _whoami(backend: str) -> TextClause:
+    return text("SELECT pg_backend_pid()" if backend == "postgresql" else "SELECT CONNECTION_ID()")
+
+
+@pytest.mark.backends("postgresql")
+async def test_cancelled_reads_keep_their_connection(url: str, backend: str) -> None:
+    """A read cancelled mid-statement (a client timing out) gives its connection back in a
+    usable state: twenty cancelled reads open no new connection, and the next read runs
+    at once on the same one."""
+    db = Database(url, pool_size=1)
+    statement, params = slow_statement(backend)
+    try:
+        async with db:
+            before = (await db.read.execute(_whoami(backend))).scalar_one()
+
+        async def read_slowly() -> None:
+            async with db:
+                await db.read.execute(statement, params)
+
+        for _ in range(20):
+            task = asyncio.ensure_future(read_slowly())
+            await asyncio.sleep(0.05)
+            task.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await task
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        async with db:
+            after = (await db.read.execute(_whoami(backend))).scalar_one()
+        assert loop.time() - started < PROMPT
+        assert after == before
+        assert checked_out(db).total == 0
+    finally:
+        await db.dispose()

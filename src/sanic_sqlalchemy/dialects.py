@@ -135,6 +135,10 @@ class PostgreSQL(Backend):
             )
         return options
 
+    def install(self, engine: AsyncEngine, role: Role) -> None:
+        if role is Role.READ:
+            event.listen(engine.sync_engine, "handle_error", _postgresql_keep_cancelled_read)
+
     def is_read_only_violation(self, error: BaseException | None) -> bool:
         return getattr(error, "sqlstate", None) == "25006"
 
@@ -165,6 +169,27 @@ class PostgreSQL(Backend):
             raise
         # A cancellation skips this: the connection is then invalidated anyway.
         _leave_savepoint(connection)
+
+
+def _postgresql_keep_cancelled_read(context: ExceptionContext) -> None:
+    """Keep the connection of a read cancelled mid-statement instead of discarding it.
+
+    SQLAlchemy discards any connection whose statement was interrupted.  For a read in
+    autocommit that is never needed with asyncpg: it asks the server to cancel the
+    statement, and the connection's next command waits until the server is done with
+    the cancelled one, so nothing of it is left over.  A client time-out burst then
+    costs no new connections.  A read inside a transaction (a streamed read) is still
+    discarded: its transaction's state is unknown.
+    """
+    if not isinstance(context.original_exception, asyncio.CancelledError):
+        return
+    connection = context.connection
+    if connection is None or connection.invalidated:
+        return
+    driver = connection.connection.driver_connection
+    if driver is None or driver.is_closed() or driver.is_in_transaction():
+        return
+    context.is_disconnect = False
 
 
 def _leave_savepoint(connection: Connection) -> None:
