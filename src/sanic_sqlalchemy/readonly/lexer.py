@@ -14,7 +14,6 @@ the caller lexes the text both ways and keeps the stricter verdict.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
 from enum import Enum
 
 
@@ -30,12 +29,10 @@ class LexError(ValueError):
     """The text cannot be split with confidence (an unterminated string or comment)."""
 
 
-@dataclass(frozen=True, slots=True)
-class Token:
-    """A significant token: a word (upper-cased), a quoted name, or one punctuation mark."""
-
-    kind: str  # "word", "name" (quoted identifier), "string", "number", "param", "punct"
-    value: str
+#: A significant token, ``(kind, value)``: kind is "word" (value upper-cased), "name" (a
+#: quoted identifier, upper-cased), "string" (value empty), "number" or "punct".
+Token = tuple[str, str]
+_STRING: Token = ("string", "")
 
 
 _SPACE = r"(?P<space>[ \t\n\r\f\v]+)"
@@ -72,24 +69,29 @@ def _compile(*parts: str) -> re.Pattern[str]:
 
 
 _PATTERNS: dict[tuple[Dialect, bool], re.Pattern[str]] = {}
+# Most tokens are spaces and words: they come first.  Everything that starts with a
+# character a word or a number cannot start with follows, punctuation last.
 for _escapes in (False, True):
     _PATTERNS[Dialect.POSTGRESQL, _escapes] = _compile(
         _SPACE,
+        # E'…' is an escape string, not the word E.
+        r"(?P<word>(?![eE]')[^\W\d][\w$]*)",
+        _NUMBER,
         r"(?P<comment>--[^\n]*)",
         _EXECUTABLE,
         _CLOSE,
         r"(?P<nested>/\*)",
-        r"(?P<estring>(?<![\w$])[eE]'(?:[^'\\]|\\.|'')*')",
+        r"(?P<estring>[eE]'(?:[^'\\]|\\.|'')*')",
         _string(_escapes),
         _NAME_DOUBLE,
         r"(?P<param>\$\d+)",
         r"(?P<dollar>\$(?:[^\W\d]\w*)?\$)",
-        _WORD,
-        _NUMBER,
         _PUNCT,
     )
     _PATTERNS[Dialect.MYSQL, _escapes] = _compile(
         _SPACE,
+        _WORD,
+        _NUMBER,
         r"(?P<comment>--(?:[ \t\n\r\f\v][^\n]*|$)|\#[^\n]*)",
         _EXECUTABLE,
         _CLOSE,
@@ -98,12 +100,12 @@ for _escapes in (False, True):
         _string(_escapes),
         _mysql_double(_escapes),
         _NAME_BACKTICK,
-        _WORD,
-        _NUMBER,
         _PUNCT,
     )
     _PATTERNS[Dialect.SQLITE, _escapes] = _compile(
         _SPACE,
+        _WORD,
+        _NUMBER,
         r"(?P<comment>--[^\n]*)",
         _EXECUTABLE,
         _CLOSE,
@@ -113,8 +115,6 @@ for _escapes in (False, True):
         _NAME_DOUBLE,
         _NAME_BACKTICK,
         r"(?P<bracket>\[[^\]]*\])",
-        _WORD,
-        _NUMBER,
         _PUNCT,
     )
 
@@ -123,58 +123,62 @@ def tokens(sql: str, dialect: Dialect, *, backslash_escapes: bool) -> list[Token
     """The significant tokens of ``sql`` (no spaces, no comments) under ``dialect``'s rules.
 
     ``backslash_escapes`` says whether ``\\`` escapes a quote inside a string literal.
-    The contents of executable comments (MySQL's `/*! … */`) are tokens like any other code.
-    Raises ``LexError`` for an unterminated string, quoted name or comment.
+    The contents of executable comments (MySQL's ``/*! … */``) are tokens like any other
+    code.  Raises ``LexError`` for an unterminated string, quoted name or comment.
     """
     pattern = _PATTERNS[dialect, backslash_escapes]
-    match = pattern.match
     out: list[Token] = []
     append = out.append
+    in_executable = False
     position = 0
     length = len(sql)
-    in_executable = False
     while position < length:
-        found = match(sql, position)
-        assert found is not None  # the "bad" alternative matches any character
-        kind = found.lastgroup
-        position = found.end()
-        if kind == "space" or kind == "comment":
-            continue
-        if kind == "block":
-            if in_executable:
-                raise LexError("a comment inside an executable comment")
-            continue
-        value = found.group()
-        if kind == "word":
-            append(Token("word", value.upper()))
-        elif kind == "punct":
-            append(Token("punct", value))
-        elif kind == "string" or kind == "estring":
-            append(Token("string", ""))
-        elif kind == "name" or kind == "backtick":
-            append(Token("name", value[1:-1].replace(value[0] * 2, value[0]).upper()))
-        elif kind == "bracket":
-            append(Token("name", value[1:-1].upper()))
-        elif kind == "number" or kind == "param":
-            append(Token(kind, value))
-        elif kind == "nested":
-            position = _skip_nested_comment(sql, position)
-        elif kind == "dollar":
-            end = sql.find(value, position)
-            if end < 0:
-                raise LexError("an unterminated dollar-quoted string")
-            append(Token("string", ""))
-            position = end + len(value)
-        elif kind == "executable":
-            if in_executable:
-                raise LexError("an executable comment inside another one")
-            in_executable = True
-        elif kind == "close":
-            if not in_executable:
-                raise LexError("*/ outside a comment")
-            in_executable = False
+        # Every character matches some alternative ("bad" at worst), so the matches are
+        # contiguous; the loop restarts only after skipping a nested comment or a
+        # dollar-quoted string by hand.
+        for found in pattern.finditer(sql, position):
+            kind = found.lastgroup
+            if kind == "word":
+                append(("word", found.group().upper()))
+            elif kind == "space" or kind == "comment":
+                pass
+            elif kind == "punct":
+                append(("punct", found.group()))
+            elif kind == "string" or kind == "estring":
+                append(_STRING)
+            elif kind == "number" or kind == "param":
+                append(("number", found.group()))
+            elif kind == "name" or kind == "backtick":
+                value = found.group()
+                append(("name", value[1:-1].replace(value[0] * 2, value[0]).upper()))
+            elif kind == "bracket":
+                append(("name", found.group()[1:-1].upper()))
+            elif kind == "block":
+                if in_executable:
+                    raise LexError("a comment inside an executable comment")
+            elif kind == "executable":
+                if in_executable:
+                    raise LexError("an executable comment inside another one")
+                in_executable = True
+            elif kind == "close":
+                if not in_executable:
+                    raise LexError("*/ outside a comment")
+                in_executable = False
+            elif kind == "nested":
+                position = _skip_nested_comment(sql, found.end())
+                break
+            elif kind == "dollar":
+                tag = found.group()
+                end = sql.find(tag, found.end())
+                if end < 0:
+                    raise LexError("an unterminated dollar-quoted string")
+                append(_STRING)
+                position = end + len(tag)
+                break
+            else:
+                raise LexError(f"an unterminated quote or comment at {found.group()!r}")
         else:
-            raise LexError(f"an unterminated quote or comment at {value!r}")
+            position = length
     if in_executable:
         raise LexError("an unterminated executable comment")
     return out

@@ -15,6 +15,7 @@ from collections.abc import Sequence
 
 from .lexer import Dialect, LexError, Token, tokens
 
+_SEPARATOR = ("punct", ";")
 _QUERY_STARTS = frozenset({"SELECT", "WITH", "VALUES", "TABLE", "SHOW", "EXPLAIN"})
 _MYSQL_QUERY_STARTS = frozenset({"DESCRIBE", "DESC"})
 
@@ -104,19 +105,18 @@ def refusal(sql: str, dialect: Dialect) -> str | None:
 
 def _judge(found: list[Token], dialect: Dialect) -> str | None:
     start = 0
-    while start < len(found) and found[start].value == "(":
+    while start < len(found) and found[start][1] == "(":
         start += 1  # (SELECT …) UNION (SELECT …)
     if start == len(found):
         return "it holds no statement"
-    for index, token in enumerate(found):
-        if token.value == ";" and token.kind == "punct" and index + 1 < len(found):
-            return "it holds more than one statement (a ';' followed by more SQL)"
-    first = found[start]
+    if _SEPARATOR in found[:-1]:
+        return "it holds more than one statement (a ';' followed by more SQL)"
+    kind, first = found[start]
     starts = _QUERY_STARTS | _MYSQL_QUERY_STARTS if dialect is Dialect.MYSQL else _QUERY_STARTS
-    if first.kind == "word" and first.value == "PRAGMA" and dialect is Dialect.SQLITE:
+    if kind == "word" and first == "PRAGMA" and dialect is Dialect.SQLITE:
         return _judge_pragma(found[start + 1 :])
-    if first.kind != "word" or first.value not in starts:
-        shown = first.value if first.kind == "word" else "that"
+    if kind != "word" or first not in starts:
+        shown = first if kind == "word" else "that"
         return (
             f"it is not a query ({shown} …); the read path takes SELECT, WITH … SELECT, "
             "VALUES, TABLE, SHOW, DESCRIBE and EXPLAIN only"
@@ -125,12 +125,11 @@ def _judge(found: list[Token], dialect: Dialect) -> str | None:
 
 
 def _judge_query(found: list[Token], dialect: Dialect) -> str | None:
-    explain = found[0].value in ("EXPLAIN", "DESCRIBE", "DESC")
+    explain = found[0][1] in ("EXPLAIN", "DESCRIBE", "DESC")
     last = len(found) - 1
-    for index, token in enumerate(found):
-        value = token.value
-        following = found[index + 1].value if index < last else ""
-        if token.kind == "punct":
+    for index, (kind, value) in enumerate(found):
+        following = found[index + 1][1] if index < last else ""
+        if kind == "punct":
             if value == ":=":
                 # MySQL's user-variable assignment (PostgreSQL's named arguments take =>).
                 return (
@@ -138,9 +137,9 @@ def _judge_query(found: list[Token], dialect: Dialect) -> str | None:
                     "connection"
                 )
             continue
-        if token.kind not in ("word", "name"):
+        if kind != "word" and kind != "name":
             continue
-        if token.kind == "word":
+        if kind == "word":
             if value == "INTO":
                 return "SELECT … INTO writes (a file, a variable or a new table)"
             if (value == "FOR" and following in ("UPDATE", "SHARE", "NO", "KEY")) or (
@@ -181,10 +180,10 @@ def _matches(name: str, parts: list[str]) -> bool:
 
 
 def _judge_pragma(rest: list[Token]) -> str | None:
-    names = [token.value for token in rest if token.kind in ("word", "name")]
-    if names and names[0] in ("MAIN", "TEMP") and len(rest) > 1 and rest[1].value == ".":
+    names = [value for kind, value in rest if kind in ("word", "name")]
+    if names and names[0] in ("MAIN", "TEMP") and len(rest) > 1 and rest[1][1] == ".":
         names = names[1:]  # PRAGMA main.table_info(…)
-    if any(token.value == "=" for token in rest):
+    if ("punct", "=") in rest:
         return "it changes a PRAGMA setting"
     if not names or names[0] not in _REPORTING_PRAGMAS:
         shown = names[0].lower() if names else ""
