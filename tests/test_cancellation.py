@@ -843,7 +843,7 @@ def _whoami(backend: str) -> TextClause:
     return text("SELECT pg_backend_pid()" if backend == "postgresql" else "SELECT CONNECTION_ID()")
 
 
-@pytest.mark.backends("postgresql")
+@pytest.mark.backends("postgresql", "mysql")
 async def test_cancelled_reads_keep_their_connection(url: str, backend: str) -> None:
     """A read cancelled mid-statement (a client timing out) gives its connection back in a
     usable state: twenty cancelled reads open no new connection, and the next read runs

@@ -216,17 +216,31 @@ class MySQL(Backend):
     def __init__(self, *, multi_statements: bool = False) -> None:
         #: Whether the write pool's connections may chain statements (never the read pool's).
         self.multi_statements = multi_statements
+        self._interrupter = _QueryInterrupter()
 
     def install(self, engine: AsyncEngine, role: Role) -> None:
         sync_engine = engine.sync_engine
         if role is Role.READ:
-            event.listen(sync_engine, "do_connect", _mysql_connect_tracking_session_state)
-            event.listen(sync_engine, "connect", _mysql_read_only_session)
+            interrupter = self._interrupter
+
+            def connect_read(dialect: Any, record: Any, cargs: Any, cparams: Any) -> None:
+                interrupter.connect_params = {
+                    key: value for key, value in cparams.items() if key != "async_creator_fn"
+                }
+                _mysql_connect_tracking_session_state(dialect, record, cargs, cparams)
+
+            def set_up_read(dbapi_connection: Any, record: Any) -> None:
+                _mysql_read_only_session(dbapi_connection, record)
+                interrupter.adopt(dbapi_connection.driver_connection)
+
+            event.listen(sync_engine, "do_connect", connect_read)
+            event.listen(sync_engine, "connect", set_up_read)
+            event.listen(sync_engine, "handle_error", _mysql_keep_interrupted_read)
         else:
             if not self.multi_statements:
                 event.listen(sync_engine, "do_connect", _mysql_connect_single_statement)
             event.listen(sync_engine.pool, "reset", _mysql_reset)
-        event.listen(sync_engine, "handle_error", _mysql_kill_cancelled)
+            event.listen(sync_engine, "handle_error", _mysql_kill_cancelled)
 
     def is_unsafe_for(self, role: Role, driver_connection: Any) -> bool:
         if _mysql_in_transaction(driver_connection):
@@ -239,14 +253,163 @@ class MySQL(Backend):
         status = getattr(driver_connection, "server_status", _SESSION_STATE_CHANGED)
         return bool(status & _SESSION_STATE_CHANGED)
 
+    def cleanup(self) -> None:
+        self._interrupter.close()
+
     def is_read_only_violation(self, error: BaseException | None) -> bool:
         args: tuple[Any, ...] = getattr(error, "args", ())
         return len(args) > 0 and args[0] == 1792
 
     def is_dead(self, driver_connection: Any) -> bool:
-        return bool(getattr(driver_connection, "_stream_broken", False)) or not getattr(
-            driver_connection, "connected", True
-        )
+        return _mysql_is_dead(driver_connection)
+
+
+#: MySQL's error for a statement ended by ``KILL QUERY``.
+_QUERY_INTERRUPTED = 1317
+#: Seconds to wait for KILL QUERY, then for the interrupted statement's reply.
+_INTERRUPT_TIMEOUT = 2.0
+
+
+class _QueryInterrupter:
+    """Ends the statement of a cancelled read with ``KILL QUERY`` and waits for its reply.
+
+    asyncmy closes a connection whose reply was cut by a cancellation (its protocol
+    would be out of step), so every client time-out used to cost a new connection, plus
+    one more to ``KILL`` the statement the server was still running.  Instead, the read
+    connections' cursors run each statement in a task of its own; when the caller is
+    cancelled, the statement is ended on the server through one long-lived connection
+    kept for that, its error reply is read, and the connection stays in the pool.
+    """
+
+    def __init__(self) -> None:
+        self.connect_params: dict[str, Any] = {}
+        self._killer: Any = None
+        self._lock: asyncio.Lock | None = None
+
+    def adopt(self, driver: Any) -> None:
+        """Make the cursors of the read connection ``driver`` interruptible."""
+        make_cursor = driver.cursor
+
+        def cursor(*args: Any, **kwargs: Any) -> _InterruptibleCursor:
+            return _InterruptibleCursor(make_cursor(*args, **kwargs), driver, self)
+
+        driver.cursor = cursor
+
+    async def interrupt(self, driver: Any, cursor: Any, running: asyncio.Future[Any]) -> None:
+        """End ``running`` (a statement of ``cursor`` on ``driver``) on the server, or
+        close ``driver``."""
+        try:
+            await asyncio.wait_for(self._kill_query(int(driver.thread_id())), _INTERRUPT_TIMEOUT)
+            await asyncio.wait([running], timeout=_INTERRUPT_TIMEOUT)
+            if running.done() and not _interrupted(running):
+                # The statement ended by itself before the KILL arrived, which then waits
+                # for the connection's next statement: spend it here, not on the next unit.
+                try:
+                    await asyncio.wait_for(cursor.execute("DO 0"), _INTERRUPT_TIMEOUT)
+                except Exception as error:
+                    if not _is_interruption(error):
+                        raise
+        except Exception:
+            logger.warning(
+                "could not end a cancelled MySQL read with KILL QUERY; its connection is "
+                "discarded instead",
+                exc_info=True,
+            )
+        if not running.done():
+            running.cancel()  # the driver then closes the connection: it is discarded
+            await asyncio.wait([running])
+        if running.cancelled():
+            return
+        error = running.exception()
+        if error is not None and not _interrupted(running):
+            logger.warning("a cancelled MySQL read ended with an error", exc_info=error)
+
+    async def _kill_query(self, thread_id: int) -> None:
+        if self._lock is None:
+            self._lock = asyncio.Lock()
+        async with self._lock:
+            for attempt in (1, 2):
+                if self._killer is None or not self._killer.connected:
+                    import asyncmy
+
+                    params = dict(self.connect_params, autocommit=True)
+                    params["connect_timeout"] = 2
+                    self._killer = await asyncmy.connect(**params)
+                try:
+                    async with self._killer.cursor() as cursor:
+                        await cursor.execute(f"KILL QUERY {thread_id:d}")
+                    return
+                except Exception:
+                    self._killer.close()
+                    self._killer = None
+                    if attempt == 2:
+                        raise
+
+    def close(self) -> None:
+        if self._killer is not None:
+            self._killer.close()
+            self._killer = None
+
+
+def _interrupted(running: asyncio.Future[Any]) -> bool:
+    """Whether ``running`` failed because KILL QUERY ended it."""
+    return not running.cancelled() and _is_interruption(running.exception())
+
+
+def _is_interruption(error: BaseException | None) -> bool:
+    return error is not None and getattr(error, "args", (None,))[:1] == (_QUERY_INTERRUPTED,)
+
+
+class _InterruptibleCursor:
+    """An asyncmy cursor whose ``execute`` survives the caller's cancellation (see
+    ``_QueryInterrupter``); everything else is the driver's cursor."""
+
+    __slots__ = ("_cursor", "_driver", "_interrupter")
+
+    def __init__(self, cursor: Any, driver: Any, interrupter: _QueryInterrupter) -> None:
+        self._cursor = cursor
+        self._driver = driver
+        self._interrupter = interrupter
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._cursor, name)
+
+    async def __aenter__(self) -> _InterruptibleCursor:
+        await self._cursor.__aenter__()
+        return self
+
+    async def __aexit__(self, *exc_info: Any) -> Any:
+        return await self._cursor.__aexit__(*exc_info)
+
+    async def execute(self, query: Any, args: Any = None) -> Any:
+        running = asyncio.ensure_future(self._cursor.execute(query, args))
+        try:
+            return await asyncio.shield(running)
+        except asyncio.CancelledError:
+            if running.done():
+                raise
+            interrupting = asyncio.ensure_future(
+                self._interrupter.interrupt(self._driver, self._cursor, running)
+            )
+            # The connection goes back to the pool only once its statement is over.
+            while not interrupting.done():
+                with contextlib.suppress(asyncio.CancelledError):
+                    await asyncio.shield(interrupting)
+            raise
+
+
+def _mysql_keep_interrupted_read(context: ExceptionContext) -> None:
+    """Keep a read connection whose cancelled statement was ended by ``KILL QUERY``."""
+    if not isinstance(context.original_exception, asyncio.CancelledError):
+        return
+    connection = context.connection
+    if connection is None or connection.invalidated:
+        return
+    driver = connection.connection.driver_connection
+    if _mysql_is_dead(driver) or _mysql_in_transaction(driver):
+        _mysql_kill_cancelled(context)
+        return
+    context.is_disconnect = False
 
 
 def _mysql_kill_cancelled(context: ExceptionContext) -> None:
@@ -289,6 +452,12 @@ def _mysql_kill_cancelled(context: ExceptionContext) -> None:
         logger.warning(
             "could not KILL a cancelled MySQL statement; the server ends it later", exc_info=True
         )
+
+
+def _mysql_is_dead(driver_connection: Any) -> bool:
+    return bool(getattr(driver_connection, "_stream_broken", False)) or not getattr(
+        driver_connection, "connected", True
+    )
 
 
 def _mysql_in_transaction(driver_connection: Any) -> bool:
