@@ -320,9 +320,9 @@ class _QueryInterrupter:
             await asyncio.wait([running])
         if running.cancelled():
             return
-        error = running.exception()
-        if error is not None and not _interrupted(running):
-            logger.warning("a cancelled MySQL read ended with an error", exc_info=error)
+        outcome = running.exception()
+        if outcome is not None and not _interrupted(running):
+            logger.warning("a cancelled MySQL read ended with an error", exc_info=outcome)
 
     async def _kill_query(self, thread_id: int) -> None:
         if self._lock is None:
