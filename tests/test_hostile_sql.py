@@ -249,3 +249,80 @@ async def test_hostile_sql_through_a_held_connection(hostile_db: tuple[str, Data
                 await connection.exec_driver_sql(statement)
             _assert_refused(caught.value)
     await _unchanged(backend, db)
+
+
+#: Queries the read path must let through (per backend where the syntax is the server's).
+ACCEPTED: dict[str, list[str]] = {
+    "all": [
+        "SELECT 1;",
+        "SELECT 1 ; -- a trailing note",
+        "SELECT 'a; DELETE FROM users' AS note",
+        "SELECT name FROM users WHERE name <> 'INTO' /* ; DROP */ ORDER BY id",
+        "select replace(name, 'a', 'b') from users",
+        "WITH RECURSIVE c(n) AS (SELECT 1 UNION ALL SELECT n + 1 FROM c WHERE n < 3) "
+        "SELECT count(*) FROM c",
+        "SELECT * FROM (SELECT 1 AS a) AS x UNION ALL SELECT 2",
+        "VALUES (1), (2)",
+        "EXPLAIN SELECT * FROM users",
+        "\n\t SELECT 1",
+    ],
+    "postgresql": [
+        "SELECT $$it's; fine$$ AS text",
+        "SELECT E'a\\'; b' AS escaped",
+        "SELECT /* outer /* nested ; */ still comment */ 1",
+        "TABLE users",
+        "SHOW server_version",
+        "SELECT users.name::text FROM users",
+        "(SELECT 1) UNION (SELECT 2)",
+    ],
+    "mysql": [
+        "SELECT INSERT('abc', 1, 1, 'x')",
+        "SELECT 'it\\'s; fine'",
+        "SELECT `name` FROM `users`",
+        "SHOW TABLES",
+        "DESCRIBE users",
+        "SELECT 1 # a MySQL comment ; DELETE",
+        "SELECT 1 - -1",
+        "(SELECT 1) UNION (SELECT 2)",
+    ],
+    "sqlite": [
+        "SELECT [name] FROM [users]",
+        "PRAGMA table_info(users)",
+        "PRAGMA main.index_list('users')",
+    ],
+}
+
+
+async def test_plain_queries_pass(hostile_db: tuple[str, Database]) -> None:
+    """Queries with strings, comments, quoted names and the backend's own syntax run
+    through db.read unchanged, outside and inside a writing unit."""
+    backend, db = hostile_db
+    for statement in ACCEPTED["all"] + ACCEPTED[backend]:
+        async with db:
+            await db.read.execute(text(statement))
+        with pytest.raises(_Rollback):
+            async with db:
+                db.write.add(User(id=3, name="Cy", email="c@x.org"))
+                await db.write.flush()
+                await db.read.execute(text(statement))
+                raise _Rollback
+    await _unchanged(backend, db)
+
+
+async def test_reflection_runs_on_the_read_path(hostile_db: tuple[str, Database]) -> None:
+    """SQLAlchemy's reflection (what ``MetaData.reflect`` and Alembic's autogenerate send)
+    passes the read guard on every backend."""
+    _, db = hostile_db
+
+    def reflect(sync: Any) -> list[str]:
+        inspector = inspect(sync)
+        for name in inspector.get_table_names():
+            inspector.get_columns(name)
+            inspector.get_foreign_keys(name)
+            inspector.get_indexes(name)
+            inspector.get_unique_constraints(name)
+        return sorted(inspector.get_table_names())
+
+    async with db:
+        connection = await db.read.connection()
+        assert await connection.run_sync(reflect) == ["orders", "users"]

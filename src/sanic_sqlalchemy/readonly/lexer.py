@@ -29,6 +29,10 @@ class LexError(ValueError):
     """The text cannot be split with confidence (an unterminated string or comment)."""
 
 
+class UnterminatedQuote(LexError):
+    """A string or quoted name never closes: the server cannot parse the text either."""
+
+
 #: A significant token, ``(kind, value)``: kind is "word" (value upper-cased), "name" (a
 #: quoted identifier, upper-cased), "string" (value empty), "number" or "punct".
 Token = tuple[str, str]
@@ -171,12 +175,14 @@ def tokens(sql: str, dialect: Dialect, *, backslash_escapes: bool) -> list[Token
                 tag = found.group()
                 end = sql.find(tag, found.end())
                 if end < 0:
-                    raise LexError("an unterminated dollar-quoted string")
+                    raise UnterminatedQuote("an unterminated dollar-quoted string")
                 append(_STRING)
                 position = end + len(tag)
                 break
+            elif found.group() in "'\"`[":
+                raise UnterminatedQuote(f"an unterminated quote at {found.group()!r}")
             else:
-                raise LexError(f"an unterminated quote or comment at {found.group()!r}")
+                raise LexError(f"an unterminated comment or unexpected {found.group()!r}")
         else:
             position = length
     if in_executable:

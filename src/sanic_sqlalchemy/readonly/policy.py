@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from .lexer import Dialect, LexError, Token, tokens
+from .lexer import Dialect, LexError, Token, UnterminatedQuote, tokens
 
 _SEPARATOR = ("punct", ";")
 _QUERY_STARTS = frozenset({"SELECT", "WITH", "VALUES", "TABLE", "SHOW", "EXPLAIN"})
@@ -86,20 +86,30 @@ def refusal(sql: str, dialect: Dialect) -> str | None:
     """Why the read path refuses ``sql`` (one phrase), or ``None`` when it is a query.
 
     Text that reads differently depending on whether backslashes escape quotes (a server
-    setting the client cannot see) is checked both ways.
+    setting the client cannot see) is checked both ways.  A way in which the text does
+    not even split into tokens (an unterminated string) is one in which the server could
+    not parse it either, so it runs nothing; every way that splits must pass.
     """
     if "\\" in sql and dialect is not Dialect.SQLITE:
         ways: Sequence[bool] = (False, True)
     else:
         ways = (dialect is Dialect.MYSQL,)
+    unreadable: LexError | None = None
+    readable = False
     for backslash_escapes in ways:
         try:
             found = tokens(sql, dialect, backslash_escapes=backslash_escapes)
+        except UnterminatedQuote as error:
+            unreadable = error
+            continue
         except LexError as error:
             return f"it cannot be read with certainty ({error})"
+        readable = True
         reason = _judge(found, dialect)
         if reason is not None:
             return reason
+    if not readable:
+        return f"it cannot be read with certainty ({unreadable})"
     return None
 
 
