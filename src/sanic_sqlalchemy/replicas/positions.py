@@ -1,0 +1,160 @@
+"""Commit positions and the tokens that carry them between requests.
+
+A position says how far a server's data goes: PostgreSQL's WAL position (an LSN,
+``16/B374D848``), MariaDB's GTID position (``domain-server-seq`` per replication
+domain).  A replica can serve a client once its replayed position has reached the
+position of the client's last commit.
+
+A token is what a client carries (cookie or header): the position and when it was
+issued, ``1.<position>.<issued>``.  Tokens come from the outside, so parsing one never
+raises and never lets anything but digits, hex and separators through: a malformed,
+oversized, expired or future-dated token is no token.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from abc import ABC, abstractmethod
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+
+#: Longer tokens are ignored unread.
+MAX_TOKEN_LENGTH = 512
+#: Seconds a token's issue time may lie in the future (clocks of several workers).
+CLOCK_SKEW = 5.0
+
+_LSN = re.compile(r"([0-9A-Fa-f]{1,8})/([0-9A-Fa-f]{1,8})")
+_GTID = re.compile(r"(\d{1,10})-(\d{1,10})-(\d{1,20})")
+_TOKEN = re.compile(r"1\.([0-9A-Fa-f/_\-]{1,400})\.(\d{1,12})")
+
+
+class Position(ABC):
+    """How far a server's data goes; compared with ``covers``."""
+
+    __slots__ = ()
+
+    @abstractmethod
+    def covers(self, other: Position) -> bool:
+        """Whether a server at ``self`` has everything a server at ``other`` has."""
+
+    @abstractmethod
+    def encode(self) -> str:
+        """The position as token text (cookie-safe)."""
+
+
+@dataclass(frozen=True, slots=True)
+class LSN(Position):
+    """A PostgreSQL WAL position."""
+
+    value: int
+
+    @classmethod
+    def parse(cls, text: str) -> LSN | None:
+        match = _LSN.fullmatch(text.strip())
+        if match is None:
+            return None
+        return cls((int(match.group(1), 16) << 32) | int(match.group(2), 16))
+
+    def covers(self, other: Position) -> bool:
+        return isinstance(other, LSN) and self.value >= other.value
+
+    def encode(self) -> str:
+        return f"{self.value >> 32:X}/{self.value & 0xFFFFFFFF:X}"
+
+    def __str__(self) -> str:
+        return self.encode()
+
+
+@dataclass(frozen=True, slots=True)
+class GTIDPosition(Position):
+    """A MariaDB GTID position: the highest sequence number seen per domain."""
+
+    domains: Mapping[int, tuple[int, int]]  # domain -> (server id, sequence number)
+
+    @classmethod
+    def parse(cls, text: str) -> GTIDPosition | None:
+        """Parse ``0-1-100,1-2-7`` (the server's form) or ``0-1-100_1-2-7`` (a token's)."""
+        domains: dict[int, tuple[int, int]] = {}
+        parts = [part for part in re.split(r"[,_\s]+", text.strip()) if part]
+        for part in parts:
+            match = _GTID.fullmatch(part)
+            if match is None:
+                return None
+            domain, server, sequence = (int(group) for group in match.groups())
+            if sequence >= domains.get(domain, (0, -1))[1]:
+                domains[domain] = (server, sequence)
+        return cls(domains)
+
+    def covers(self, other: Position) -> bool:
+        if not isinstance(other, GTIDPosition):
+            return False
+        return all(
+            self.domains.get(domain, (0, -1))[1] >= sequence
+            for domain, (_server, sequence) in other.domains.items()
+        )
+
+    def encode(self) -> str:
+        return "_".join(
+            f"{domain}-{server}-{sequence}"
+            for domain, (server, sequence) in sorted(self.domains.items())
+        )
+
+    def __str__(self) -> str:
+        return self.encode().replace("_", ",")
+
+
+def latest(positions: Iterable[Position | None]) -> Position | None:
+    """The furthest of ``positions`` (several tokens: the latest wins), or None."""
+    found: Position | None = None
+    for position in positions:
+        if position is None:
+            continue
+        if found is None or position.covers(found):
+            found = position
+        elif isinstance(found, GTIDPosition) and isinstance(position, GTIDPosition):
+            # Neither covers the other (different domains ahead): their union.
+            merged = dict(found.domains)
+            for domain, (server, sequence) in position.domains.items():
+                if sequence > merged.get(domain, (0, -1))[1]:
+                    merged[domain] = (server, sequence)
+            found = GTIDPosition(merged)
+    return found
+
+
+def issue_token(position: Position, now: float | None = None) -> str:
+    """The token for a commit at ``position``, issued now."""
+    issued = int(time.time() if now is None else now)
+    return f"1.{position.encode()}.{issued}"
+
+
+def read_token(
+    token: object, backend: str, ttl: float, now: float | None = None
+) -> Position | None:
+    """The position a client's token asks for, or None for anything but a valid,
+    unexpired token of ``backend`` (``postgresql`` or ``mysql``)."""
+    if not isinstance(token, str) or not token or len(token) > MAX_TOKEN_LENGTH:
+        return None
+    match = _TOKEN.fullmatch(token.strip())
+    if match is None:
+        return None
+    issued = int(match.group(2))
+    current = time.time() if now is None else now
+    if issued > current + CLOCK_SKEW or issued < current - ttl:
+        return None
+    text = match.group(1)
+    if backend == "postgresql":
+        return LSN.parse(text)
+    if backend == "mysql":
+        return GTIDPosition.parse(text)
+    return None
+
+
+def parse_position(text: str | None, backend: str) -> Position | None:
+    """A position as a server reports it (``pg_current_wal_lsn()``, ``@@gtid_binlog_pos``;
+    a MariaDB server that never committed anything reports an empty position)."""
+    if backend == "mysql":
+        return GTIDPosition.parse(text or "")
+    if backend == "postgresql" and text:
+        return LSN.parse(text)
+    return None

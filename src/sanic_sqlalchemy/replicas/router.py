@@ -1,0 +1,267 @@
+"""Which replica serves a unit's reads: health, lag and positions, per worker.
+
+A background probe asks every server how far it is about once a second.  Lag is
+measured by positions, not by replay timestamps (an idle primary makes those look old):
+the probe keeps a short history of the primary's positions, and a replica's lag is how
+long ago the primary first had data the replica still lacks; a replica that has every
+position the primary reported lags by nothing.
+
+Units are spread round robin over the usable replicas: every replica serves the same
+data, units are short and reads give their connection back after each statement, so
+counting outstanding work per replica would cost more than it balances.  A replica is
+usable when it answered its last probe, lags no more than the limit, and has reached
+the position the unit needs (a client's token).  When a token asks for more than the
+cached positions show, the positions are refreshed first (at most every few
+milliseconds), so a replica that caught up since the last probe is used.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+import time
+from collections import deque
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from sqlalchemy.engine import URL
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from .positions import Position
+from .probe import position_of, probe_engine
+
+logger = logging.getLogger("sanic_sqlalchemy")
+
+#: Seconds between two probes of every server.
+PROBE_INTERVAL = 1.0
+#: Seconds an on-demand refresh is trusted for (a burst of requests shares one).
+REFRESH_INTERVAL = 0.005
+#: Seconds a replica that failed stays out before it is tried again, at most.
+MAX_BACKOFF = 30.0
+
+
+def public_name(url: URL) -> str:
+    """The URL as shown to users and logs: never with its password."""
+    return url.set(password=None).render_as_string(hide_password=False)
+
+
+@dataclass(eq=False)
+class Replica:
+    """One replica: the pool that serves units, and what the probe knows of it."""
+
+    url: URL
+    engine: AsyncEngine
+    probe: AsyncEngine
+    name: str = ""
+    position: Position | None = None
+    up: bool = False
+    retry_at: float = 0.0
+    failures: int = 0
+    last_error: str = ""
+
+    def __post_init__(self) -> None:
+        self.name = public_name(self.url)
+
+
+@dataclass(eq=False)
+class ReplicaSet:
+    """The replicas of one ``Database`` in one worker, and the primary's position."""
+
+    backend: str
+    primary_url: URL
+    replicas: Sequence[Replica]
+    max_lag: float
+    primary_probe: AsyncEngine = field(init=False)
+    primary_position: Position | None = field(default=None, init=False)
+    _history: deque[tuple[float, Position]] = field(default_factory=deque, init=False)
+    _turn: itertools.count[int] = field(default_factory=itertools.count, init=False)
+    _refreshed_at: float = field(default=-1.0, init=False)
+    _refreshing: asyncio.Task[None] | None = field(default=None, init=False)
+    _task: asyncio.Task[None] | None = field(default=None, init=False)
+
+    def __post_init__(self) -> None:
+        self.primary_probe = probe_engine(self.primary_url, self.backend)
+
+    @property
+    def names(self) -> list[str]:
+        return [replica.name for replica in self.replicas]
+
+    # -- probing -----------------------------------------------------------------
+
+    def start(self) -> None:
+        """Start the background probe in the running loop."""
+        if self._task is None:
+            self._task = asyncio.get_running_loop().create_task(self._probe_forever())
+
+    async def close(self) -> None:
+        """Stop probing and close the probe connections."""
+        task, self._task = self._task, None
+        if task is not None:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+        if self._refreshing is not None:
+            await asyncio.gather(self._refreshing, return_exceptions=True)
+        await self.primary_probe.dispose()
+        for replica in self.replicas:
+            await replica.probe.dispose()
+
+    async def _probe_forever(self) -> None:
+        while True:
+            await self.refresh()
+            await asyncio.sleep(PROBE_INTERVAL)
+
+    async def refresh(self) -> None:
+        """Probe every server now; concurrent callers share one refresh."""
+        if self._refreshing is None or self._refreshing.done():
+            self._refreshing = asyncio.get_running_loop().create_task(self._probe_all())
+        await asyncio.shield(self._refreshing)
+
+    async def refresh_if_stale(self) -> None:
+        if time.monotonic() - self._refreshed_at > REFRESH_INTERVAL:
+            await self.refresh()
+
+    async def _probe_all(self) -> None:
+        await asyncio.gather(
+            self._probe_primary(), *(self._probe(replica) for replica in self.replicas)
+        )
+        self._refreshed_at = time.monotonic()
+
+    async def _probe_primary(self) -> None:
+        try:
+            position = await position_of(self.primary_probe, self.backend, primary=True)
+        except Exception as error:
+            logger.warning("probing the primary's position failed: %s", error)
+            return
+        self._note_primary(position)
+
+    def _note_primary(self, position: Position | None) -> None:
+        if position is None:
+            return
+        now = time.monotonic()
+        self.primary_position = position
+        history = self._history
+        if not history or not history[-1][1].covers(position) or not position.covers(
+            history[-1][1]
+        ):
+            history.append((now, position))
+        horizon = now - 2 * self.max_lag - 10 * PROBE_INTERVAL
+        while len(history) > 1 and history[0][0] < horizon:
+            history.popleft()
+
+    async def _probe(self, replica: Replica) -> None:
+        try:
+            position = await position_of(replica.probe, self.backend, primary=False)
+        except Exception as error:
+            self.mark_down(replica, error)
+            return
+        if replica.position is not None and position is not None:
+            if not position.covers(replica.position):
+                position = replica.position  # never go back on what was seen
+        replica.position = position
+        if not replica.up:
+            logger.info("replica %s is up again", replica.name)
+        replica.up, replica.failures, replica.last_error = True, 0, ""
+
+    def mark_down(self, replica: Replica, error: BaseException) -> None:
+        """Take ``replica`` out of the rotation, to be tried again after a backoff."""
+        replica.failures += 1
+        backoff = min(MAX_BACKOFF, PROBE_INTERVAL * 2 ** (replica.failures - 1))
+        replica.retry_at = time.monotonic() + backoff
+        replica.last_error = f"{type(error).__name__}: {error}"
+        if replica.up or replica.failures == 1:
+            logger.warning(
+                "replica %s is down (%s); retried in %.0f s",
+                replica.name,
+                replica.last_error,
+                backoff,
+            )
+        replica.up = False
+
+    # -- choosing ----------------------------------------------------------------
+
+    def lag(self, replica: Replica) -> float:
+        """Seconds since the primary first had data that ``replica`` still lacks."""
+        position = replica.position
+        if position is None:
+            return float("inf")
+        for seen_at, primary in self._history:
+            if not position.covers(primary):
+                return time.monotonic() - seen_at
+        return 0.0
+
+    def usable(self, replica: Replica, floor: Position | None) -> str | None:
+        """Why ``replica`` cannot serve a unit that needs ``floor``, or None."""
+        if not replica.up:
+            return f"down ({replica.last_error or 'not probed yet'})"
+        lag = self.lag(replica)
+        if lag > self.max_lag:
+            return f"lagging {lag:.1f} s (limit {self.max_lag:g} s)"
+        if floor is not None and (replica.position is None or not replica.position.covers(floor)):
+            return f"behind the unit's position {floor}"
+        return None
+
+    def pick(self, floor: Position | None, exclude: Sequence[Replica] = ()) -> Replica | None:
+        """The next usable replica in turn, or None."""
+        candidates = [
+            replica
+            for replica in self.replicas
+            if replica not in exclude and self.usable(replica, floor) is None
+        ]
+        if not candidates:
+            return None
+        return candidates[next(self._turn) % len(candidates)]
+
+    async def choose(
+        self, floor: Position | None, exclude: Sequence[Replica] = (), wait: float = 0.0
+    ) -> tuple[Replica | None, str]:
+        """A replica for a unit that needs ``floor`` (None: any usable one), and why.
+
+        Refreshes the positions first when the cache shows no replica that qualifies
+        (at most every few milliseconds), and then waits up to ``wait`` seconds for one
+        to catch up.
+        """
+        self._retry_due()
+        replica = self.pick(floor, exclude)
+        if replica is None and (floor is not None or self._refreshed_at < 0):
+            await self.refresh_if_stale()
+            replica = self.pick(floor, exclude)
+        deadline = time.monotonic() + wait
+        while replica is None and floor is not None and time.monotonic() < deadline:
+            await asyncio.sleep(min(0.05, max(0.0, deadline - time.monotonic())))
+            await self.refresh()
+            replica = self.pick(floor, exclude)
+        if replica is not None:
+            reason = "token reached" if floor is not None else "healthy, within the lag limit"
+            return replica, reason
+        reasons = "; ".join(
+            f"{candidate.name}: {self.usable(candidate, floor) or 'failed in this unit'}"
+            for candidate in self.replicas
+        )
+        return None, reasons
+
+    def _retry_due(self) -> None:
+        # A replica whose backoff is over gets probed again soon; until then it is down.
+        now = time.monotonic()
+        if any(not replica.up and replica.retry_at <= now for replica in self.replicas):
+            if self._refreshing is None or self._refreshing.done():
+                self._refreshing = asyncio.get_running_loop().create_task(self._probe_all())
+
+    async def cap(self, wanted: Position) -> Position:
+        """``wanted`` (a client's token), at most the primary's current position.
+
+        When the cached primary position is behind the token, it is refreshed first:
+        capping at a stale cache could cut a token below its own commit.
+        """
+        if self.primary_position is None or not self.primary_position.covers(wanted):
+            await self.refresh_if_stale()
+        primary = self.primary_position
+        if primary is None or primary.covers(wanted):
+            return wanted
+        return primary
+
+    async def primary_position_now(self) -> Position | None:
+        """The primary's position as of now (one round trip): everything any unit can
+        have read is at or before it."""
+        await self._probe_primary()
+        return self.primary_position
