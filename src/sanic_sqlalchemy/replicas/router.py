@@ -141,8 +141,10 @@ class ReplicaSet:
         now = time.monotonic()
         self.primary_position = position
         history = self._history
-        if not history or not history[-1][1].covers(position) or not position.covers(
-            history[-1][1]
+        if (
+            not history
+            or not history[-1][1].covers(position)
+            or not position.covers(history[-1][1])
         ):
             history.append((now, position))
         horizon = now - 2 * self.max_lag - 10 * PROBE_INTERVAL
@@ -155,9 +157,12 @@ class ReplicaSet:
         except Exception as error:
             self.mark_down(replica, error)
             return
-        if replica.position is not None and position is not None:
-            if not position.covers(replica.position):
-                position = replica.position  # never go back on what was seen
+        if (
+            replica.position is not None
+            and position is not None
+            and not position.covers(replica.position)
+        ):
+            position = replica.position  # never go back on what was seen
         replica.position = position
         if not replica.up:
             logger.info("replica %s is up again", replica.name)
@@ -243,9 +248,9 @@ class ReplicaSet:
     def _retry_due(self) -> None:
         # A replica whose backoff is over gets probed again soon; until then it is down.
         now = time.monotonic()
-        if any(not replica.up and replica.retry_at <= now for replica in self.replicas):
-            if self._refreshing is None or self._refreshing.done():
-                self._refreshing = asyncio.get_running_loop().create_task(self._probe_all())
+        due = any(not replica.up and replica.retry_at <= now for replica in self.replicas)
+        if due and (self._refreshing is None or self._refreshing.done()):
+            self._refreshing = asyncio.get_running_loop().create_task(self._probe_all())
 
     async def cap(self, wanted: Position) -> Position:
         """``wanted`` (a client's token), at most the primary's current position.
