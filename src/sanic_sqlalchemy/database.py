@@ -5,14 +5,14 @@ from __future__ import annotations
 import asyncio
 import functools
 import itertools
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, ParamSpec
 
 from .callbacks import CallbackErrorHook
 from .context import UnitScope
 from .engines import Engines
-from .errors import ConfigurationError, EngineNotInitialisedError, NoActiveUnitError
+from .errors import EngineNotInitialisedError, NoActiveUnitError
 from .sessions import ReadSession, WriteSession
 from .settings import Settings
 from .unit import UnitOfWork
@@ -58,7 +58,7 @@ class Database:
         }
         self._settings: Settings | None = None
         if url is not None:
-            self._settings = _supported(Settings.build(self._explicit))
+            self._settings = Settings.build(self._explicit)
         self._engines: Engines | None = None
         self._disposing: asyncio.Future[None] | None = None
         #: Called as ``hook(error, callback)`` when an on-commit callback raises.
@@ -89,7 +89,7 @@ class Database:
         explicit = dict(self._explicit)
         given = {"url": url, "read_urls": read_urls, "commit_on_exit": commit_on_exit, **options}
         explicit.update({key: value for key, value in given.items() if value is not None})
-        self._settings = _supported(Settings.build(explicit, app.config))
+        self._settings = Settings.build(explicit, app.config)
         install(self, app)
 
     @property
@@ -117,7 +117,10 @@ class Database:
         """Create the engines in the running loop (Sanic calls this at server start)."""
         if self._engines is not None:
             await self.dispose()
-        self._engines = Engines(self.settings)
+        engines = self._engines = Engines(self.settings)
+        if engines.replicas is not None:
+            # Replicas serve reads from the first requests on.
+            await engines.replicas.refresh()
 
     async def dispose(self) -> None:
         """Close every pooled connection; the next unit creates fresh engines.
@@ -139,9 +142,26 @@ class Database:
 
     # -- units of work ---------------------------------------------------------
 
-    def open_unit(self) -> UnitOfWork:
+    def open_unit(self, after: tuple[object, ...] = ()) -> UnitOfWork:
         """A new unit of work, not yet current anywhere (see ``async with db``)."""
-        return UnitOfWork(self, self.settings.commit_on_exit)
+        return UnitOfWork(self, self.settings.commit_on_exit, after)
+
+    def unit(self, *, after: str | Iterable[str | None] | None = None) -> UnitBlock:
+        """``async with db.unit(after=token):`` — ``async with db:`` whose reads come
+        only from replicas that have reached ``after`` (a ``unit.commit_token``, or
+        several: the furthest counts), else from the primary.
+
+        Invalid or expired tokens are ignored.  Joining a unit that is already open
+        adds the tokens to it, as long as it has not read yet.
+        """
+        tokens: tuple[object, ...]
+        if after is None:
+            tokens = ()
+        elif isinstance(after, str):
+            tokens = (after,)
+        else:
+            tokens = tuple(after)
+        return UnitBlock(self, tokens)
 
     async def __aenter__(self) -> UnitOfWork:
         current = self.scope.current()
@@ -212,18 +232,32 @@ class Database:
     post_process = after_commit
 
 
-def _supported(settings: Settings) -> Settings:
-    if settings.read_urls:
-        raise ConfigurationError(
-            "DATABASE_READ_URLS: read replicas are not supported by this version yet; "
-            "remove the setting (db.read then uses a read-only pool on the primary)."
-        )
-    return settings
-
-
 def succeeded(error: BaseException | None) -> bool:
     """Whether a unit left with ``error`` should commit (rule 5: redirects count)."""
     if error is None:
         return True
     status = getattr(error, "status_code", None)
     return isinstance(status, int) and status < 400
+
+
+class UnitBlock:
+    """The ``async with`` block of ``db.unit(after=...)``."""
+
+    __slots__ = ("_db", "_tokens")
+
+    def __init__(self, db: Database, tokens: tuple[object, ...]) -> None:
+        self._db = db
+        self._tokens = tokens
+
+    async def __aenter__(self) -> UnitOfWork:
+        unit = await self._db.__aenter__()
+        unit.want(self._tokens)
+        return unit
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self._db.__aexit__(exc_type, exc, tb)

@@ -216,12 +216,15 @@ class MySQL(Backend):
     def __init__(self, *, multi_statements: bool = False) -> None:
         #: Whether the write pool's connections may chain statements (never the read pool's).
         self.multi_statements = multi_statements
-        self._interrupter = _QueryInterrupter()
+        #: One per read engine (the primary's, each replica's): KILL QUERY goes to the
+        #: server that runs the statement.
+        self._interrupters: list[_QueryInterrupter] = []
 
     def install(self, engine: AsyncEngine, role: Role) -> None:
         sync_engine = engine.sync_engine
         if role is Role.READ:
-            interrupter = self._interrupter
+            interrupter = _QueryInterrupter()
+            self._interrupters.append(interrupter)
 
             def connect_read(dialect: Any, record: Any, cargs: Any, cparams: Any) -> None:
                 interrupter.connect_params = {
@@ -254,7 +257,9 @@ class MySQL(Backend):
         return bool(status & _SESSION_STATE_CHANGED)
 
     def cleanup(self) -> None:
-        self._interrupter.close()
+        for interrupter in self._interrupters:
+            interrupter.close()
+        self._interrupters.clear()
 
     def is_read_only_violation(self, error: BaseException | None) -> bool:
         args: tuple[Any, ...] = getattr(error, "args", ())

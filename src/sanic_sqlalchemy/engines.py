@@ -14,7 +14,7 @@ import time
 from typing import Any
 
 from sqlalchemy import event
-from sqlalchemy.engine import ExceptionContext
+from sqlalchemy.engine import URL, ExceptionContext
 from sqlalchemy.exc import ArgumentError, DBAPIError, DisconnectionError
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from sqlalchemy.pool import ConnectionPoolEntry, PoolProxiedConnection
@@ -22,6 +22,8 @@ from sqlalchemy.pool import ConnectionPoolEntry, PoolProxiedConnection
 from .dialects import Backend, Role, backend_for
 from .errors import ConfigurationError, EventLoopMismatchError, ReadOnlyError
 from .readonly import ReadGuard
+from .replicas.probe import connect_options, probe_engine
+from .replicas.router import Replica, ReplicaSet
 from .settings import Settings
 
 #: A connection checked out within this many seconds is trusted without a ping.
@@ -36,14 +38,30 @@ class Engines:
         self.settings = settings
         self.backend: Backend = backend_for(settings)
         self.loop = asyncio.get_running_loop()
+        #: The replicas that serve reads, when ``read_urls`` are set.
+        self.replicas: ReplicaSet | None = None
         try:
             self.write = self._create(Role.WRITE)
             self.read = self._create(Role.READ)
+            if settings.read_urls:
+                self.replicas = self._replica_set()
         except (ArgumentError, TypeError) as error:
             self.backend.cleanup()
             raise ConfigurationError(f"Could not create the database engine: {error}") from error
+        if self.replicas is not None:
+            self.replicas.start()
 
-    def _create(self, role: Role) -> AsyncEngine:
+    def _replica_set(self) -> ReplicaSet:
+        settings, backend = self.settings, self.backend
+        replicas = [
+            Replica(url, self._create(Role.READ, url), probe_engine(backend.url(url), backend.name))
+            for url in settings.read_urls
+        ]
+        return ReplicaSet(
+            backend.name, backend.url(settings.url), replicas, settings.replicas.max_lag
+        )
+
+    def _create(self, role: Role, url: URL | None = None) -> AsyncEngine:
         settings = self.settings
         options: dict[str, Any] = {
             "echo": settings.echo,
@@ -54,7 +72,13 @@ class Engines:
             **settings.engine_options,
         }
         options.update(self.backend.engine_options(role, settings))
-        engine = create_async_engine(self.backend.url(settings.url), **options)
+        if url is not None:
+            # A replica that does not answer must fail fast, so the unit moves on.
+            options["connect_args"] = {
+                **connect_options(self.backend.name),
+                **options.get("connect_args", {}),
+            }
+        engine = create_async_engine(self.backend.url(url or settings.url), **options)
         self.backend.install(engine, role)
         self._install_liveness(engine, role)
         guard = ReadGuard(self.backend)
@@ -127,8 +151,12 @@ class Engines:
             )
 
     async def dispose(self) -> None:
-        """Close every pooled connection of both engines."""
+        """Close every pooled connection of every engine, and stop the replica probe."""
         try:
+            if self.replicas is not None:
+                await self.replicas.close()
+                for replica in self.replicas.replicas:
+                    await replica.engine.dispose()
             await self.write.dispose()
             await self.read.dispose()
         finally:

@@ -9,7 +9,8 @@ Every error the library raises on purpose derives from ``SanicSQLAlchemyError``:
     ├── ReadOnlyError               a write attempted through db.read
     ├── UnitStateError              a session used after its unit committed, rolled back or closed
     ├── ConcurrentWriteError        db.write used from several tasks at once
-    └── EventLoopMismatchError      engines used from an event loop they were not made for
+    ├── EventLoopMismatchError      engines used from an event loop they were not made for
+    └── ReplicaUnavailableError     no replica can serve reads and the primary may not
 
 Misuse errors (everything but ``ConfigurationError`` and ``ReadOnlyError``) are also
 ``RuntimeError``\\ s, so code that already catches those keeps working.  Errors raised
@@ -51,3 +52,8 @@ class ConcurrentWriteError(SanicSQLAlchemyError, RuntimeError):
 
 class EventLoopMismatchError(SanicSQLAlchemyError, RuntimeError):
     """The engines belong to another event loop than the one running now."""
+
+
+class ReplicaUnavailableError(SanicSQLAlchemyError, RuntimeError):
+    """No replica can serve a unit's reads and ``DATABASE_REPLICA_FALLBACK=error``
+    forbids the primary (in Sanic: 503 with ``Retry-After``)."""

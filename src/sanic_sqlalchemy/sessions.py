@@ -19,6 +19,7 @@ from sqlalchemy.orm import Session, SessionTransaction
 from .engines import refused_as_read_only
 from .errors import ReadOnlyError
 from .readonly import READ_OPTION
+from .replicas.routing import UNREACHABLE, ReadRoute
 
 if TYPE_CHECKING:
     from sqlalchemy.engine import Connection
@@ -104,6 +105,9 @@ class _ReadSyncSession(_UnitSession):
     def _read_on_a_live_connection(
         self, statement: Any, params: Any, kwargs: dict[str, Any]
     ) -> Any:
+        route = self._unit.read_route()
+        if route is not None:
+            return self._read_on_a_replica(route, statement, params, kwargs)
         try:
             return Session.execute(self, statement, params, **kwargs)
         except DBAPIError as error:
@@ -115,6 +119,42 @@ class _ReadSyncSession(_UnitSession):
         # pool replaces every connection older than the failure).
         self._end_transaction()
         return Session.execute(self, statement, params, **kwargs)
+
+    def _read_on_a_replica(
+        self, route: ReadRoute, statement: Any, params: Any, kwargs: dict[str, Any]
+    ) -> Any:
+        # The connection is taken first, on its own: a server that cannot be reached
+        # has run nothing, so the unit moves to another one (or the primary) and no
+        # request fails because one replica is down.
+        retried = False
+        while True:
+            try:
+                self.connection()
+            except UNREACHABLE as error:
+                self._end_transaction()
+                if route.server_failed(error):
+                    continue
+                raise
+            try:
+                result = Session.execute(self, statement, params, **kwargs)
+            except DBAPIError as error:
+                if not error.connection_invalidated or retried:
+                    raise
+                # The server died mid-read: in autocommit on a read-only connection the
+                # read changed nothing, so it runs again (elsewhere if it was a replica).
+                retried = True
+                self._end_transaction()
+                route.server_failed(error)
+                continue
+            route.read_done()
+            return result
+
+    def get_bind(self, mapper: Any = None, *, bind: Any = None, **kwargs: Any) -> Any:
+        if bind is None and not self._unit.wrote:
+            route = self._unit.read_route()
+            if route is not None:
+                return route.bind()
+        return super().get_bind(mapper, bind=bind, **kwargs)
 
     def flush(self, objects: Any = None) -> None:
         if self.new or self.deleted or any(self.is_modified(obj) for obj in self.dirty):
@@ -222,10 +262,13 @@ def _on_write_begin(
 @event.listens_for(_WriteSyncSession, "after_commit")
 def _on_write_commit(session: Session) -> None:
     assert isinstance(session, _WriteSyncSession)
-    callbacks = session._unit.callbacks
+    unit = session._unit
+    callbacks = unit.callbacks
     savepoint = session.get_nested_transaction()
     if savepoint is None:
         callbacks.committed()
+        if unit.writer_connection is not None:
+            unit.capture_commit_position(unit.writer_connection)
     else:
         callbacks.savepoint_released(savepoint, _enclosing_savepoint(savepoint))
 

@@ -7,8 +7,10 @@ never rendered into a log line or an error message.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from enum import Enum
 from typing import Any
 
 from sqlalchemy.engine import URL, make_url
@@ -28,6 +30,12 @@ CONFIG_KEYS: Mapping[str, str] = {
     "DATABASE_POOL_RECYCLE": "pool_recycle",
     "DATABASE_COMMIT_ON_EXIT": "commit_on_exit",
     "DATABASE_MULTI_STATEMENTS": "multi_statements",
+    "DATABASE_REPLICA_MAX_LAG": "replica_max_lag",
+    "DATABASE_REPLICA_FALLBACK": "replica_fallback",
+    "DATABASE_REPLICA_WAIT": "replica_wait",
+    "DATABASE_TOKEN_COOKIE": "token_cookie",
+    "DATABASE_TOKEN_HEADER": "token_header",
+    "DATABASE_TOKEN_TTL": "token_ttl",
 }
 _KEY_FOR = {keyword: key for key, keyword in CONFIG_KEYS.items()}
 
@@ -45,6 +53,28 @@ _FALSE = {"0", "false", "no", "off", ""}
 _BACKENDS = ("sqlite", "postgresql", "mysql", "mariadb")
 
 
+class ReplicaFallback(Enum):
+    """What reads do when no replica can serve them."""
+
+    PRIMARY = "primary"
+    ERROR = "error"
+
+
+@dataclass(frozen=True)
+class ReplicaSettings:
+    """How reads are routed to replicas and how clients' positions travel."""
+
+    #: Seconds a replica may lag before it leaves the rotation.
+    max_lag: float = 30.0
+    fallback: ReplicaFallback = ReplicaFallback.PRIMARY
+    #: Seconds to wait for a replica to reach a client's position (0: use the primary).
+    wait: float = 0.0
+    token_cookie: str = "db_position"
+    token_header: str = "X-DB-Position"
+    #: Seconds a client's position token is honoured; at least ``max_lag``.
+    token_ttl: float = 60.0
+
+
 @dataclass(frozen=True)
 class Settings:
     """Everything needed to build the engines of one ``Database``."""
@@ -59,6 +89,7 @@ class Settings:
     commit_on_exit: bool = True
     #: MySQL/MariaDB: let db.write chain statements with ';' (db.read never can).
     multi_statements: bool = False
+    replicas: ReplicaSettings = field(default_factory=ReplicaSettings)
     engine_options: Mapping[str, Any] = field(default_factory=dict)
 
     @property
@@ -123,6 +154,7 @@ class Settings:
             else default_recycle,
             commit_on_exit=_bool(*raw["commit_on_exit"]) if "commit_on_exit" in raw else True,
             multi_statements=_multi_statements(raw, backend),
+            replicas=_replica_settings(raw, backend, read_urls),
             engine_options=engine_options,
         )
         return settings
@@ -139,6 +171,62 @@ def _multi_statements(raw: Mapping[str, tuple[str, Any]], backend: str) -> bool:
             "call. Remove the setting."
         )
     return enabled
+
+
+_COOKIE_NAME = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
+_HEADER_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9\-]*")
+
+
+def _replica_settings(
+    raw: Mapping[str, tuple[str, Any]], backend: str, read_urls: tuple[URL, ...]
+) -> ReplicaSettings:
+    if read_urls and backend == "sqlite":
+        raise ConfigurationError(
+            f"{raw['read_urls'][0]}: SQLite has no replicas; remove the setting."
+        )
+    defaults = ReplicaSettings()
+    max_lag = _float(*raw["replica_max_lag"]) if "replica_max_lag" in raw else defaults.max_lag
+    ttl = _float(*raw["token_ttl"]) if "token_ttl" in raw else defaults.token_ttl
+    if ttl < max_lag:
+        key = raw["token_ttl"][0] if "token_ttl" in raw else raw["replica_max_lag"][0]
+        raise ConfigurationError(
+            f"{key}: the token TTL ({ttl:g} s) may not be shorter than the replica lag "
+            f"limit ({max_lag:g} s): a client's write could still be missing on a replica "
+            "that is in the rotation after its token expired. Raise DATABASE_TOKEN_TTL or "
+            "lower DATABASE_REPLICA_MAX_LAG."
+        )
+    fallback = defaults.fallback
+    if "replica_fallback" in raw:
+        key, value = raw["replica_fallback"]
+        try:
+            fallback = ReplicaFallback(str(value).strip().lower())
+        except ValueError:
+            raise ConfigurationError(
+                f"{key}: expected 'primary' or 'error', got {value!r}."
+            ) from None
+    wait = defaults.wait
+    if "replica_wait" in raw:
+        key, value = raw["replica_wait"]
+        wait = 0.0 if str(value).strip() in ("0", "0.0") else _float(key, value)
+    return ReplicaSettings(
+        max_lag=max_lag,
+        fallback=fallback,
+        wait=wait,
+        token_cookie=_name(raw, "token_cookie", _COOKIE_NAME, defaults.token_cookie),
+        token_header=_name(raw, "token_header", _HEADER_NAME, defaults.token_header),
+        token_ttl=ttl,
+    )
+
+
+def _name(
+    raw: Mapping[str, tuple[str, Any]], keyword: str, pattern: re.Pattern[str], default: str
+) -> str:
+    if keyword not in raw:
+        return default
+    key, value = raw[keyword]
+    if not isinstance(value, str) or not pattern.fullmatch(value):
+        raise ConfigurationError(f"{key}: not a valid cookie or header name: {value!r}.")
+    return value
 
 
 def backend_of(url: URL) -> str:

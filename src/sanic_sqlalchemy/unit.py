@@ -21,6 +21,9 @@ from sqlalchemy.util import greenlet_spawn
 from .callbacks import Callback, CallbackQueue, run_callbacks
 from .errors import UnitStateError
 from .gate import Gate
+from .replicas.positions import issue_token
+from .replicas.probe import commit_position
+from .replicas.routing import ReadRoute, wanted_position
 from .sessions import ReadSession, WriteSession
 
 if TYPE_CHECKING:
@@ -105,12 +108,15 @@ class UnitOfWork:
 
     # Slots: one unit per request, and fewer objects for the cyclic GC to look at.
     __slots__ = (
+        "_after",
         "_commit_on_exit",
         "_database",
         "_engines",
         "_read",
+        "_route",
         "_write",
         "callbacks",
+        "commit_token",
         "depth",
         "owner",
         "read_bound_to",
@@ -123,8 +129,16 @@ class UnitOfWork:
         "wrote",
     )
 
-    def __init__(self, database: Database, commit_on_exit: bool) -> None:
+    def __init__(
+        self, database: Database, commit_on_exit: bool, after: tuple[object, ...] = ()
+    ) -> None:
         self._database = database
+        #: Clients' position tokens: reads only from replicas that have reached them.
+        self._after = after
+        self._route: ReadRoute | None = None
+        #: The position of this unit's last commit, for ``db.unit(after=...)`` (only
+        #: with replicas; None until a write commits).
+        self.commit_token: str | None = None
         self._engines: Engines | None = None
         self._commit_on_exit = commit_on_exit
         self._read: ReadSession | None = None
@@ -202,6 +216,56 @@ class UnitOfWork:
     def check_writable(self) -> None:
         if self.state is not UnitState.ACTIVE:
             raise UnitStateError(_STATE_MESSAGES[self.state])
+
+    # -- replicas ---------------------------------------------------------------
+
+    def read_route(self) -> ReadRoute | None:
+        """Where reads outside the writer go, when the database has replicas."""
+        route = self._route
+        if route is None:
+            engines = self.engines
+            replicas = engines.replicas
+            if replicas is None:
+                return None
+            settings = engines.settings.replicas
+            wanted = wanted_position(self._after, replicas.backend, settings.token_ttl)
+            route = self._route = ReadRoute(replicas, engines.read, settings, wanted)
+        return route
+
+    def want(self, tokens: tuple[object, ...]) -> None:
+        """Read only from replicas that reached ``tokens`` too (before the first read)."""
+        if not tokens:
+            return
+        route = self._route
+        if route is not None and route.read_from is not None:
+            logger.debug("position tokens given after the unit's first read are ignored")
+            return
+        self._after += tokens
+        self._route = None  # made again, with every token, at the first read
+
+    @property
+    def read_from(self) -> str:
+        """``"primary"`` or the URL (without password) of the replica serving reads."""
+        route = self._route
+        if route is None or self.wrote:
+            return "primary"
+        return route.read_from or "primary"
+
+    def capture_commit_position(self, connection: Connection) -> None:
+        """Right after a commit on ``connection``: remember its position as a token."""
+        if self._engines is None or self._engines.replicas is None:
+            return
+        try:
+            position = commit_position(connection, self._engines.backend.name)
+        except Exception:
+            logger.warning(
+                "could not read the commit's position; the client's next reads may go "
+                "to the primary only by the lag limit",
+                exc_info=True,
+            )
+            return
+        if position is not None and position.encode():
+            self.commit_token = issue_token(position)
 
     def write_began(self, connection: Connection) -> None:
         self.writer_connection = connection

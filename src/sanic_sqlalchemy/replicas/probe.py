@@ -10,8 +10,9 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-from sqlalchemy.engine import URL
+from sqlalchemy.engine import URL, Connection
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+from sqlalchemy.util import await_only
 
 from .positions import Position, parse_position
 
@@ -75,4 +76,26 @@ async def position_of(engine: AsyncEngine, backend: str, *, primary: bool) -> Po
             return (await connection.exec_driver_sql(query)).scalar()
 
     value = await asyncio.wait_for(ask(), CONNECT_TIMEOUT + QUERY_TIMEOUT)
+    return parse_position(None if value is None else str(value), backend)
+
+
+def commit_position(connection: Connection, backend: str) -> Position | None:
+    """The position of the commit just made on ``connection`` (inside SQLAlchemy's
+    greenlet, right after COMMIT, before the connection goes back to the pool).
+
+    One round trip on the connection itself, outside any transaction: no BEGIN, and
+    nothing for the pool to roll back.
+    """
+    driver: Any = connection.connection.driver_connection
+    query = COMMIT_POSITION[backend]
+    if backend == "postgresql":
+        value = await_only(driver.fetchval(query))
+    else:
+        cursor = driver.cursor()
+        try:
+            await_only(cursor.execute(query))
+            row = await_only(cursor.fetchone())
+        finally:
+            await_only(cursor.close())
+        value = row[0] if row else None
     return parse_position(None if value is None else str(value), backend)
