@@ -181,15 +181,20 @@ def _postgresql_keep_cancelled_read(context: ExceptionContext) -> None:
     costs no new connections.  A read inside a transaction (a streamed read) is still
     discarded: its transaction's state is unknown.
     """
-    if not isinstance(context.original_exception, asyncio.CancelledError):
-        return
-    connection = context.connection
-    if connection is None or connection.invalidated:
-        return
-    driver = connection.connection.driver_connection
+    driver = _cancelled_driver(context)
     if driver is None or driver.is_closed() or driver.is_in_transaction():
         return
     context.is_disconnect = False
+
+
+def _cancelled_driver(context: ExceptionContext) -> Any:
+    """The driver connection whose statement was cancelled, if it is still in use."""
+    if not isinstance(context.original_exception, asyncio.CancelledError):
+        return None
+    connection = context.connection
+    if connection is None or connection.invalidated:
+        return None
+    return connection.connection.driver_connection
 
 
 def _leave_savepoint(connection: Connection) -> None:
@@ -405,12 +410,9 @@ class _InterruptibleCursor:
 
 def _mysql_keep_interrupted_read(context: ExceptionContext) -> None:
     """Keep a read connection whose cancelled statement was ended by ``KILL QUERY``."""
-    if not isinstance(context.original_exception, asyncio.CancelledError):
+    driver = _cancelled_driver(context)
+    if driver is None:
         return
-    connection = context.connection
-    if connection is None or connection.invalidated:
-        return
-    driver = connection.connection.driver_connection
     if _mysql_is_dead(driver) or _mysql_in_transaction(driver):
         _mysql_kill_cancelled(context)
         return
@@ -424,13 +426,10 @@ def _mysql_kill_cancelled(context: ExceptionContext) -> None:
     ends; meanwhile its locks are held.  ``KILL`` from a connection of its own ends the
     statement and rolls the transaction back at once.
     """
-    if not isinstance(context.original_exception, asyncio.CancelledError):
-        return
-    connection = context.connection
+    driver = _cancelled_driver(context)
     engine = context.engine
-    if connection is None or connection.invalidated or engine is None:
+    if driver is None or engine is None:
         return
-    driver = connection.connection.driver_connection
     thread_id = getattr(driver, "thread_id", None)
     if thread_id is None:
         return

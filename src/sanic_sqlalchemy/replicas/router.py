@@ -164,7 +164,7 @@ class ReplicaSet:
         ):
             position = replica.position  # never go back on what was seen
         replica.position = position
-        if not replica.up:
+        if not replica.up and replica.failures:
             logger.info("replica %s is up again", replica.name)
         replica.up, replica.failures, replica.last_error = True, 0, ""
 
