@@ -141,3 +141,7 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
         session.exitstatus = pytest.ExitCode.TESTS_FAILED
         if reporter is not None:
             reporter.write_line(f"CI: {skipped} test(s) skipped; every backend must run", red=True)
+
+
+# The replicated clusters (tests/clusters.py), last: that module imports this one.
+from .clusters import _reset_clusters, mariadb_cluster, pg_cluster  # noqa: E402, F401
