@@ -4,6 +4,7 @@ MariaDB primary with one, started by the suite (``tests/clusters.py``)."""
 from __future__ import annotations
 
 import asyncio
+import time
 from collections import Counter
 from collections.abc import AsyncIterator
 from typing import Any
@@ -137,13 +138,12 @@ async def test_a_commit_token_reads_its_own_write_while_replay_is_paused(
         assert unit.read_from != "primary"
 
 
+@pytest.mark.parametrize("cluster", ["postgresql"], indirect=True)  # two replicas
 async def test_a_token_prefers_a_replica_that_has_caught_up(
     cluster: Cluster, replicated: Database
 ) -> None:
     """With one replica paused and another replaying, a token's reads go to the one that
-    has its write (PostgreSQL's two replicas)."""
-    if len(cluster.replica_urls) < 2:
-        pytest.skip("the MariaDB cluster has one replica")
+    has its write."""
     db = replicated
     await cluster.pause(0)
     async with db as writing:
@@ -263,15 +263,16 @@ async def test_a_token_beyond_the_primary_does_not_pin_reads(
 ) -> None:
     """A well-formed token ahead of anything the primary reached is capped at the
     primary's position, so caught-up replicas still serve it."""
-    db = replicated
-    import time
-
+    db = Database(cluster.primary_url, read_urls=cluster.replica_urls, replica_wait=2)
     huge = "FFFFFFF/FFFFFFFF" if cluster.backend == "postgresql" else "0-1-99999999999"
     token = f"1.{huge}.{int(time.time())}"
     await cluster.servers.wait_caught_up()
-    async with db.unit(after=token) as unit:
-        await db.read.execute(text("SELECT 1"))
-        assert unit.read_from != "primary"
+    try:
+        async with db.unit(after=token) as unit:
+            await db.read.execute(text("SELECT 1"))
+            assert unit.read_from != "primary"
+    finally:
+        await db.dispose()
 
 
 def test_replica_settings_are_validated() -> None:
