@@ -59,6 +59,10 @@ class UnitScope:
             # make sure no unit stays current here.
             self._var.set(None)
 
+    def step_outside(self) -> None:
+        """Make no unit of this scope current for the rest of the running context."""
+        self._var.set(OUTSIDE)
+
     def outside(self) -> contextvars.Context:
         """A copy of the current context in which no unit of this scope is current."""
         context = contextvars.copy_context()

@@ -22,7 +22,7 @@ from sqlalchemy.sql.elements import TextClause
 
 from .dialects import Backend, Role, backend_for, refuse_session_control
 from .errors import ConfigurationError, EventLoopMismatchError, ReadOnlyError
-from .settings import Settings
+from .settings import Settings, pool_accepts_size
 
 #: A connection checked out within this many seconds is trusted without a ping.
 LIVENESS_WINDOW = 1.0
@@ -53,6 +53,10 @@ class Engines:
             "pool_recycle": -1 if settings.pool_recycle is None else settings.pool_recycle,
             **settings.engine_options,
         }
+        if not pool_accepts_size(settings.engine_options):
+            # NullPool and the like take none of these (SQLAlchemy raises TypeError).
+            for name in ("pool_size", "max_overflow", "pool_timeout"):
+                del options[name]
         options.update(self.backend.engine_options(role, settings))
         engine = create_async_engine(self.backend.url(settings.url), **options)
         self.backend.install(engine, role)

@@ -11,15 +11,15 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import event, text
+from sqlalchemy import event, inspect, text
 from sqlalchemy.exc import DBAPIError
-from sqlalchemy.ext.asyncio import AsyncSession
-from sqlalchemy.orm import Session, SessionTransaction
+from sqlalchemy.ext.asyncio import AsyncSession, AsyncSessionTransaction
+from sqlalchemy.orm import InstanceState, Session, SessionTransaction
 from sqlalchemy.sql.elements import TextClause
 
 from .dialects import refuse_session_control
 from .engines import refused_as_read_only
-from .errors import ReadOnlyError
+from .errors import ReadOnlyError, UnitStateError
 from .statements import is_plain_query
 
 if TYPE_CHECKING:
@@ -63,6 +63,7 @@ class _ReadSyncSession(_UnitSession):
     def _run(self, statement: Any, params: Any, kwargs: dict[str, Any]) -> Any:
         unit = self._unit
         unit.check_readable()
+        self._before_query(unit)
         if isinstance(statement, TextClause):
             # Only SQL text can be SET, BEGIN and the like (compiled constructs never
             # are): refused on any connection, the writer's included.
@@ -106,6 +107,50 @@ class _ReadSyncSession(_UnitSession):
                 # connection goes back to the pool now, not when the unit ends, so
                 # a request awaiting something else meanwhile holds none.
                 self._end_transaction()
+
+    def _before_query(self, unit: UnitOfWork) -> None:
+        """What a query of ``db.read`` needs first, as one session's autoflush would:
+        changes made through ``db.read`` are refused (a refresh would overwrite them),
+        and ``db.write``'s pending changes are flushed so that the query sees them.
+
+        Three attribute checks per session when there is nothing to do.
+        """
+        if self._new or self._deleted or self.identity_map._modified:
+            refusal = self.refusal_of_pending_changes(at_end=False)
+            if refusal is not None:
+                raise refusal
+        write = unit.write_session
+        if write is not None:
+            writer = write.sync_session
+            if writer._new or writer._deleted or writer.identity_map._modified:
+                writer.flush()
+
+    def refusal_of_pending_changes(self, *, at_end: bool) -> ReadOnlyError | None:
+        """The ``ReadOnlyError`` naming the objects added, changed or deleted through
+        ``db.read``, or ``None`` when it holds no such change."""
+        if not (self._new or self._deleted or self.identity_map._modified):
+            return None
+        new = [_describe(state) for state in self._new]
+        deleted = [_describe(state) for state in self._deleted]
+        changed = [_describe(inspect(obj)) for obj in self.dirty if self.is_modified(obj)]
+        if not (new or deleted or changed):
+            return None
+        kinds = [
+            f"{label} {', '.join(sorted(names))}"
+            for label, names in (("new", new), ("changed", changed), ("deleted", deleted))
+            if names
+        ]
+        outcome = (
+            "so the unit failed and its writes were rolled back; nothing was committed"
+            if at_end
+            else "refused before this query, whose results would overwrite them"
+        )
+        return ReadOnlyError(
+            f"db.read holds changes it can never write ({'; '.join(kinds)}), {outcome}. "
+            "Change objects through db.write: `db.write.add(obj)` moves an object that "
+            "db.read loaded into db.write, or load it there, e.g. "
+            "`await db.write.get(Model, id)`."
+        )
 
     def _read_on_a_live_connection(
         self, statement: Any, params: Any, kwargs: dict[str, Any]
@@ -180,6 +225,32 @@ class _WriteSyncSession(_UnitSession):
     def rollback(self) -> None:
         with self._unit.write_gate.hold(writing=True):
             super().rollback()
+
+    def begin(self, nested: bool = False) -> SessionTransaction:
+        # In a unit that commits by itself, a begin() block is part of the unit: a
+        # savepoint, released into the unit's transaction (rolled back alone if the
+        # block raises). With commit_on_exit=False the user owns the commits: a
+        # begin() outside a transaction is a real one, committed at the block's end.
+        if not nested and (self._unit.commits_on_exit or self.in_transaction()):
+            nested = True
+        return super().begin(nested=nested)
+
+    def _before_attach(self, state: InstanceState[Any], obj: object) -> bool:
+        read = self._unit.read_session
+        if read is not None and state.session_id == read.sync_session.hash_key:
+            # An object db.read loaded, given to db.write (add, delete, or reached by
+            # their cascades): it moves here, with the changes made to it.
+            read.sync_session._expunge_states([state])
+        return super()._before_attach(state, obj)
+
+
+def _describe(state: InstanceState[Any]) -> str:
+    """``User(1)`` for a loaded object, ``User (not yet stored)`` for a new one."""
+    name = state.class_.__name__
+    identity = state.identity
+    if identity is None:
+        return f"{name} (not yet stored)"
+    return f"{name}({', '.join(map(repr, identity))})"
 
 
 def _streams(statement: Any, kwargs: dict[str, Any]) -> bool:
@@ -262,7 +333,11 @@ def _on_write_rollback(session: Session, previous: SessionTransaction) -> None:
 def _on_write_end(session: Session, transaction: SessionTransaction) -> None:
     assert isinstance(session, _WriteSyncSession)
     if transaction.parent is None:
-        session._unit.write_ended()
+        unit = session._unit
+        unit.write_ended()
+        # A commit made its callbacks ready before this; a transaction that ended any
+        # other way (rollback, close, reset, invalidate) threw its data away.
+        unit.callbacks.rolled_back()
 
 
 def _enclosing_savepoint(savepoint: SessionTransaction) -> SessionTransaction | None:
@@ -283,6 +358,14 @@ class ReadSession(AsyncSession):
     sync_session_class = _ReadSyncSession
     sync_session: _ReadSyncSession
 
+    async def __aexit__(self, type_: Any, value: Any, traceback: Any) -> None:
+        # `async with db.read as session:` gives the unit's session; the unit closes it.
+        pass
+
+    async def close(self) -> None:
+        _refuse_close(self.sync_session._unit, "db.read")
+        await super().close()
+
 
 class WriteSession(AsyncSession):
     """``db.write``: an ``AsyncSession`` whose work commits when the unit succeeds.
@@ -293,6 +376,28 @@ class WriteSession(AsyncSession):
 
     sync_session_class = _WriteSyncSession
     sync_session: _WriteSyncSession
+
+    async def __aexit__(self, type_: Any, value: Any, traceback: Any) -> None:
+        # `async with db.write as session:` gives the unit's session and leaves it to
+        # the unit, which commits it (or rolls it back) when it ends. An exception
+        # leaving the block goes on to end the unit, which then rolls back.
+        pass
+
+    async def close(self) -> None:
+        _refuse_close(self.sync_session._unit, "db.write")
+        await super().close()
+
+    def begin(self) -> AsyncSessionTransaction:
+        """A block of work that is part of the unit: ``async with db.write.begin():``.
+
+        Where the unit commits by itself (``commit_on_exit``, the default) the block is
+        a savepoint: its work is released into the unit's transaction when the block
+        ends and commits with the unit; an exception leaving the block rolls back the
+        block's work alone.  With ``commit_on_exit=False`` and no transaction open, the
+        block is a transaction of its own that commits at the block's end and runs the
+        callbacks registered before it, like ``await db.write.commit()``.
+        """
+        return _UnitTransaction(self)
 
     async def commit(self) -> None:
         # Shielded like the commit at the unit's end: a cancellation that arrives while
@@ -308,3 +413,33 @@ class WriteSession(AsyncSession):
     async def rollback(self) -> None:
         await super().rollback()
         self.sync_session._unit.callbacks.rolled_back()
+
+
+def _refuse_close(unit: UnitOfWork, name: str) -> None:
+    if not unit.ended:
+        raise UnitStateError(
+            f"{name}.close() was called inside a live unit of work: the unit closes its "
+            "sessions itself when it ends, after committing (or rolling back) db.write; "
+            "closing by hand would throw its writes away. Remove the close() (and use "
+            f"`{name}` directly rather than `async with {name}:`); to discard the "
+            "writes, call `await db.write.rollback()`."
+        )
+
+
+class _UnitTransaction(AsyncSessionTransaction):
+    """``db.write.begin()``: runs the callbacks its commit made ready, as an explicit
+    ``commit()`` does (a savepoint's wait for the unit's commit)."""
+
+    __slots__ = ()
+
+    async def commit(self) -> None:
+        unit = self.session.sync_session._unit  # type: ignore[attr-defined]
+        await unit.shielded(self._then_callbacks(super().commit()))
+
+    async def __aexit__(self, type_: Any, value: Any, traceback: Any) -> None:
+        unit = self.session.sync_session._unit  # type: ignore[attr-defined]
+        await unit.shielded(self._then_callbacks(super().__aexit__(type_, value, traceback)))
+
+    async def _then_callbacks(self, ending: Any) -> None:
+        await ending
+        await self.session.sync_session._unit.run_ready_callbacks()  # type: ignore[attr-defined]
