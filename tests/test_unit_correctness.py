@@ -8,10 +8,11 @@ from typing import Any
 import pytest
 from sanic import Request
 from sanic.response import HTTPResponse, json
-from sqlalchemy import event, select, text
+from sqlalchemy import event, func, select, text
 from sqlalchemy.exc import IntegrityError
 
-from sanic_sqlalchemy import Database
+from sanic_sqlalchemy import Database, ReadOnlyError
+from sanic_sqlalchemy.errors import UnitStateError
 from sanic_sqlalchemy.testing import CommitRecorder, checked_out, schema
 
 from .conftest import count_users, make_app
@@ -180,3 +181,66 @@ async def test_text_writes_run_inside_the_request_commit(db: Database, serve: An
     assert (await served.client.post("/")).status_code == 200
     assert recorder.args == [("registered at commit",)]
     assert await count_users(db) == 1
+
+
+# -- 8. held read connections and a write ------------------------------------------
+
+
+async def test_held_read_connection_survives_a_write(db: Database) -> None:
+    """A connection from ``db.read.connection()`` stays open across a write and the
+    ``db.read`` queries after it, which see the write; it goes back at the unit's end."""
+    await seed(db)
+    count = select(func.count()).select_from(User)
+    async with db:
+        held = await db.read.connection()
+        assert await held.scalar(count) == 1
+        db.write.add(ada(2))
+        await db.write.flush()
+        assert list(await db.read.scalars(select(User.id).order_by(User.id))) == [1, 2]
+        assert await held.scalar(count) == 1  # its own connection: committed rows only
+        await db.write.commit()
+        assert list(await db.read.scalars(select(User.id).order_by(User.id))) == [1, 2]
+        assert await held.scalar(count) == 2
+        db.write.add(ada(3))
+        assert len(list(await db.read.scalars(select(User.id)))) == 3
+        assert await held.scalar(count) == 2
+    assert await count_users(db) == 3
+    assert checked_out(db).total == 0
+
+
+async def test_streamed_read_survives_a_write(db: Database) -> None:
+    """A ``db.read.stream()`` being iterated goes on to its last row after a write and a
+    ``db.read`` query in between."""
+    async with db:
+        db.write.add_all([ada(n) for n in range(1, 51)])
+    async with db:
+        ordered = select(User).order_by(User.id).execution_options(yield_per=2)
+        users = await db.read.stream_scalars(ordered)
+        first = await users.__anext__()
+        db.write.add(Order(id=1, user_id=1, item="book"))
+        await db.write.flush()
+        assert list(await db.read.scalars(select(Order.item))) == ["book"]
+        assert [first.id] + [user.id async for user in users] == list(range(1, 51))
+    async with db:
+        assert list(await db.read.scalars(select(Order.item))) == ["book"]
+    assert checked_out(db).total == 0
+
+
+async def test_read_connection_taken_after_a_write_sees_it_read_only(db: Database) -> None:
+    """``db.read.connection()`` after a write sees the unit's writes, pending ones
+    included, and still refuses to write."""
+    async with db:
+        db.write.add(ada(1))
+        held = await db.read.connection()
+        assert await held.scalar(select(User.name)) == "Ada"
+        result = await held.exec_driver_sql("SELECT email FROM users")
+        assert result.scalars().all() == ["ada1@example.com"]
+        with pytest.raises(ReadOnlyError, match=r"Run writes through db\.write\.$"):
+            await held.execute(text("UPDATE users SET name = 'changed'"))
+        with pytest.raises(UnitStateError, match=r"^run_sync\(\) is not available"):
+            await held.run_sync(lambda connection: None)
+        assert await held.scalar(select(User.name)) == "Ada"
+        db.write.add(ada(2))
+        assert len((await held.scalars(select(User.id))).all()) == 2
+    assert await count_users(db) == 2
+    assert checked_out(db).total == 0

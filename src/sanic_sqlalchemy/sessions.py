@@ -9,13 +9,15 @@ savepoints so that on-commit callbacks follow the transaction.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, NoReturn
 
 from sqlalchemy import event, inspect, text
 from sqlalchemy.exc import DBAPIError
-from sqlalchemy.ext.asyncio import AsyncSession, AsyncSessionTransaction
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession, AsyncSessionTransaction
 from sqlalchemy.orm import InstanceState, Session, SessionTransaction
 from sqlalchemy.sql.elements import TextClause
+from sqlalchemy.util import greenlet_spawn
 
 from .dialects import refuse_session_control
 from .engines import refused_as_read_only
@@ -124,6 +126,60 @@ class _ReadSyncSession(_UnitSession):
             writer = write.sync_session
             if writer._new or writer._deleted or writer.identity_map._modified:
                 writer.flush()
+        transaction = self._transaction
+        if transaction is not None and unit.read_bound_to is not unit.writer_connection:
+            self._keep_held_connection(unit, transaction)
+
+    def _keep_held_connection(self, unit: UnitOfWork, transaction: SessionTransaction) -> None:
+        """Move reads between the writing connection and a held read connection
+        (``db.read.connection()``, a stream being iterated) without closing the latter.
+
+        The read transaction would otherwise be ended to bind it afresh; instead only
+        the entry of the writing connection that ended is dropped from it.
+        """
+        connections = transaction._connections
+        if unit.engines.read.sync_engine not in connections:
+            return  # nothing held: the ordinary rebind ends the transaction
+        previous = unit.read_bound_to
+        if previous is not None and connections.pop(previous, None) is not None:
+            entry = connections.get(previous.engine)
+            if entry is not None and entry[0] is previous:
+                del connections[previous.engine]
+        unit.read_bound_to = unit.writer_connection
+
+    def writer_for_reading(self) -> Connection | None:
+        """The unit's writing connection once ``db.write``'s pending changes are
+        flushed, or ``None`` when no write transaction is open."""
+        unit = self._unit
+        unit.check_readable()
+        self._before_query(unit)
+        return unit.writer_connection
+
+    def run_on_writer(
+        self, writer: Connection, call: Callable[[Connection], Any], sql: str | None, query: bool
+    ) -> Any:
+        """Run ``call(writer)`` as a read of this unit: read-only, rows buffered."""
+        unit = self._unit
+        unit.check_readable()
+        self._before_query(unit)
+        if sql is not None:
+            refuse_session_control(sql)
+        with unit.read_gate.hold(writing=False):
+            if unit.writer_connection is not writer:
+                raise UnitStateError(
+                    "This db.read connection was the unit's writing connection, whose "
+                    "transaction has ended since it was taken: take a new one with "
+                    "`await db.read.connection()`, or use db.read.execute()."
+                )
+            with (
+                unit.write_gate.hold(writing=False),
+                unit.backend.read_inside_write(writer, query),
+            ):
+                try:
+                    return call(writer).freeze()()
+                except DBAPIError as error:
+                    _translate_read_only(unit, error)
+                    raise
 
     def refusal_of_pending_changes(self, *, at_end: bool) -> ReadOnlyError | None:
         """The ``ReadOnlyError`` naming the objects added, changed or deleted through
@@ -365,6 +421,114 @@ class ReadSession(AsyncSession):
     async def close(self) -> None:
         _refuse_close(self.sync_session._unit, "db.read")
         await super().close()
+
+    async def connection(
+        self, bind_arguments: Any = None, execution_options: Any = None, **kw: Any
+    ) -> AsyncConnection:
+        """A connection held until the unit ends; once the unit writes, the writing
+        connection, on which every statement runs read-only like ``db.read``'s own."""
+        writer = await greenlet_spawn(self.sync_session.writer_for_reading)
+        if writer is not None:
+            return _WriterForReading(self, writer)
+        return await super().connection(bind_arguments, execution_options, **kw)
+
+
+class _WriterForReading(AsyncConnection):
+    """``db.read.connection()`` in a unit that writes: its writing connection, through
+    which statements run inside the read-only scope of rule 12, rows buffered.
+
+    It is not the writing connection's own proxy (that stays ``db.write``'s), and it
+    refuses what would reach the connection past that scope.
+    """
+
+    def __init__(self, session: ReadSession, writer: Connection) -> None:
+        # Deliberately not AsyncConnection.__init__: that would register this object
+        # as the proxy of the writer, which db.write.connection() then returns.
+        self.engine = session.sync_session._unit.engines.write
+        self.sync_engine = writer.engine
+        self.sync_connection = writer
+        self._reader = session.sync_session
+
+    async def execute(
+        self, statement: Any, parameters: Any = None, *, execution_options: Any = None
+    ) -> Any:
+        sql = statement.text if isinstance(statement, TextClause) else None
+        return await greenlet_spawn(
+            self._reader.run_on_writer,
+            self.sync_connection,
+            lambda writer: writer.execute(
+                statement, parameters, execution_options=execution_options
+            ),
+            sql,
+            _is_query(statement),
+        )
+
+    async def exec_driver_sql(
+        self, statement: str, parameters: Any = None, execution_options: Any = None
+    ) -> Any:
+        return await greenlet_spawn(
+            self._reader.run_on_writer,
+            self.sync_connection,
+            lambda writer: writer.exec_driver_sql(statement, parameters, execution_options),
+            statement,
+            is_plain_query(statement),
+        )
+
+    async def scalar(
+        self, statement: Any, parameters: Any = None, *, execution_options: Any = None
+    ) -> Any:
+        result = await self.execute(statement, parameters, execution_options=execution_options)
+        return result.scalar()
+
+    async def scalars(
+        self, statement: Any, parameters: Any = None, *, execution_options: Any = None
+    ) -> Any:
+        result = await self.execute(statement, parameters, execution_options=execution_options)
+        return result.scalars()
+
+    async def close(self) -> None:
+        pass  # the connection is db.write's: the unit gives it back when it ends
+
+    async def __aexit__(self, type_: Any, value: Any, traceback: Any) -> None:
+        pass
+
+    def _refuse(self, what: str) -> NoReturn:
+        raise UnitStateError(
+            f"{what} is not available on db.read.connection() in a unit that writes: "
+            "it is the unit's writing connection, shared read-only. Use execute(), "
+            "exec_driver_sql(), scalar() or scalars() on it (rows are buffered), or "
+            "db.write for anything else."
+        )
+
+    def stream(self, *_args: Any, **_kwargs: Any) -> NoReturn:
+        self._refuse("stream()")
+
+    def stream_scalars(self, *_args: Any, **_kwargs: Any) -> NoReturn:
+        self._refuse("stream_scalars()")
+
+    async def run_sync(self, *_args: Any, **_kwargs: Any) -> NoReturn:
+        self._refuse("run_sync()")
+
+    def begin(self) -> NoReturn:
+        self._refuse("begin()")
+
+    def begin_nested(self) -> NoReturn:
+        self._refuse("begin_nested()")
+
+    async def commit(self) -> NoReturn:
+        self._refuse("commit()")
+
+    async def rollback(self) -> NoReturn:
+        self._refuse("rollback()")
+
+    async def invalidate(self, *_args: Any, **_kwargs: Any) -> NoReturn:
+        self._refuse("invalidate()")
+
+    async def execution_options(self, **_options: Any) -> NoReturn:
+        self._refuse("execution_options()")
+
+    async def get_raw_connection(self) -> NoReturn:
+        self._refuse("get_raw_connection()")
 
 
 class WriteSession(AsyncSession):
