@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import pytest
 from sanic import Request
 from sanic.response import HTTPResponse, json, text
-from sqlalchemy import Integer, String, select
+from sqlalchemy import ForeignKey, Integer, String, select
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship, selectinload
 
 from sanic_sqlalchemy import Database, ReadOnlyError
 from sanic_sqlalchemy.errors import UnitStateError
@@ -275,7 +276,58 @@ async def test_merge_takes_an_object_still_in_read(db: Database) -> None:
     assert await stored_names(db) == ["Ada L."]
 
 
+class ShelfBase(DeclarativeBase):
+    pass
+
+
+class Author(ShelfBase):
+    __tablename__ = "migration_authors"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(100))
+    books: Mapped[list[Book]] = relationship(back_populates="author")
+
+
+class Book(ShelfBase):
+    __tablename__ = "migration_books"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    author_id: Mapped[int] = mapped_column(ForeignKey("migration_authors.id"))
+    title: Mapped[str] = mapped_column(String(100))
+    author: Mapped[Author] = relationship(back_populates="books")
+
+
+async def test_write_add_moves_what_its_cascade_reaches(db: Database) -> None:
+    """``db.write.add`` of an object ``db.read`` loaded moves the related objects its
+    cascade reaches too, with their changes."""
+    await db.create_all(ShelfBase.metadata)
+    try:
+        async with db:
+            db.write.add(Author(id=1, name="Le Guin", books=[Book(id=1, title="Earthsea")]))
+        async with db:
+            query = select(Author).options(selectinload(Author.books))
+            author = (await db.read.execute(query)).scalar_one()
+            author.books[0].title = "A Wizard of Earthsea"
+            author.books.append(Book(id=2, title="The Dispossessed"))
+            db.write.add(author)
+            assert author.books[0] in db.write and author.books[0] not in db.read
+        async with db:
+            titles = await db.read.scalars(select(Book.title).order_by(Book.id))
+            assert list(titles) == ["A Wizard of Earthsea", "The Dispossessed"]
+    finally:
+        await db.drop_all(ShelfBase.metadata)
+
+
 # -- 6. db.read sees db.write's pending changes -------------------------------------
+
+
+async def test_concurrent_reads_flush_pending_writes_once(db: Database) -> None:
+    """Reads gathered in one unit while ``db.write`` holds pending changes all see them;
+    one of them flushes, none raises."""
+    await seed(db)
+    async with db:
+        db.write.add(Order(id=1, user_id=1, item="book"))
+        results = await asyncio.gather(*(db.read.scalars(select(Order.item)) for _ in range(4)))
+        assert [list(items) for items in results] == [["book"]] * 4
+    assert await stored_orders(db) == ["book"]
 
 
 async def test_read_flushes_pending_writes_first(db: Database) -> None:

@@ -117,18 +117,22 @@ class _ReadSyncSession(_UnitSession):
 
         Three attribute checks per session when there is nothing to do.
         """
-        if self._new or self._deleted or self.identity_map._modified:
+        if _has_pending(self):
             refusal = self.refusal_of_pending_changes(at_end=False)
             if refusal is not None:
                 raise refusal
         write = unit.write_session
-        if write is not None:
-            writer = write.sync_session
-            if writer._new or writer._deleted or writer.identity_map._modified:
-                writer.flush()
-        transaction = self._transaction
-        if transaction is not None and unit.read_bound_to is not unit.writer_connection:
-            self._keep_held_connection(unit, transaction)
+        if write is not None and _has_pending(write.sync_session):
+            # In turn with the unit's other reads (asyncio.gather) and after any task
+            # still writing: the first read flushes, the others find nothing pending.
+            with unit.read_gate.hold(writing=False), unit.write_gate.hold(writing=False):
+                if _has_pending(write.sync_session):
+                    write.sync_session.flush()
+        if self._transaction is not None and unit.read_bound_to is not unit.writer_connection:
+            with unit.read_gate.hold(writing=False):
+                transaction = self._transaction
+                if transaction is not None and unit.read_bound_to is not unit.writer_connection:
+                    self._keep_held_connection(unit, transaction)
 
     def _keep_held_connection(self, unit: UnitOfWork, transaction: SessionTransaction) -> None:
         """Move reads between the writing connection and a held read connection
@@ -298,6 +302,11 @@ class _WriteSyncSession(_UnitSession):
             # their cascades): it moves here, with the changes made to it.
             read.sync_session._expunge_states([state])
         return super()._before_attach(state, obj)
+
+
+def _has_pending(session: Session) -> bool:
+    """Whether ``session`` holds changes a flush would send (cheap: no history check)."""
+    return bool(session._new or session._deleted or session.identity_map._modified)
 
 
 def _describe(state: InstanceState[Any]) -> str:
