@@ -113,9 +113,11 @@ class _ReadSyncSession(_UnitSession):
     def _before_query(self, unit: UnitOfWork) -> None:
         """What a query of ``db.read`` needs first, as one session's autoflush would:
         changes made through ``db.read`` are refused (a refresh would overwrite them),
-        and ``db.write``'s pending changes are flushed so that the query sees them.
+        and ``db.write``'s pending changes are flushed so that the query sees them (a
+        failing flush raises here, as an autoflush would).  A read connection this
+        session holds stays open when reads move to or from the writing connection.
 
-        Three attribute checks per session when there is nothing to do.
+        A few attribute checks when there is nothing to do.
         """
         if _has_pending(self):
             refusal = self.refusal_of_pending_changes(at_end=False)
