@@ -265,8 +265,9 @@ class UnitOfWork:
 
         Reads keep working afterwards until ``end()``.  A failing commit raises,
         after rolling back and dropping the callbacks; so does a success while
-        ``db.read`` holds changes (``ReadOnlyError``), which would otherwise be lost.  ``error`` is the exception the
-        unit is failing with, if any: a rollback failure is noted on it, not raised.
+        ``db.read`` holds changes (``ReadOnlyError``), which would otherwise be lost.
+        ``error`` is the exception the unit is failing with, if any: a rollback
+        failure is noted on it, not raised.
         """
         if self.state is not UnitState.ACTIVE:
             return
