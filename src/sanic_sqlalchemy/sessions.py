@@ -190,7 +190,7 @@ class _ReadSyncSession(_UnitSession):
     def refusal_of_pending_changes(self, *, at_end: bool) -> ReadOnlyError | None:
         """The ``ReadOnlyError`` naming the objects added, changed or deleted through
         ``db.read``, or ``None`` when it holds no such change."""
-        if not (self._new or self._deleted or self.identity_map._modified):
+        if not _has_pending(self):
             return None
         new = [_describe(state) for state in self._new]
         deleted = [_describe(state) for state in self._deleted]
