@@ -9,6 +9,7 @@ goes back to the pool and the transaction is finished even when the client hangs
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import logging
 from collections.abc import Callable, Coroutine
 from enum import Enum
@@ -357,7 +358,11 @@ class UnitOfWork:
         until it runs callbacks, which run outside any unit (and may open their own).
         A cancellation of the caller is re-raised once the work is done.
         """
-        task = asyncio.get_running_loop().create_task(work)
+        # The unit is set explicitly, not left to an integration's provider (which may
+        # only answer the task that owns the request's unit).
+        context = contextvars.copy_context()
+        context.run(self._database.scope.enter, self)
+        task = context.run(asyncio.get_running_loop().create_task, work)
         try:
             return await asyncio.shield(task)
         except asyncio.CancelledError:
