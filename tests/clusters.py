@@ -444,10 +444,7 @@ class _MariaDBNode:
             f"--pid-file={self.root / 'mysqld.pid'}",
             f"--log-error={self.log}",
             f"--server-id={self.server_id}",
-            "--log-bin=mariadb-bin",
             "--relay-log=relay-bin",
-            "--log-slave-updates=ON",
-            "--binlog-format=ROW",
             "--gtid-strict-mode=ON",
             "--skip-name-resolve",
             "--character-set-server=utf8mb4",
@@ -462,7 +459,13 @@ class _MariaDBNode:
             "--sync-binlog=0",
         ]
         if self.replica:
+            # No binary log of its own: what a replica applied is recorded only in
+            # mysql.gtid_slave_pos, in the same InnoDB transaction as the data, so a
+            # killed replica resumes exactly where it was (with a binary log too, the
+            # two could disagree after a kill and strict mode stops replication).
             options.append("--read-only=ON")
+        else:
+            options += ["--log-bin=mariadb-bin", "--binlog-format=ROW"]
         return options
 
     def install(self) -> None:

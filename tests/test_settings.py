@@ -105,12 +105,6 @@ def test_bad_values_are_reported_with_their_key(key: str, value: Any, message: s
     assert message in str(caught.value)
 
 
-def test_replicas_are_refused_until_supported() -> None:
-    """Read URLs raise ``ConfigurationError`` at init rather than being ignored."""
-    with pytest.raises(ConfigurationError, match="DATABASE_READ_URLS: read replicas"):
-        Database("sqlite+aiosqlite:///a.db", read_urls=["sqlite+aiosqlite:///b.db"])
-
-
 def test_password_never_appears_in_errors() -> None:
     """Errors about a URL never repeat its password."""
     config = {

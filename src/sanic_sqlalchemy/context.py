@@ -3,8 +3,9 @@
 Child tasks inherit a copy of their parent's context, so they see the parent's unit;
 ``async with db:`` in a child task opens a unit of its own (see ``Database``).  When no
 unit is set, an integration may supply one (Sanic: the current request's unit, created
-on first use); ``outside()`` makes a context where neither counts, for on-commit
-callbacks, which run outside any unit.
+on first use); ``step_outside()`` (in the task that runs them) and ``outside()`` (a
+context to run something in) make neither count, for on-commit callbacks, which run
+outside any unit.
 """
 
 from __future__ import annotations
@@ -58,6 +59,10 @@ class UnitScope:
             # created in a child task, or an async generator was finalised elsewhere):
             # make sure no unit stays current here.
             self._var.set(None)
+
+    def step_outside(self) -> None:
+        """Make no unit of this scope current for the rest of the running context."""
+        self._var.set(OUTSIDE)
 
     def outside(self) -> contextvars.Context:
         """A copy of the current context in which no unit of this scope is current."""

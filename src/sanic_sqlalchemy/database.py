@@ -19,6 +19,8 @@ from .unit import UnitOfWork
 
 if TYPE_CHECKING:
     from sanic import Sanic
+    from sqlalchemy import MetaData
+    from sqlalchemy.ext.asyncio import AsyncEngine
 
 P = ParamSpec("P")
 _ids = itertools.count(1)
@@ -112,6 +114,28 @@ class Database:
         else:
             engines.check_loop()
         return engines
+
+    @property
+    def engine(self) -> AsyncEngine:
+        """The write engine of the running event loop, for DDL, migrations and tools.
+
+        It has the same settings and pool as ``db.write`` (create it first, in the
+        loop that will use it).  Work done on it is not part of any unit of work.
+        """
+        return self.engines.write
+
+    async def create_all(self, metadata: MetaData, **kwargs: Any) -> None:
+        """Create the tables of ``metadata`` that do not exist yet, in one transaction.
+
+        ``kwargs`` go to ``MetaData.create_all`` (``tables=[...]``, ``checkfirst=``).
+        """
+        async with self.engine.begin() as connection:
+            await connection.run_sync(metadata.create_all, **kwargs)
+
+    async def drop_all(self, metadata: MetaData, **kwargs: Any) -> None:
+        """Drop the tables of ``metadata`` that exist, in one transaction."""
+        async with self.engine.begin() as connection:
+            await connection.run_sync(metadata.drop_all, **kwargs)
 
     async def start(self) -> None:
         """Create the engines in the running loop (Sanic calls this at server start)."""

@@ -24,7 +24,7 @@ from .errors import ConfigurationError, EventLoopMismatchError, ReadOnlyError
 from .readonly import ReadGuard
 from .replicas.probe import connect_options, probe_engine
 from .replicas.router import Replica, ReplicaSet
-from .settings import Settings
+from .settings import Settings, pool_accepts_size
 
 #: A connection checked out within this many seconds is trusted without a ping.
 LIVENESS_WINDOW = 1.0
@@ -71,6 +71,10 @@ class Engines:
             "pool_recycle": -1 if settings.pool_recycle is None else settings.pool_recycle,
             **settings.engine_options,
         }
+        if not pool_accepts_size(settings.engine_options):
+            # NullPool and the like take none of these (SQLAlchemy raises TypeError).
+            for name in ("pool_size", "max_overflow", "pool_timeout"):
+                del options[name]
         options.update(self.backend.engine_options(role, settings))
         if url is not None:
             # A replica that does not answer must fail fast, so the unit moves on.

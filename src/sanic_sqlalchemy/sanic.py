@@ -128,6 +128,16 @@ def _unit_request_class(base: type[Request]) -> type[Request]:
             units: _Units | None = state.get(_UNITS)
             if units:
                 success = getattr(final, "status", 500) < 400
+                if success and any(unit.commit_failed for unit in units.values()):
+                    # An exception handler answered the failed commit below 400: the
+                    # client must not see success for data that was not committed.
+                    logger.error(
+                        "an exception handler answered %s to a request whose commit "
+                        "failed; answering 500 instead",
+                        final.status,
+                    )
+                    final.status = 500
+                    success = False
                 if not state.get(_IN_HANDLER):
                     # Sanic is about to send a finished response: nothing will read.
                     await _end_units(units, success)

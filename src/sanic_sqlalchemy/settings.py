@@ -7,6 +7,7 @@ never rendered into a log line or an error message.
 
 from __future__ import annotations
 
+import importlib.util
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -14,7 +15,8 @@ from enum import Enum
 from typing import Any
 
 from sqlalchemy.engine import URL, make_url
-from sqlalchemy.exc import ArgumentError
+from sqlalchemy.exc import ArgumentError, NoSuchModuleError
+from sqlalchemy.pool import Pool, QueuePool
 
 from .errors import ConfigurationError
 
@@ -119,6 +121,8 @@ class Settings:
                 raw[keyword] = (f"{keyword}= (argument)", value)
             else:
                 engine_options[keyword] = value
+        if "poolclass" in engine_options:
+            _poolclass(engine_options["poolclass"])
 
         if "url" not in raw:
             raise ConfigurationError(
@@ -127,6 +131,14 @@ class Settings:
                 "environment), e.g. 'postgresql+asyncpg://user@host/dbname'."
             )
         url = _url(*raw["url"])
+        if not pool_accepts_size(engine_options):
+            for keyword in ("pool_size", "max_overflow", "pool_timeout"):
+                if keyword in raw:
+                    raise ConfigurationError(
+                        f"{raw[keyword][0]}: {engine_options['poolclass'].__name__} "
+                        "keeps no connections waiting, so this setting cannot apply; "
+                        "remove it (or the poolclass)."
+                    )
         read_urls = _read_urls(*raw["read_urls"]) if "read_urls" in raw else ()
         backend = backend_of(url)
         for read_url in read_urls:
@@ -247,19 +259,73 @@ def _url(key: str, value: Any) -> URL:
                 f"{key}: not a database URL (expected e.g. "
                 "'postgresql+asyncpg://user:password@host/dbname')."
             ) from error.__cause__
+        except ValueError:
+            # Only the port is converted (int()); the message would quote it, and a
+            # password containing ':' or '@' can end up there: not chained, not quoted.
+            raise ConfigurationError(
+                f"{key}: the port is not a number. If the password contains ':', '@' "
+                "or '/', percent-encode them (%3A, %40, %2F), or pass a "
+                "sqlalchemy.URL built with URL.create(...)."
+            ) from None
     else:
         raise ConfigurationError(f"{key}: expected a URL string, got {type(value).__name__}.")
+    if url.host is not None and "@" in url.host:
+        # 'user:p@ss@host': the password ends at the first '@' and its tail becomes
+        # part of the host, which repr() and error messages show.
+        raise ConfigurationError(
+            f"{key}: the host contains '@', so the password is probably cut short "
+            "by an unescaped '@': percent-encode '@' in the password as %40."
+        )
     if url.get_backend_name() not in _BACKENDS:
         raise ConfigurationError(
             f"{key}: unsupported database {url.get_backend_name()!r}; "
             "sanic-sqlalchemy supports sqlite, postgresql, mysql and mariadb."
         )
-    if not url.get_driver_name() or url.get_dialect().is_async is not True:
+    try:
+        dialect = url.get_dialect()
+    except NoSuchModuleError:
+        raise ConfigurationError(
+            f"{key}: SQLAlchemy knows no driver {url.get_driver_name()!r} for "
+            f"{url.get_backend_name()}; use 'sqlite+aiosqlite', 'postgresql+asyncpg' "
+            "or 'mysql+asyncmy'."
+        ) from None
+    if not url.get_driver_name() or dialect.is_async is not True:
         raise ConfigurationError(
             f"{key}: {url.drivername!r} is not an asyncio driver; use "
             "'sqlite+aiosqlite', 'postgresql+asyncpg' or 'mysql+asyncmy'."
         )
+    if not _installed(dialect.driver):
+        raise ConfigurationError(
+            f"{key}: the {dialect.driver!r} driver package is not installed; install "
+            f"it (pip install {dialect.driver}, or the sanic-sqlalchemy extra "
+            "'postgresql' or 'mysql')."
+        )
     return url
+
+
+def _installed(module: str) -> bool:
+    # Located, not imported: validating settings must not cost the driver's import.
+    try:
+        return importlib.util.find_spec(module) is not None
+    except (ImportError, ValueError):
+        return False
+
+
+def pool_accepts_size(engine_options: Mapping[str, Any]) -> bool:
+    """Whether the pool takes ``pool_size``, ``max_overflow`` and ``pool_timeout``.
+
+    ``poolclass=NullPool`` (behind PgBouncer) and the other non-queue pools do not.
+    """
+    poolclass = engine_options.get("poolclass")
+    return poolclass is None or issubclass(poolclass, QueuePool)
+
+
+def _poolclass(value: Any) -> None:
+    if not (isinstance(value, type) and issubclass(value, Pool)):
+        raise ConfigurationError(
+            "poolclass= (argument): expected a sqlalchemy.pool class such as NullPool, "
+            f"got {value!r}."
+        )
 
 
 def _read_urls(key: str, value: Any) -> tuple[URL, ...]:

@@ -9,6 +9,7 @@ goes back to the pool and the transaction is finished even when the client hangs
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import logging
 from collections.abc import Callable, Coroutine
 from enum import Enum
@@ -116,6 +117,7 @@ class UnitOfWork:
         "_route",
         "_write",
         "callbacks",
+        "commit_failed",
         "commit_token",
         "depth",
         "owner",
@@ -159,6 +161,8 @@ class UnitOfWork:
         self.reading_on_writer = False
         #: Whether a write transaction ever began: reads then refresh loaded objects.
         self.wrote = False
+        #: Whether the unit tried to commit and could not (its writes rolled back).
+        self.commit_failed = False
 
     @property
     def settled(self) -> bool:
@@ -169,6 +173,21 @@ class UnitOfWork:
     def ended(self) -> bool:
         """Whether both sessions are closed."""
         return self.state is UnitState.ENDED
+
+    @property
+    def commits_on_exit(self) -> bool:
+        """Whether a successful end commits (``commit_on_exit``)."""
+        return self._commit_on_exit
+
+    @property
+    def write_session(self) -> WriteSession | None:
+        """The write session if it was created, without creating it."""
+        return self._write
+
+    @property
+    def read_session(self) -> ReadSession | None:
+        """The read session if it was created, without creating it."""
+        return self._read
 
     # -- sessions ---------------------------------------------------------------
 
@@ -297,6 +316,11 @@ class UnitOfWork:
             await self._run_outside(ready)
 
     async def _run_outside(self, callbacks: list[Callback]) -> None:
+        # Always inside a task started by shielded(), whose context is a copy: leaving
+        # the unit here leaves it for that task only, so that callbacks run outside
+        # any unit while the commit before them ran inside it (ORM event listeners of
+        # its flush may register callbacks).
+        self._database.scope.step_outside()
         await run_callbacks(callbacks, self._database.on_callback_error)
 
     # -- the end ----------------------------------------------------------------
@@ -305,11 +329,21 @@ class UnitOfWork:
         """Commit (on success) or roll back the write side; run or drop callbacks.
 
         Reads keep working afterwards until ``end()``.  A failing commit raises,
-        after rolling back and dropping the callbacks.  ``error`` is the exception the
-        unit is failing with, if any: a rollback failure is noted on it, not raised.
+        after rolling back and dropping the callbacks; so does a success while
+        ``db.read`` holds changes (``ReadOnlyError``), which would otherwise be lost.
+        ``error`` is the exception the unit is failing with, if any: a rollback
+        failure is noted on it, not raised.
         """
         if self.state is not UnitState.ACTIVE:
             return
+        if success and self._read is not None:
+            refusal = self._read.sync_session.refusal_of_pending_changes(at_end=True)
+            if refusal is not None:
+                # Changes made through db.read would be dropped without a word: the
+                # unit fails instead, and its writes roll back with it.
+                self.commit_failed = True
+                await self.settle(False, refusal)
+                raise refusal
         if self._write is None:
             # Nothing was written: no transaction to finish, no task to spawn.
             self.state = UnitState.COMMITTED if success else UnitState.ROLLED_BACK
@@ -331,8 +365,15 @@ class UnitOfWork:
         try:
             await greenlet_spawn(_finish_write, write.sync_session, commit, error)
         except BaseException:
+            # Callbacks of an earlier commit of this unit that has not run them yet
+            # (a transaction committed through its own object) still run: their data
+            # is committed. Those waiting for this commit are dropped.
+            committed = self.callbacks.take_ready()
             self.callbacks.drop_all()
             self.state = UnitState.ROLLED_BACK
+            self.commit_failed = commit
+            if committed:
+                await self._run_outside(committed)
             raise
         self.state = UnitState.COMMITTED if success else UnitState.ROLLED_BACK
         if commit or (success and not self.wrote):
@@ -376,10 +417,15 @@ class UnitOfWork:
     async def shielded(self, work: Coroutine[Any, Any, _T]) -> _T:
         """Run ``work`` to completion even if the calling task is cancelled meanwhile.
 
-        The work runs in its own task, outside any unit (callbacks may open their own).
+        The work runs in its own task, in a copy of the caller's context: still inside
+        the unit (ORM event listeners of a flush at commit may call ``db.on_commit``),
+        until it runs callbacks, which run outside any unit (and may open their own).
         A cancellation of the caller is re-raised once the work is done.
         """
-        context = self._database.scope.outside()
+        # The unit is set explicitly, not left to an integration's provider (which may
+        # only answer the task that owns the request's unit).
+        context = contextvars.copy_context()
+        context.run(self._database.scope.enter, self)
         task = context.run(asyncio.get_running_loop().create_task, work)
         try:
             return await asyncio.shield(task)

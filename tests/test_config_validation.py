@@ -1,0 +1,104 @@
+"""Configuration checked at ``init_app`` / ``Database(url)`` (issue 8, item 12)."""
+
+from __future__ import annotations
+
+import pytest
+from sqlalchemy import select
+from sqlalchemy.pool import NullPool
+
+from sanic_sqlalchemy import ConfigurationError, Database
+from sanic_sqlalchemy.testing import schema
+
+from .conftest import make_app
+from .models import Base, User
+
+
+@pytest.mark.parametrize(
+    ("url", "message"),
+    [
+        (
+            "postgresql+asyncpgg://app@db/shop",
+            "DATABASE_URL: SQLAlchemy knows no driver 'asyncpgg' for postgresql; use "
+            "'sqlite+aiosqlite', 'postgresql+asyncpg' or 'mysql+asyncmy'.",
+        ),
+        (
+            "postgresql+asyncpg://app@db:fivefourthreetwo/shop",
+            "DATABASE_URL: the port is not a number. If the password contains ':', '@' "
+            "or '/', percent-encode them (%3A, %40, %2F), or pass a sqlalchemy.URL built "
+            "with URL.create(...).",
+        ),
+        (
+            "mysql+aiomysql://app@db/shop",
+            "DATABASE_URL: the 'aiomysql' driver package is not installed; install it "
+            "(pip install aiomysql, or the sanic-sqlalchemy extra 'postgresql' or 'mysql').",
+        ),
+    ],
+)
+def test_bad_urls_fail_at_init_app_naming_the_key(url: str, message: str) -> None:
+    """A misspelled driver, a port that is not a number and a driver package that is not
+    installed raise ``ConfigurationError`` at ``init_app``, naming ``DATABASE_URL``."""
+    app = make_app("bad_url")
+    app.config.DATABASE_URL = url
+    with pytest.raises(ConfigurationError) as caught:
+        Database().init_app(app)
+    assert str(caught.value) == message
+    assert caught.value.__cause__ is None
+
+
+def test_bad_url_fails_at_database_construction() -> None:
+    """``Database(url)`` checks the URL at once, naming the argument."""
+    with pytest.raises(ConfigurationError, match=r"^url= \(argument\): SQLAlchemy knows no"):
+        Database("mysql+asyncmyy://root@db/shop")
+
+
+@pytest.mark.parametrize(
+    "url", ["postgresql+asyncpg://app:p@ssw0rd@db/shop", "mysql+asyncmy://app:s3cr@t:99@db/shop"]
+)
+def test_password_with_an_unescaped_at_sign_never_leaks(url: str) -> None:
+    """A password with an unescaped ``@`` is refused with a message that shows no part of
+    it, instead of its tail becoming a host that ``repr()`` shows."""
+    with pytest.raises(ConfigurationError) as caught:
+        Database(url)
+    error = str(caught.value)
+    assert "%40" in error
+    for fragment in ("ssw0rd", "p@ss", "s3cr", "t:99"):
+        assert fragment not in error
+        assert fragment not in repr(caught.value)
+    assert caught.value.__cause__ is None
+
+
+def test_nullpool_rejects_pool_size_settings() -> None:
+    """A pool size setting given together with ``poolclass=NullPool`` names its key."""
+    app = make_app("nullpool_size")
+    app.config.DATABASE_URL = "sqlite+aiosqlite:///x.db"
+    app.config.DATABASE_POOL_SIZE = 5
+    with pytest.raises(ConfigurationError) as caught:
+        Database(poolclass=NullPool).init_app(app)
+    assert str(caught.value) == (
+        "DATABASE_POOL_SIZE: NullPool keeps no connections waiting, so this setting "
+        "cannot apply; remove it (or the poolclass)."
+    )
+
+
+def test_poolclass_must_be_a_pool() -> None:
+    """``poolclass`` that is not a SQLAlchemy pool class is refused at construction."""
+    with pytest.raises(ConfigurationError, match=r"^poolclass= \(argument\): expected a"):
+        Database("sqlite+aiosqlite://", poolclass="NullPool")
+
+
+async def test_nullpool_units_work(url: str) -> None:
+    """``poolclass=NullPool`` (behind PgBouncer) works: units read and write, each
+    connection is closed when given back."""
+    db = Database(url, poolclass=NullPool)
+    try:
+        async with schema(db, Base.metadata):
+            assert isinstance(db.engine.sync_engine.pool, NullPool)
+            assert isinstance(db.engines.read.sync_engine.pool, NullPool)
+            async with db:
+                db.write.add(User(id=1, name="Ada", email="ada@example.com"))
+            async with db:
+                assert list(await db.read.scalars(select(User.name))) == ["Ada"]
+                db.write.add(User(id=2, name="Bob", email="bob@example.com"))
+                assert len(list(await db.read.scalars(select(User.name)))) == 2
+    finally:
+        await db.dispose()
