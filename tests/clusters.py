@@ -54,6 +54,7 @@ import signal
 import socket
 import subprocess
 import tempfile
+import threading
 import time
 from collections.abc import Collection, Coroutine, Iterator
 from pathlib import Path
@@ -214,6 +215,28 @@ _LIVE: set[_Cluster] = set()
 def _register(cluster: _Cluster) -> None:
     _LIVE.add(cluster)
     atexit.register(cluster.close)
+    _close_on_sigterm()
+
+
+def _close_on_sigterm() -> None:
+    """Make SIGTERM (a CI timeout, ``kill``) stop the clusters before the process dies.
+
+    By default SIGTERM ends Python without ``finally`` or ``atexit``, and PostgreSQL,
+    daemonized by ``pg_ctl``, would outlive us.  Only installed over the default action.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        return
+    if signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL:
+        return
+
+    def close_and_die(signum: int, _frame: object) -> None:
+        for cluster in list(_LIVE):
+            with contextlib.suppress(Exception):
+                cluster.close()
+        signal.signal(signum, signal.SIG_DFL)
+        os.kill(os.getpid(), signum)
+
+    signal.signal(signal.SIGTERM, close_and_die)
 
 
 # == PostgreSQL ===============================================================
@@ -290,15 +313,21 @@ class PostgresCluster(_Cluster):
             conf.write(_PG_CONF)
         (self.primary.data / "pg_hba.conf").write_text(_PG_HBA)
         self.primary.start()
-        for index, replica in enumerate(self.replicas):
-            # -R writes standby.signal and primary_conninfo, -C -S a slot of its own;
-            # a fast checkpoint, or pg_basebackup waits for a spread one.
-            replica._run(
-                "pg_basebackup", "-h", "127.0.0.1", "-p", str(self.primary.port),
-                "-U", "postgres", "-D", str(replica.data), "-R", "-X", "stream",
-                "-C", "-S", f"replica{index}", "-c", "fast", "--no-sync",
-            )  # fmt: skip
-            replica.start()
+        # One after the other: side by side, one's checkpoint can recycle WAL that the
+        # other still streams, and on two cores it saves nothing.
+        for index in range(len(self.replicas)):
+            self._clone(index)
+
+    def _clone(self, index: int) -> None:
+        replica = self.replicas[index]
+        # -R writes standby.signal and primary_conninfo, -C -S a slot of its own; a fast
+        # checkpoint, or pg_basebackup waits for a spread one.
+        replica._run(
+            "pg_basebackup", "-h", "127.0.0.1", "-p", str(self.primary.port),
+            "-U", "postgres", "-D", str(replica.data), "-R", "-X", "stream",
+            "-C", "-S", f"replica{index}", "-c", "fast", "--no-sync",
+        )  # fmt: skip
+        replica.start()
 
     def _stop_servers(self) -> None:
         errors: list[BaseException] = []

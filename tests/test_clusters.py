@@ -222,3 +222,10 @@ def test_mariadb_reset_restores_a_broken_cluster(mariadb_cluster: MariaDBCluster
     mariadb_cluster.reset()
     assert mariadb_cluster.is_running(0)
     assert _blocking(mariadb_cluster.scalar(url, running)) == "ON"
+
+
+def test_gtid_positions_read_every_domain() -> None:
+    """A GTID position becomes each domain's sequence number; an empty one is empty."""
+    assert _gtid_positions("0-1-42,3-2-7") == {0: 42, 3: 7}
+    assert _gtid_positions("") == {}
+    assert _gtid_positions(None) == {}
