@@ -10,6 +10,7 @@ request pays for a ping, and a connection killed while idle (server restart,
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from typing import Any
 
@@ -23,6 +24,8 @@ from sqlalchemy.sql.elements import TextClause
 from .dialects import Backend, Role, backend_for, refuse_session_control
 from .errors import ConfigurationError, EventLoopMismatchError, ReadOnlyError
 from .settings import Settings
+
+logger = logging.getLogger("sanic_sqlalchemy")
 
 #: A connection checked out within this many seconds is trusted without a ping.
 LIVENESS_WINDOW = 1.0
@@ -162,7 +165,31 @@ class Engines:
             )
 
     async def dispose(self) -> None:
-        """Close every pooled connection of both engines."""
+        """Close every pooled connection of both engines, in the loop they belong to.
+
+        Usually that is the running loop.  Engines left behind by a loop that stopped
+        without disposing them (a server start that failed after the engines were
+        created) are disposed by running that loop once more in a worker thread, since
+        their connections can only be closed there; a loop that is already closed can
+        run nothing, so its connections are dropped unclosed, with a warning.
+        """
+        loop = self.loop
+        if loop is asyncio.get_running_loop():
+            await self._dispose()
+        elif loop.is_closed():
+            logger.warning(
+                "the event loop of these engines is closed: their pooled connections "
+                "cannot be closed cleanly and are dropped (call `await db.dispose()` "
+                "before a loop ends)"
+            )
+            self.backend.cleanup()
+        elif loop.is_running():
+            # A loop in another thread.
+            await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(self._dispose(), loop))
+        else:
+            await asyncio.to_thread(loop.run_until_complete, self._dispose())
+
+    async def _dispose(self) -> None:
         try:
             await self.write.dispose()
             await self.read.dispose()
