@@ -21,15 +21,18 @@ from sanic_sqlalchemy.testing import CommitRecorder, checked_out, wait_until_idl
 from .conftest import count_users, make_app
 from .models import User
 
-# app.add_task(coro) is loop.create_task in the request's context too, but only under
-# app.run(): these tests serve with create_server, where Sanic defers it to the next start.
-SPAWNERS = ["create_task", "signal"]
+# app.add_task(coro) schedules at once only in a running app (app.run() or ASGI); under
+# create_server, which the serve fixture uses, Sanic defers it to the next start. Its
+# requests go through sanic-testing's ASGI client.
+SPAWNERS = ["create_task", "signal", "add_task"]
 
 
 async def spawn(request: Request, how: str, work: Any) -> None:
     """Start ``work()`` in a task of its own, the way a handler would."""
     if how == "create_task":
         request.app.ctx.tasks.append(asyncio.create_task(work()))
+    elif how == "add_task":
+        request.app.ctx.tasks.append(request.app.add_task(work()))
     else:
         request.app.ctx.work = work
         # Dispatched without inline=True, a signal's handlers run in a task of their own.
@@ -74,6 +77,17 @@ def background_app(db: Database, how: str) -> Sanic[Any, Any]:
     return app
 
 
+async def status_of(app: Sanic[Any, Any], serve: Any, how: str, method: str, path: str) -> int:
+    """The status of one request to ``app``, over ASGI for ``add_task``, else over HTTP."""
+    if how == "add_task":
+        _, response = await getattr(app.asgi_client, method)(path)
+        status: int = response.status
+        return status
+    served = await serve(app)
+    status = (await getattr(served.client, method)(path)).status_code
+    return status
+
+
 async def idle_in_transaction(db: Database, backend: str) -> int:
     """Sessions of the test database left idle inside a transaction (PostgreSQL)."""
     if backend != "postgresql":
@@ -96,8 +110,7 @@ async def test_a_task_started_by_the_handler_gets_its_own_unit(
     ``async with db:`` block after the response, and leaves no connection or open
     transaction behind."""
     app = background_app(db, how)
-    served = await serve(app)
-    assert (await served.client.post("/write/1")).status_code == 202
+    assert await status_of(app, serve, how, "post", "/write/1") == 202
     app.ctx.answered.set()
     await asyncio.wait_for(asyncio.gather(*app.ctx.tasks), 10)
     assert app.ctx.outcome == ["written"]
@@ -114,8 +127,7 @@ async def test_a_task_using_db_after_the_response_gets_a_clear_error(
     answered gets a ``UnitStateError`` saying to open a unit of its own, never a unit
     created after the response."""
     app = background_app(db, how)
-    served = await serve(app)
-    assert (await served.client.get("/read-outside-a-block")).status_code == 202
+    assert await status_of(app, serve, how, "get", "/read-outside-a-block") == 202
     app.ctx.answered.set()
     await asyncio.wait_for(asyncio.gather(*app.ctx.tasks), 10)
     [message] = app.ctx.outcome
