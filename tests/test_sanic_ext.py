@@ -6,6 +6,7 @@ from __future__ import annotations
 import functools
 import inspect
 import typing
+from dataclasses import dataclass
 from typing import Any
 
 import pytest
@@ -57,16 +58,38 @@ def ext_app(db: Database, recorder: CommitRecorder) -> Sanic[Any, Any]:
     return app
 
 
+@dataclass
+class Greeting:
+    """A dependency that sanic-ext injects into a handler."""
+
+    text: str
+
+
+def greeting_for(request: Request) -> Greeting:
+    return Greeting(f"hello from {request.path}")
+
+
 @pytest.mark.sanic_ext
 def test_sanic_ext_app_serves_two_test_client_requests(url: str) -> None:
     """With sanic-ext loaded, one app starts once per sanic-testing request and serves its
-    class-based view, its handler under postponed annotations and sanic-ext's automatic
-    HEAD and OPTIONS routes, each in a unit of work."""
+    class-based view, its handlers under postponed annotations (one with a dependency
+    sanic-ext injects) and sanic-ext's automatic HEAD and OPTIONS routes, each in a unit
+    of work."""
     drop_tables(url)
     db = Database(url)
     recorder = CommitRecorder()
     app = ext_app(db, recorder)
+    app.ext.add_dependency(Greeting, greeting_for)
+
+    @app.get("/greet")
+    async def greet_injected(request: Request, greeting: Greeting) -> HTTPResponse:
+        count = len((await db.read.execute(select(User))).scalars().all())
+        return text(f"{greeting.text} to {count}")
+
     try:
+        for _ in range(2):
+            _, response = app.test_client.get("/greet")
+            assert (response.status, response.text) == (200, "hello from /greet to 0")
         _, response = app.test_client.post("/users")
         assert response.status == 201
         assert getattr(app, "_ext", None) is not None, "Sanic did not load sanic-ext"
