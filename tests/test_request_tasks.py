@@ -136,6 +136,37 @@ async def test_a_task_using_db_after_the_response_gets_a_clear_error(
     assert checked_out(db).total == 0
 
 
+async def test_a_late_task_leaves_the_next_request_on_its_connection_alone(
+    db: Database, serve: Any
+) -> None:
+    """A task of an answered request that touches ``db`` while the next request on the
+    same keep-alive connection is running gets its error and leaves that request's unit
+    alone: the next request still commits."""
+    app = background_app(db, "create_task")
+    app.ctx.waiting = asyncio.Event()
+    app.ctx.go_on = asyncio.Event()
+
+    @app.post("/slow-write/<user_id:int>")
+    async def slow_write(request: Request, user_id: int) -> HTTPResponse:
+        db.write.add(User(id=user_id, name="next", email=f"{user_id}@example.com"))
+        await db.write.flush()
+        app.ctx.waiting.set()
+        await app.ctx.go_on.wait()
+        return text("created", status=201)
+
+    served = await serve(app)
+    assert (await served.client.get("/read-outside-a-block")).status_code == 202
+    following = asyncio.create_task(served.client.post("/slow-write/2"))
+    await asyncio.wait_for(app.ctx.waiting.wait(), 10)
+    app.ctx.answered.set()
+    await asyncio.wait_for(asyncio.gather(*app.ctx.tasks), 10)
+    assert "the request has been answered" in app.ctx.outcome[0]
+    app.ctx.go_on.set()
+    assert (await following).status_code == 201
+    assert await count_users(db) == 1
+    assert (await wait_until_idle(db)).total == 0
+
+
 async def test_first_use_in_a_gather_child_keeps_the_unit_with_the_handler(
     db: Database, serve: Any, backend: str
 ) -> None:

@@ -114,6 +114,16 @@ def _request_unit(db: Database) -> UnitOfWork | None:
     if route is not None and hasattr(route.handler, "is_websocket"):
         return None
     units: _Units | None = request._sqla_units
+    unit = units.get(db) if units is not None else None
+    if unit is not None:
+        return unit
+    if request._sqla_over:
+        # The request has been answered: a task it started gets an ended unit (an
+        # error that says so), never one that nothing would end. Recorded nowhere: the
+        # connection may already serve the next request.
+        unit = db.open_unit()
+        unit.state = UnitState.ENDED
+        return unit
     if units is None:
         units = request._sqla_units = {}
         conn_info = request.conn_info
@@ -124,19 +134,13 @@ def _request_unit(db: Database) -> UnitOfWork | None:
                 # reached its end: end it now.
                 _end_later(leftover)
             setattr(conn_info.ctx, _UNITS, units)
-    unit = units.get(db)
-    if unit is None:
-        unit = units[db] = db.open_unit()
-        # Whichever task touched db first (a child task of the handler, say), the
-        # unit belongs to the task that runs the request.
-        unit.owner = request._sqla_task
-        if request._sqla_over:
-            # The request has been answered: a task it started must not get a unit
-            # that nothing would end.
-            unit.state = UnitState.ENDED
-        elif request._sqla_streaming:
-            # First used while the response streams: reads only, like the others.
-            unit.state = UnitState.COMMITTED
+    unit = units[db] = db.open_unit()
+    # Whichever task touched db first (a child task of the handler, say), the unit
+    # belongs to the task that runs the request.
+    unit.owner = request._sqla_task
+    if request._sqla_streaming:
+        # First used while the response streams: reads only, like the others.
+        unit.state = UnitState.COMMITTED
     return unit
 
 
