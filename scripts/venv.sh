@@ -1,14 +1,22 @@
-# Sourced by the scripts: a virtual environment in $VENV (default ./.venv) with the
-# project installed in editable mode with every extra. Reinstalls when pyproject.toml
-# changes.
+# Sourced by the scripts: a virtual environment in $VENV with the project installed in
+# editable mode with every extra; with TEST_SANIC_EXT=1 also the sanic-ext dependency
+# group (default $VENV: ./.venv, or ./.venv-sanic-ext for that). Reinstalls when
+# pyproject.toml changes.
+groups=()
+suffix=""
+if [ "${TEST_SANIC_EXT:-}" = 1 ]; then
+    VENV="${VENV:-$PWD/.venv-sanic-ext}"
+    groups=(--group sanic-ext)
+    suffix="-sanic-ext"
+fi
 VENV="${VENV:-$PWD/.venv}"
 if [ ! -x "$VENV/bin/python" ]; then
     python3 -m venv "$VENV"
 fi
-stamp="$VENV/.installed-$(sha256sum pyproject.toml | cut -c1-16)"
+stamp="$VENV/.installed-$(sha256sum pyproject.toml | cut -c1-16)$suffix"
 if [ ! -e "$stamp" ]; then
     "$VENV/bin/python" -m pip install --quiet --upgrade pip
-    "$VENV/bin/python" -m pip install --quiet -e ".[dev,postgresql,mysql]"
+    "$VENV/bin/python" -m pip install --quiet -e ".[dev,postgresql,mysql]" ${groups[@]+"${groups[@]}"}
     rm -f "$VENV"/.installed-*
     touch "$stamp"
 fi

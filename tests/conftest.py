@@ -3,11 +3,18 @@
 Backends come from ``TEST_POSTGRES_URL`` and ``TEST_MYSQL_URL``; SQLite always runs.
 When ``CI`` (or ``SANIC_SQLALCHEMY_REQUIRE_BACKENDS``) is set, a backend whose URL is
 missing fails the test instead of skipping it: a green CI run means every backend ran.
+
+``TEST_SANIC_EXT`` says which of CI's two passes this is: ``1``, the whole suite with
+sanic-ext installed (Sanic then loads it into every app), which must be importable;
+``0``, the suite without it, which must not be, and where the tests marked
+``sanic_ext`` are deselected (they run in the other pass). Unset (a developer's run),
+those tests are skipped when sanic-ext is missing, and a skip fails a CI run.
 """
 
 from __future__ import annotations
 
 import asyncio
+import importlib
 import os
 import socket
 import uuid
@@ -31,6 +38,45 @@ _URL_VARIABLES = {"postgresql": "TEST_POSTGRES_URL", "mysql": "TEST_MYSQL_URL"}
 
 def backends_required() -> bool:
     return bool(os.environ.get("CI") or os.environ.get("SANIC_SQLALCHEMY_REQUIRE_BACKENDS"))
+
+
+def _sanic_ext_importable() -> bool:
+    # Sanic loads sanic-ext only when the import succeeds (25.12 needs pydantic without
+    # declaring it): installed is not enough.
+    try:
+        importlib.import_module("sanic_ext")
+    except ImportError:
+        return False
+    return True
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    wanted = os.environ.get("TEST_SANIC_EXT")
+    if wanted not in (None, "0", "1"):
+        raise pytest.UsageError(f"TEST_SANIC_EXT must be 0 or 1, not {wanted!r}")
+    if wanted is not None and _sanic_ext_importable() != (wanted == "1"):
+        raise pytest.UsageError(
+            "TEST_SANIC_EXT=1 but sanic-ext cannot be imported (install the sanic-ext "
+            "dependency group)"
+            if wanted == "1"
+            else "TEST_SANIC_EXT=0 but sanic-ext is importable: this pass must run without it"
+        )
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    if _sanic_ext_importable():
+        return
+    needs_ext = [item for item in items if item.get_closest_marker("sanic_ext")]
+    if not needs_ext:
+        return
+    if os.environ.get("TEST_SANIC_EXT") == "0":
+        # The pass without sanic-ext: these run in the pass with it.
+        config.hook.pytest_deselected(items=needs_ext)
+        items[:] = [item for item in items if item not in needs_ext]
+        return
+    skip = pytest.mark.skip(reason="sanic-ext is not installed: TEST_SANIC_EXT=1 ./scripts/test")
+    for item in needs_ext:
+        item.add_marker(skip)
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:

@@ -15,7 +15,7 @@ from .engines import Engines
 from .errors import EngineNotInitialisedError, NoActiveUnitError
 from .sessions import ReadSession, WriteSession
 from .settings import Settings
-from .unit import UnitOfWork
+from .unit import UnitOfWork, UnitState
 
 if TYPE_CHECKING:
     from sanic import Sanic
@@ -189,9 +189,15 @@ class Database:
 
     async def __aenter__(self) -> UnitOfWork:
         current = self.scope.current()
-        if current is not None and not current.ended and current.owner is asyncio.current_task():
+        if (
+            current is not None
+            and current.state is UnitState.ACTIVE
+            and current.owner is asyncio.current_task()
+        ):
             current.depth += 1
             return current
+        # No unit here, another task's (a child task gets its own), or one whose
+        # write side is settled (a handler that streams): a fresh, independent unit.
         unit = self.open_unit()
         unit.token = self.scope.enter(unit)
         return unit

@@ -10,6 +10,7 @@ request pays for a ping, and a connection killed while idle (server restart,
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from typing import Any
 
@@ -25,6 +26,8 @@ from .readonly import ReadGuard
 from .replicas.probe import connect_options, probe_engine
 from .replicas.router import Replica, ReplicaSet
 from .settings import Settings, pool_accepts_size
+
+logger = logging.getLogger("sanic_sqlalchemy")
 
 #: A connection checked out within this many seconds is trusted without a ping.
 LIVENESS_WINDOW = 1.0
@@ -155,7 +158,32 @@ class Engines:
             )
 
     async def dispose(self) -> None:
-        """Close every pooled connection of every engine, and stop the replica probe."""
+        """Close every pooled connection of every engine (and stop the replica probe), in
+        the loop they belong to.
+
+        Usually that is the running loop.  Engines left behind by a loop that stopped
+        without disposing them (a server start that failed after the engines were
+        created) are disposed by running that loop once more in a worker thread, since
+        their connections can only be closed there; a loop that is already closed can
+        run nothing, so its connections are dropped unclosed, with a warning.
+        """
+        loop = self.loop
+        if loop is asyncio.get_running_loop():
+            await self._dispose()
+        elif loop.is_closed():
+            logger.warning(
+                "the event loop of these engines is closed: their pooled connections "
+                "cannot be closed cleanly and are dropped (call `await db.dispose()` "
+                "before a loop ends)"
+            )
+            self.backend.cleanup()
+        elif loop.is_running():
+            # A loop in another thread.
+            await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(self._dispose(), loop))
+        else:
+            await asyncio.to_thread(loop.run_until_complete, self._dispose())
+
+    async def _dispose(self) -> None:
         try:
             if self.replicas is not None:
                 await self.replicas.close()

@@ -2,23 +2,29 @@
 
 Every request is a unit of work, created the first time the request touches ``db``
 (request middleware included), so that a request that never does costs next to
-nothing:
+nothing.  The unit belongs to the task that runs the request's handler: a task the
+handler starts (``asyncio.create_task``, ``app.add_task``, a signal handler) shares its
+``db.read`` while the request runs, and gets a unit of its own from ``async with db:``.
 
 * ``Request.respond`` settles it once the final response is known and before any
   byte of it is sent: a status below 400 commits, anything else rolls back, and a
   failing commit raises there, so that Sanic answers 500 instead of a 2xx.  Every
   response passes there, streaming ones included;
-* the unit ends (its read session closes) right after that, or, when the handler
-  itself called ``respond`` to stream, when the handler returns: each route handler
-  is wrapped for this at server start, which also ends the unit of a handler that
-  was cancelled (the client hung up);
+* the unit ends (its read session closes) right after that, or, when the response
+  streams (the handler called ``respond`` itself, or returned a ``ResponseStream``),
+  when the handler or the streaming function returns: each route handler is wrapped
+  for this at server start, after every extension added its routes, in a way that
+  leaves what ``typing.get_type_hints`` and ``inspect`` see on it unchanged; the
+  wrapper also ends the unit of a handler that was cancelled (the client hung up);
 * ``http.lifecycle.complete``, once per connection, ends whatever a request left
   behind on paths that reach neither (a cancellation in request middleware).
   Response middleware is never relied upon.
 
-A websocket handler gets no request unit (it would hold a transaction for minutes): it
-opens its own with ``async with db:``.  A pool that stays exhausted longer than the pool
-timeout answers 503 with a ``Retry-After`` header.
+Per-request state lives in slots of the request class, never in ``request.ctx``
+(which an application may replace with a slotted object of its own).  A websocket
+handler gets no request unit (it would hold a transaction for minutes): it opens its
+own with ``async with db:``.  A pool that stays exhausted longer than the pool timeout
+answers 503 with a ``Retry-After`` header.
 """
 
 from __future__ import annotations
@@ -27,13 +33,16 @@ import asyncio
 import functools
 import inspect
 import logging
+import weakref
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from sanic import Request, Sanic
 from sanic.exceptions import SanicException
-from sanic.response import HTTPResponse, text
+from sanic.response import HTTPResponse, ResponseStream, text
 from sqlalchemy.exc import TimeoutError as PoolTimeoutError
+
+from .unit import UnitState
 
 if TYPE_CHECKING:
     from .database import Database
@@ -42,15 +51,14 @@ if TYPE_CHECKING:
 logger = logging.getLogger("sanic_sqlalchemy")
 
 _UNITS = "_sanic_sqlalchemy_units"
-_IN_HANDLER = "_sanic_sqlalchemy_in_handler"
-#: Set when the handler called ``respond`` itself: its units settled before it returned.
-_STREAMING = "_sanic_sqlalchemy_streaming"
 _WRAPPED = "__sanic_sqlalchemy_wrapped__"
 _PRIORITY = 1_000_000
 #: Seconds a client is asked to wait after a 503 for an exhausted pool.
 RETRY_AFTER = 1
 
 _Units = dict["Database", "UnitOfWork"]
+#: How many running servers of this process use each Database's engines.
+_servers: weakref.WeakKeyDictionary[Database, int] = weakref.WeakKeyDictionary()
 
 
 def install(db: Database, app: Sanic[Any, Any]) -> None:
@@ -69,9 +77,25 @@ def install(db: Database, app: Sanic[Any, Any]) -> None:
     db.scope.provider = functools.partial(_request_unit, db)
 
     async def start_engines(_app: Sanic[Any, Any]) -> None:
+        servers = _servers.get(db, 0)
+        engines = db._engines
+        if servers and engines is not None and engines.loop is asyncio.get_running_loop():
+            # Another app of this process serves the same db in this loop
+            # (Sanic.serve_single with several apps): share its engines.
+            _servers[db] = servers + 1
+            return
+        _servers[db] = 1
         await db.start()
 
     async def dispose_engines(_app: Sanic[Any, Any]) -> None:
+        servers = _servers.get(db, 0) - 1
+        if servers > 0:
+            # The last app to stop disposes. Sanic stops a secondary app inside the
+            # primary's shutdown and, if that stop still awaits I/O when the primary
+            # goes on, spins forever waiting for it (sanic's shutdown_tasks).
+            _servers[db] = servers
+            return
+        _servers.pop(db, None)
         await db.dispose()
 
     app.register_listener(start_engines, "before_server_start", priority=_PRIORITY)
@@ -81,7 +105,7 @@ def install(db: Database, app: Sanic[Any, Any]) -> None:
 def _request_unit(db: Database) -> UnitOfWork | None:
     """The current request's unit of ``db``, created on first use."""
     try:
-        request = Request.get_current()
+        request: Any = Request.get_current()
     except SanicException:
         return None
     if db not in getattr(type(request), "_sanic_sqlalchemy_databases", ()):
@@ -89,21 +113,34 @@ def _request_unit(db: Database) -> UnitOfWork | None:
     route = request.route
     if route is not None and hasattr(route.handler, "is_websocket"):
         return None
-    state = request.ctx.__dict__
-    units: _Units | None = state.get(_UNITS)
+    units: _Units | None = request._sqla_units
+    unit = units.get(db) if units is not None else None
+    if unit is not None:
+        return unit
+    if request._sqla_over:
+        # The request has been answered: a task it started gets an ended unit (an
+        # error that says so), never one that nothing would end. Recorded nowhere: the
+        # connection may already serve the next request.
+        unit = db.open_unit()
+        unit.state = UnitState.ENDED
+        return unit
     if units is None:
-        units = state[_UNITS] = {}
+        units = request._sqla_units = {}
         conn_info = request.conn_info
         if conn_info is not None:
-            leftover: _Units | None = conn_info.ctx.__dict__.get(_UNITS)
+            leftover: _Units | None = getattr(conn_info.ctx, _UNITS, None)
             if leftover and any(not unit.ended for unit in leftover.values()):
                 # Left open by a previous request on this connection that never
                 # reached its end: end it now.
                 _end_later(leftover)
-            conn_info.ctx.__dict__[_UNITS] = units
-    unit = units.get(db)
-    if unit is None:
-        unit = units[db] = db.open_unit()
+            setattr(conn_info.ctx, _UNITS, units)
+    unit = units[db] = db.open_unit()
+    # Whichever task touched db first (a child task of the handler, say), the unit
+    # belongs to the task that runs the request.
+    unit.owner = request._sqla_task
+    if request._sqla_streaming:
+        # First used while the response streams: reads only, like the others.
+        unit.state = UnitState.COMMITTED
     return unit
 
 
@@ -111,7 +148,26 @@ def _unit_request_class(base: type[Request]) -> type[Request]:
     class UnitOfWorkRequest(base):  # type: ignore[valid-type,misc]
         """Settles the request's units of work right before its response is sent."""
 
+        __slots__ = (
+            "_sqla_in_handler",
+            "_sqla_over",
+            "_sqla_streaming",
+            "_sqla_task",
+            "_sqla_units",
+        )
         _sanic_sqlalchemy_databases: list[Database] = []
+
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            super().__init__(*args, **kwargs)
+            #: The request's units, one per Database, created on first use.
+            self._sqla_units: _Units | None = None
+            #: The task that runs the request: it owns the units.
+            self._sqla_task = asyncio.current_task()
+            self._sqla_in_handler = False
+            #: The response streams: units are settled, reads go on until it ends.
+            self._sqla_streaming = False
+            #: The request is over: no unit is created for it any more.
+            self._sqla_over = False
 
         async def respond(
             self,
@@ -124,32 +180,35 @@ def _unit_request_class(base: type[Request]) -> type[Request]:
             final = await super().respond(
                 response, status=status, headers=headers, content_type=content_type
             )
-            state = self.ctx.__dict__
-            units: _Units | None = state.get(_UNITS)
-            if units:
-                success = getattr(final, "status", 500) < 400
-                if success and any(unit.commit_failed for unit in units.values()):
-                    # An exception handler answered the failed commit below 400: the
-                    # client must not see success for data that was not committed.
-                    logger.error(
-                        "an exception handler answered %s to a request whose commit "
-                        "failed; answering 500 instead",
-                        final.status,
-                    )
-                    final.status = 500
-                    success = False
-                if not state.get(_IN_HANDLER):
-                    # Sanic is about to send a finished response: nothing will read.
-                    await _end_units(units, success)
-                    return final
-                # The handler streams: it may still read while it sends.
-                state[_STREAMING] = True
-                try:
-                    for unit in units.values():
-                        await unit.settle(success)
-                except BaseException:
-                    await _end_units(units, success=False)
-                    raise
+            units = self._sqla_units
+            if (
+                units
+                and getattr(final, "status", 500) < 400
+                and any(unit.commit_failed for unit in units.values())
+            ):
+                # An exception handler answered the failed commit below 400: the
+                # client must not see success for data that was not committed.
+                logger.error(
+                    "an exception handler answered %s to a request whose commit "
+                    "failed; answering 500 instead",
+                    final.status,
+                )
+                final.status = 500
+            if self._sqla_in_handler or self._sqla_streaming:
+                # The handler streams (or a ResponseStream opens its stream): it may
+                # still read while it sends.
+                await _settle_for_streaming(self, final)
+            elif isinstance(final, ResponseStream):
+                # Its streaming function runs next and may read: the units end when
+                # it returns.
+                await _settle_for_streaming(self, final)
+                final.streaming_fn = _ending_units(self, final.streaming_fn)
+            else:
+                # Sanic is about to send a finished response: nothing will read.
+                self._sqla_over = True
+                units = self._sqla_units
+                if units:
+                    await _end_units(units, getattr(final, "status", 500) < 400)
             return final
 
     UnitOfWorkRequest.__name__ = base.__name__
@@ -158,79 +217,155 @@ def _unit_request_class(base: type[Request]) -> type[Request]:
     return UnitOfWorkRequest
 
 
+async def _settle_for_streaming(request: Any, final: Any) -> None:
+    request._sqla_streaming = True
+    units: _Units | None = request._sqla_units
+    if units:
+        success = getattr(final, "status", 500) < 400
+        try:
+            for unit in units.values():
+                await unit.settle(success)
+        except BaseException:
+            await _end_request(request, success=False)
+            raise
+
+
+def _ending_units(request: Any, streaming_fn: Callable[[Any], Any]) -> Callable[[Any], Any]:
+    async def stream_then_end_units(response: Any) -> None:
+        try:
+            await streaming_fn(response)
+        finally:
+            await _end_request(request, success=False)
+
+    return stream_then_end_units
+
+
+async def _end_request(request: Any, success: bool) -> None:
+    """End every unit of ``request``; nothing creates a unit for it afterwards."""
+    request._sqla_over = True
+    units: _Units | None = request._sqla_units
+    if units:
+        await _end_units(units, success)
+
+
+# -- handlers -------------------------------------------------------------------
+#
+# A handler is wrapped so that the wrapper looks like the handler to anything that
+# inspects it (sanic-ext's injection, OpenAPI): a function or method gets a function
+# wrapper carrying its annotations, globals (through ``__wrapped__``) and attributes;
+# a ``functools.partial`` gets a partial of the same function, arguments and
+# attributes; any other callable an object that forwards attribute lookups to it.
+
+
 def _wrap_handler(handler: Callable[..., Any]) -> Callable[..., Any]:
+    if isinstance(handler, functools.partial):
+        wrapped: Callable[..., Any] = _UnitPartial(handler.func, *handler.args, **handler.keywords)
+        wrapped.__dict__.update(handler.__dict__)
+        return wrapped
+    if not (inspect.isfunction(handler) or inspect.ismethod(handler)):
+        return _UnitCallable(handler)
     if inspect.iscoroutinefunction(handler):
         # The common case, kept lean: it runs on every request, database or not.
-        async def in_unit_of_work(request: Request, *args: Any, **kwargs: Any) -> Any:
-            state = request.ctx.__dict__
-            state[_IN_HANDLER] = True
+        async def in_unit_of_work(request: Any, *args: Any, **kwargs: Any) -> Any:
+            request._sqla_in_handler = True
             try:
                 response = await handler(request, *args, **kwargs)
             except BaseException as error:
-                state[_IN_HANDLER] = False
-                await _after_handler(state, cancelled=not isinstance(error, Exception))
+                request._sqla_in_handler = False
+                await _after_handler(request, cancelled=not isinstance(error, Exception))
                 raise
-            state[_IN_HANDLER] = False
-            if _STREAMING in state:
-                await _after_handler(state, cancelled=False)
+            request._sqla_in_handler = False
+            if request._sqla_streaming:
+                await _after_handler(request, cancelled=False)
             return response
 
     else:
 
-        async def in_unit_of_work(request: Request, *args: Any, **kwargs: Any) -> Any:
-            state = request.ctx.__dict__
-            state[_IN_HANDLER] = True
-            cancelled = False
-            try:
-                response = handler(request, *args, **kwargs)
-                if inspect.isawaitable(response):
-                    response = await response
-                return response
-            except BaseException as error:
-                cancelled = not isinstance(error, Exception)
-                raise
-            finally:
-                state[_IN_HANDLER] = False
-                await _after_handler(state, cancelled)
+        async def in_unit_of_work(request: Any, *args: Any, **kwargs: Any) -> Any:
+            return await _run_handler(handler, request, args, kwargs)
 
     functools.update_wrapper(in_unit_of_work, handler)
     setattr(in_unit_of_work, _WRAPPED, True)
     return in_unit_of_work
 
 
-async def _after_handler(state: dict[str, Any], cancelled: bool) -> None:
-    units: _Units | None = state.get(_UNITS)
-    if units and cancelled:
-        # No response will come to settle the unit.
-        await _end_units(units, success=False)
-    elif units:
-        # A unit the handler settled by responding itself (streaming) is done reading;
-        # the others wait for respond().
-        await _end_settled(units)
+async def _run_handler(
+    handler: Callable[..., Any], request: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
+) -> Any:
+    """Run any handler (sync or async) as the request's handler."""
+    request._sqla_in_handler = True
+    cancelled = False
+    try:
+        response = handler(request, *args, **kwargs)
+        if inspect.isawaitable(response):
+            response = await response
+        return response
+    except BaseException as error:
+        cancelled = not isinstance(error, Exception)
+        raise
+    finally:
+        request._sqla_in_handler = False
+        await _after_handler(request, cancelled)
+
+
+class _UnitPartial(functools.partial[Any]):
+    """A partial handler run as the request's handler; still a partial of the same
+    function, arguments and attributes for whatever looks inside."""
+
+    def __call__(self, request: Any, /, *args: Any, **kwargs: Any) -> Any:
+        return _run_handler(super().__call__, request, args, kwargs)
+
+
+class _UnitCallable:
+    """A callable object handler run as the request's handler; attribute lookups
+    (annotations included) reach the object itself."""
+
+    __slots__ = ("__wrapped__",)
+
+    def __init__(self, handler: Callable[..., Any]) -> None:
+        self.__wrapped__ = handler
+
+    def __call__(self, request: Any, *args: Any, **kwargs: Any) -> Any:
+        return _run_handler(self.__wrapped__, request, args, kwargs)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.__wrapped__, name)
+
+    def __repr__(self) -> str:
+        return repr(self.__wrapped__)
+
+
+def _is_wrapped(handler: Any) -> bool:
+    return isinstance(handler, (_UnitPartial, _UnitCallable)) or getattr(handler, _WRAPPED, False)
+
+
+async def _after_handler(request: Any, cancelled: bool) -> None:
+    if cancelled or request._sqla_streaming:
+        # No response will come to settle the units (cancelled), or the handler
+        # streamed and is done reading.
+        await _end_request(request, success=False)
 
 
 def _install_app_hooks(app: Sanic[Any, Any]) -> None:
     async def wrap_handlers(app: Sanic[Any, Any]) -> None:
         for route in app.router.routes:
             handler = route.handler
-            if getattr(handler, _WRAPPED, False) or hasattr(handler, "is_websocket"):
+            if _is_wrapped(handler) or hasattr(handler, "is_websocket"):
                 continue
             route.handler = _wrap_handler(handler)
 
     async def end_with_connection(conn_info: Any) -> None:
-        units: _Units | None = conn_info.ctx.__dict__.pop(_UNITS, None)
+        units: _Units | None = getattr(conn_info.ctx, _UNITS, None)
+        if units is not None:
+            delattr(conn_info.ctx, _UNITS)
         if units:
             await _end_units(units, success=False)
 
-    app.register_listener(wrap_handlers, "before_server_start", priority=_PRIORITY)
+    # Last of the start-up listeners: extensions (sanic-ext's automatic HEAD and
+    # OPTIONS routes, OpenAPI) add their routes before it.
+    app.register_listener(wrap_handlers, "before_server_start", priority=-_PRIORITY)
     app.signal("http.lifecycle.complete", priority=-_PRIORITY)(end_with_connection)
     app.error_handler.add(PoolTimeoutError, _pool_exhausted)
-
-
-async def _end_settled(units: _Units) -> None:
-    settled = {db: unit for db, unit in units.items() if unit.settled}
-    if settled:
-        await _end_units(settled, success=False)
 
 
 async def _end_units(units: _Units, success: bool) -> None:

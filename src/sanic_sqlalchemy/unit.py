@@ -61,7 +61,8 @@ _STATE_MESSAGES = {
         "error response has started). Open a new unit with `async with db:`."
     ),
     UnitState.ENDED: (
-        "This unit of work has ended and its sessions are closed. Use db.read and "
+        "This unit of work has ended and its sessions are closed (in Sanic: the request "
+        "has been answered; a task it started needs a unit of its own). Use db.read and "
         "db.write inside `async with db:` (or a request), not after it."
     ),
 }
