@@ -21,7 +21,7 @@ def test_lsn_order_and_round_trip() -> None:
     low, high = LSN.parse("0/16B3748"), LSN.parse("16/B374D848")
     assert low is not None and high is not None
     assert high.covers(low) and not low.covers(high) and high.covers(high)
-    assert high.encode() == "16/B374D848"
+    assert high.encode() == "16-B374D848" and str(high) == "16/B374D848"
     assert LSN.parse(high.encode()) == high
 
 

@@ -246,7 +246,7 @@ async def test_hostile_tokens_change_nothing(cluster: Cluster, replicated: Datab
     db = replicated
     for token in (
         "'; DROP TABLE replicated_items; --",
-        "1.FFFFFFFF/FFFFFFFF.1",
+        "1.FFFFFFFF-FFFFFFFF.1",
         "1.99999-99999-99999999999.9999999999",
         "x" * 100_000,
         "1.0/0.0",
@@ -264,7 +264,7 @@ async def test_a_token_beyond_the_primary_does_not_pin_reads(
     """A well-formed token ahead of anything the primary reached is capped at the
     primary's position, so caught-up replicas still serve it."""
     db = Database(cluster.primary_url, read_urls=cluster.replica_urls, replica_wait=2)
-    huge = "FFFFFFF/FFFFFFFF" if cluster.backend == "postgresql" else "0-1-99999999999"
+    huge = "FFFFFFF-FFFFFFFF" if cluster.backend == "postgresql" else "0-1-99999999999"
     token = f"1.{huge}.{int(time.time())}"
     await cluster.servers.wait_caught_up()
     try:
@@ -288,3 +288,93 @@ def test_replica_settings_are_validated() -> None:
         Database("sqlite+aiosqlite:///x.db", read_urls=["sqlite+aiosqlite:///y.db"])
     with pytest.raises(ConfigurationError, match="not a valid cookie or header name"):
         Database(url, read_urls=[replica], token_cookie="bad cookie;")
+
+
+# -- in Sanic ------------------------------------------------------------------------
+
+
+def _replica_app(cluster: Cluster, **options: Any) -> Any:
+    from sanic import json
+
+    from .conftest import make_app
+
+    app = make_app("replicas")
+    db = Database()
+    db.init_app(app, url=cluster.primary_url, read_urls=cluster.replica_urls, **options)
+
+    @app.post("/items")
+    async def add(request: Any) -> Any:
+        db.write.add(Item(name=request.json["name"]))
+        return json({"ok": True}, status=201)
+
+    @app.get("/items")
+    async def items(request: Any) -> Any:
+        names = list((await db.read.execute(select(Item.name))).scalars())
+        served = await cluster.who(db)
+        return json({"names": names, "served": served, "read_from": db.current_unit().read_from})
+
+    return app
+
+
+async def test_a_client_reads_its_own_write_on_its_next_request(
+    cluster: Cluster, replicated: Database, serve: Any
+) -> None:
+    """The response of a committing request carries its position (cookie and header);
+    the client's next request reads its write while replay is paused, and a client
+    without it goes on reading from the replicas."""
+    served = await serve(_replica_app(cluster))
+    for index in range(len(cluster.replica_urls)):
+        await cluster.pause(index)
+    writer = served.client
+    created = await writer.post("/items", json={"name": "mine"})
+    assert created.status_code == 201
+    token = created.headers["x-db-position"]
+    cookie = created.headers["set-cookie"]
+    assert cookie.startswith(f"db_position={token};")
+    for attribute in ("Path=/", "HttpOnly", "SameSite=Lax", "Max-Age=60"):
+        assert attribute.lower() in cookie.lower()
+    mine = (await writer.get("/items")).json()  # the cookie goes back by itself
+    assert mine["names"] == ["mine"] and mine["served"] == "primary"
+    import httpx
+
+    async with httpx.AsyncClient(base_url=served.url) as api_client:
+        by_header = (await api_client.get("/items", headers={"X-DB-Position": token})).json()
+        assert by_header["names"] == ["mine"]
+        other = (await api_client.get("/items")).json()
+        assert other["names"] == [] and other["served"] != "primary"
+        assert other["read_from"] == cluster.replica_urls[int(other["served"].split()[1])]
+        for forged in ("'; DROP TABLE replicated_items; --", "1.0-0.1", "z" * 4000):
+            response = await api_client.get("/items", headers={"X-DB-Position": forged})
+            assert response.status_code == 200 and response.json()["served"] != "primary"
+    for index in range(len(cluster.replica_urls)):
+        await cluster.resume(index)
+
+
+async def test_five_hundred_requests_while_a_replica_stops(
+    cluster: Cluster, replicated: Database, serve: Any
+) -> None:
+    """A replica stopped in the middle of 500 requests fails none of them."""
+    served = await serve(_replica_app(cluster))
+    statuses: Counter[int] = Counter()
+    stopping: asyncio.Future[None] | None = None
+    for batch in range(50):
+        if batch == 10:
+            stopping = asyncio.ensure_future(cluster.servers.stop_replica(0))
+        responses = await asyncio.gather(*(served.client.get("/items") for _ in range(10)))
+        statuses.update(response.status_code for response in responses)
+    assert stopping is not None
+    await stopping
+    assert statuses == Counter({200: 500})
+
+
+async def test_no_replica_with_fallback_error_answers_503(
+    cluster: Cluster, replicated: Database, serve: Any
+) -> None:
+    """With ``DATABASE_REPLICA_FALLBACK=error`` and every replica down, reads answer
+    503 with ``Retry-After``."""
+    served = await serve(_replica_app(cluster, replica_fallback="error"))
+    for index in range(len(cluster.replica_urls)):
+        await cluster.servers.stop_replica(index)
+    response = await served.client.get("/items")
+    assert response.status_code == 503
+    assert response.headers["retry-after"] == "1"

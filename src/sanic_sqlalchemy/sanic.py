@@ -42,6 +42,7 @@ from sanic.exceptions import SanicException
 from sanic.response import HTTPResponse, ResponseStream, text
 from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 
+from .errors import ReplicaUnavailableError
 from .unit import UnitState
 
 if TYPE_CHECKING:
@@ -134,7 +135,7 @@ def _request_unit(db: Database) -> UnitOfWork | None:
                 # reached its end: end it now.
                 _end_later(leftover)
             setattr(conn_info.ctx, _UNITS, units)
-    unit = units[db] = db.open_unit()
+    unit = units[db] = db.open_unit(_position_tokens(request, db))
     # Whichever task touched db first (a child task of the handler, say), the unit
     # belongs to the task that runs the request.
     unit.owner = request._sqla_task
@@ -142,6 +143,35 @@ def _request_unit(db: Database) -> UnitOfWork | None:
         # First used while the response streams: reads only, like the others.
         unit.state = UnitState.COMMITTED
     return unit
+
+
+def _position_tokens(request: Any, db: Database) -> tuple[object, ...]:
+    """The commit positions the client brought back (cookie, header), with replicas."""
+    settings = db.settings
+    if not settings.read_urls:
+        return ()
+    names = settings.replicas
+    return (request.cookies.get(names.token_cookie), request.headers.get(names.token_header))
+
+
+def _hand_out_positions(request: Any, units: _Units, response: Any) -> None:
+    """Give the client the position of each unit's commit, so that its next requests
+    read only from replicas that have it (set before the headers go out)."""
+    for db, unit in units.items():
+        token = unit.commit_token
+        if token is None:
+            continue
+        names = db.settings.replicas
+        response.headers[names.token_header] = token
+        response.cookies.add_cookie(
+            names.token_cookie,
+            token,
+            path="/",
+            max_age=int(names.token_ttl),
+            httponly=True,
+            samesite="Lax",
+            secure=request.scheme in ("https", "wss"),
+        )
 
 
 def _unit_request_class(base: type[Request]) -> type[Request]:
@@ -209,6 +239,7 @@ def _unit_request_class(base: type[Request]) -> type[Request]:
                 units = self._sqla_units
                 if units:
                     await _end_units(units, getattr(final, "status", 500) < 400)
+                    _hand_out_positions(self, units, final)
             return final
 
     UnitOfWorkRequest.__name__ = base.__name__
@@ -228,6 +259,7 @@ async def _settle_for_streaming(request: Any, final: Any) -> None:
         except BaseException:
             await _end_request(request, success=False)
             raise
+        _hand_out_positions(request, units, final)
 
 
 def _ending_units(request: Any, streaming_fn: Callable[[Any], Any]) -> Callable[[Any], Any]:
@@ -366,6 +398,7 @@ def _install_app_hooks(app: Sanic[Any, Any]) -> None:
     app.register_listener(wrap_handlers, "before_server_start", priority=-_PRIORITY)
     app.signal("http.lifecycle.complete", priority=-_PRIORITY)(end_with_connection)
     app.error_handler.add(PoolTimeoutError, _pool_exhausted)
+    app.error_handler.add(ReplicaUnavailableError, _no_replica)
 
 
 async def _end_units(units: _Units, success: bool) -> None:
@@ -397,6 +430,15 @@ def _log_failure(task: Any) -> None:
         logger.error(
             "ending a unit of work left by a previous request failed", exc_info=task.exception()
         )
+
+
+def _no_replica(request: Request, error: Exception) -> HTTPResponse:
+    logger.warning("%s", error)
+    return text(
+        "Service temporarily unavailable: no database replica can serve reads. Please retry.",
+        status=503,
+        headers={"Retry-After": str(RETRY_AFTER)},
+    )
 
 
 def _pool_exhausted(request: Request, error: Exception) -> HTTPResponse:

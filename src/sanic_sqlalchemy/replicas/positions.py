@@ -24,9 +24,11 @@ MAX_TOKEN_LENGTH = 512
 #: Seconds a token's issue time may lie in the future (clocks of several workers).
 CLOCK_SKEW = 5.0
 
-_LSN = re.compile(r"([0-9A-Fa-f]{1,8})/([0-9A-Fa-f]{1,8})")
+# The server writes 16/B374D848; tokens write 16-B374D848 (no character a cookie
+# value would need quoting for).
+_LSN = re.compile(r"([0-9A-Fa-f]{1,8})[/-]([0-9A-Fa-f]{1,8})")
 _GTID = re.compile(r"(\d{1,10})-(\d{1,10})-(\d{1,20})")
-_TOKEN = re.compile(r"1\.([0-9A-Fa-f/_\-]{1,400})\.(\d{1,12})")
+_TOKEN = re.compile(r"1\.([0-9A-Fa-f_\-]{1,400})\.(\d{1,12})")
 
 
 class Position(ABC):
@@ -60,10 +62,10 @@ class LSN(Position):
         return isinstance(other, LSN) and self.value >= other.value
 
     def encode(self) -> str:
-        return f"{self.value >> 32:X}/{self.value & 0xFFFFFFFF:X}"
+        return f"{self.value >> 32:X}-{self.value & 0xFFFFFFFF:X}"
 
     def __str__(self) -> str:
-        return self.encode()
+        return f"{self.value >> 32:X}/{self.value & 0xFFFFFFFF:X}"
 
 
 @dataclass(frozen=True, slots=True)
