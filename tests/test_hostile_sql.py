@@ -147,7 +147,10 @@ async def _unchanged(backend: str, db: Database) -> None:
         assert sorted(tables) == ["orders", "users"]
         if backend == "postgresql":
             held = await connection.execute(
-                text("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory'")
+                text(
+                    "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND database = "
+                    "(SELECT oid FROM pg_database WHERE datname = current_database())"
+                )
             )
             assert held.scalar_one() == 0
             listening = text("SELECT count(*) FROM pg_listening_channels()")

@@ -39,8 +39,8 @@ Token = tuple[str, str]
 _STRING: Token = ("string", "")
 
 
-_SPACE = r"(?P<space>[ \t\n\r\f\v]+)"
 # Words: letters, digits, _ and $ (PostgreSQL and MySQL allow $ inside names).
+_SPACE = r"(?P<space>[ \t\n\r\f\v]+)"
 _WORD = r"(?P<word>[^\W\d][\w$]*)"
 _NUMBER = r"(?P<number>\d[\w.$]*)"
 _PUNCT = r"(?P<punct>:=|::|<=|>=|<>|!=|=>|\|\||->|[^\w\s'\"`])"
@@ -69,7 +69,7 @@ def _mysql_double(escapes: bool) -> str:
 
 def _compile(*parts: str) -> re.Pattern[str]:
     # Anything no alternative matched (an unterminated quote or comment) is "bad".
-    return re.compile("|".join((*parts, r"(?P<bad>.)")), re.DOTALL)
+    return re.compile("|".join((_SPACE, *parts, r"(?P<bad>.)")), re.DOTALL)
 
 
 _PATTERNS: dict[tuple[Dialect, bool], re.Pattern[str]] = {}
@@ -77,7 +77,6 @@ _PATTERNS: dict[tuple[Dialect, bool], re.Pattern[str]] = {}
 # character a word or a number cannot start with follows, punctuation last.
 for _escapes in (False, True):
     _PATTERNS[Dialect.POSTGRESQL, _escapes] = _compile(
-        _SPACE,
         # E'…' is an escape string, not the word E.
         r"(?P<word>(?![eE]')[^\W\d][\w$]*)",
         _NUMBER,
@@ -93,7 +92,6 @@ for _escapes in (False, True):
         _PUNCT,
     )
     _PATTERNS[Dialect.MYSQL, _escapes] = _compile(
-        _SPACE,
         _WORD,
         _NUMBER,
         r"(?P<comment>--(?:[ \t\n\r\f\v][^\n]*|$)|\#[^\n]*)",
@@ -107,7 +105,6 @@ for _escapes in (False, True):
         _PUNCT,
     )
     _PATTERNS[Dialect.SQLITE, _escapes] = _compile(
-        _SPACE,
         _WORD,
         _NUMBER,
         r"(?P<comment>--[^\n]*)",

@@ -80,6 +80,13 @@ _FUNCTIONS: dict[str, str] = {
 }
 _EXACT = {name: why for name, why in _FUNCTIONS.items() if "*" not in name}
 _PATTERNS = [(name.split("*"), why) for name, why in _FUNCTIONS.items() if "*" in name]
+_PATTERN_STARTS = tuple({parts[0] for parts, _why in _PATTERNS})
+#: Words that, anywhere in a query, send it to the detailed check.
+_CHECKED_WORDS = frozenset(
+    {"INTO", "FOR", "LOCK", "UPDATE", "DELETE", "MERGE", "INSERT", "ANALYZE", "ANALYSE", "NEXT"}
+)
+_ASSIGN = ("punct", ":=")
+_OPEN = ("punct", "(")
 
 
 def refusal(sql: str, dialect: Dialect) -> str | None:
@@ -135,6 +142,23 @@ def _judge(found: list[Token], dialect: Dialect) -> str | None:
 
 
 def _judge_query(found: list[Token], dialect: Dialect) -> str | None:
+    if not _suspicious(found):
+        return None  # the common case, decided with set operations
+    return _first_refusal(found)
+
+
+def _suspicious(found: list[Token]) -> bool:
+    """Whether ``found`` holds anything the detailed check could refuse."""
+    if _ASSIGN in found:
+        return True
+    words = {value for kind, value in found if kind == "word"}
+    if not words.isdisjoint(_CHECKED_WORDS):
+        return True
+    called = {found[index - 1][1] for index, token in enumerate(found) if token == _OPEN and index}
+    return any(_function(name) is not None for name in called)
+
+
+def _first_refusal(found: list[Token]) -> str | None:
     explain = found[0][1] in ("EXPLAIN", "DESCRIBE", "DESC")
     last = len(found) - 1
     for index, (kind, value) in enumerate(found):
@@ -174,7 +198,7 @@ def _judge_query(found: list[Token], dialect: Dialect) -> str | None:
 
 def _function(name: str) -> str | None:
     why = _EXACT.get(name)
-    if why is not None:
+    if why is not None or not name.startswith(_PATTERN_STARTS):
         return why
     for parts, why in _PATTERNS:
         if _matches(name, parts):
