@@ -272,6 +272,33 @@ async def test_streamed_request_body_under_uvicorn_is_left_to_the_handler(
     assert _errors(caplog) == []
 
 
+async def test_streaming_handler_that_reads_only_while_it_streams_under_uvicorn(
+    db: Database, under_uvicorn: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Under uvicorn, a handler whose first db use comes while its response streams runs
+    to its end after sending it: the end of the response is not taken for a hang-up."""
+    app = make_app("asgi_streaming")
+    db.init_app(app)
+    finished = asyncio.Event()
+
+    @app.get("/export")
+    async def export(request: Request) -> None:
+        response = await request.respond(content_type="text/plain")
+        users = (await db.read.execute(select(func.count()).select_from(User))).scalar_one()
+        await response.send(f"users: {users}")
+        await response.eof()
+        await asyncio.sleep(0.3)  # work after the response, still in the handler
+        finished.set()
+
+    served = await under_uvicorn(app)
+    async with httpx.AsyncClient(base_url=served.url, timeout=10) as client:
+        response = await client.get("/export")
+    assert response.text == "users: 0"
+    assert await _poll(finished.is_set, 2), "the handler was cancelled after its response"
+    assert await _poll(lambda: checked_out(db).total == 0, PROMPT), checked_out(db)
+    assert _errors(caplog) == []
+
+
 # -- request.respond() and then an exception (issue 8, item 7) -------------------------
 
 

@@ -145,7 +145,9 @@ def _request_unit(db: Database) -> UnitOfWork | None:
                 # reached its end: end it now.
                 _end_later(leftover)
             setattr(conn_info.ctx, _UNITS, units)
-        if isinstance(request.stream, ASGIApp):
+        if isinstance(request.stream, ASGIApp) and not request._sqla_streaming:
+            # Once the response streams, the units are settled: nothing to watch for
+            # (and the server reports the response's end with http.disconnect too).
             _watch_for_hang_up(request)
     unit = units[db] = db.open_unit(_position_tokens(request, db))
     # Whichever task touched db first (a child task of the handler, say), the unit
