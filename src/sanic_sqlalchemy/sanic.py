@@ -18,7 +18,12 @@ handler starts (``asyncio.create_task``, ``app.add_task``, a signal handler) sha
   wrapper also ends the unit of a handler that was cancelled (the client hung up);
 * ``http.lifecycle.complete``, once per connection, ends whatever a request left
   behind on paths that reach neither (a cancellation in request middleware).
-  Response middleware is never relied upon.
+  Response middleware is never relied upon;
+* under an ASGI server, which does not cancel a request whose client hangs up as
+  Sanic's own server does, a request that created a unit watches for the
+  ``http.disconnect`` message until its response is ready (only once nothing else
+  will read the request's messages) and cancels its handler, which then rolls back the
+  same way; nothing commits for a client that hung up.
 
 Per-request state lives in slots of the request class, never in ``request.ctx``
 (which an application may replace with a slotted object of its own).  A websocket
@@ -33,11 +38,13 @@ import asyncio
 import functools
 import inspect
 import logging
+import sys
 import weakref
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from sanic import Request, Sanic
+from sanic.asgi import ASGIApp
 from sanic.exceptions import SanicException
 from sanic.response import HTTPResponse, ResponseStream, text
 from sqlalchemy.exc import TimeoutError as PoolTimeoutError
@@ -56,6 +63,9 @@ _WRAPPED = "__sanic_sqlalchemy_wrapped__"
 _PRIORITY = 1_000_000
 #: Seconds a client is asked to wait after a 503 for an exhausted pool.
 RETRY_AFTER = 1
+#: The status of the response that nobody receives, for a client that hung up (nginx's
+#: "client closed request"): an ASGI server drops it, response middleware sees it.
+HUNG_UP = 499
 
 _Units = dict["Database", "UnitOfWork"]
 #: How many running servers of this process use each Database's engines.
@@ -135,6 +145,10 @@ def _request_unit(db: Database) -> UnitOfWork | None:
                 # reached its end: end it now.
                 _end_later(leftover)
             setattr(conn_info.ctx, _UNITS, units)
+        if isinstance(request.stream, ASGIApp) and not request._sqla_streaming:
+            # Once the response streams, the units are settled: nothing to watch for
+            # (and the server reports the response's end with http.disconnect too).
+            _watch_for_hang_up(request)
     unit = units[db] = db.open_unit(_position_tokens(request, db))
     # Whichever task touched db first (a child task of the handler, say), the unit
     # belongs to the task that runs the request.
@@ -179,11 +193,13 @@ def _unit_request_class(base: type[Request]) -> type[Request]:
         """Settles the request's units of work right before its response is sent."""
 
         __slots__ = (
+            "_sqla_hung_up",
             "_sqla_in_handler",
             "_sqla_over",
             "_sqla_streaming",
             "_sqla_task",
             "_sqla_units",
+            "_sqla_watcher",
         )
         _sanic_sqlalchemy_databases: list[Database] = []
 
@@ -198,6 +214,10 @@ def _unit_request_class(base: type[Request]) -> type[Request]:
             self._sqla_streaming = False
             #: The request is over: no unit is created for it any more.
             self._sqla_over = False
+            #: Under an ASGI server: the task watching for the client to hang up, and
+            #: whether it did (then nothing commits).
+            self._sqla_watcher: asyncio.Task[None] | None = None
+            self._sqla_hung_up = False
 
         async def respond(
             self,
@@ -207,6 +227,10 @@ def _unit_request_class(base: type[Request]) -> type[Request]:
             headers: Any = None,
             content_type: str | None = None,
         ) -> Any:
+            if self._sqla_watcher is not None:
+                # The response is ready: from here on the units settle, and a hang-up
+                # no longer cancels anything.
+                _stop_watching(self)
             final = await super().respond(
                 response, status=status, headers=headers, content_type=content_type
             )
@@ -238,7 +262,7 @@ def _unit_request_class(base: type[Request]) -> type[Request]:
                 self._sqla_over = True
                 units = self._sqla_units
                 if units:
-                    await _end_units(units, getattr(final, "status", 500) < 400)
+                    await _end_units(units, _succeeds(self, final))
                     _hand_out_positions(self, units, final)
             return final
 
@@ -248,11 +272,16 @@ def _unit_request_class(base: type[Request]) -> type[Request]:
     return UnitOfWorkRequest
 
 
+def _succeeds(request: Any, final: Any) -> bool:
+    """Whether ``final`` commits the request's units."""
+    return getattr(final, "status", 500) < 400 and not request._sqla_hung_up
+
+
 async def _settle_for_streaming(request: Any, final: Any) -> None:
     request._sqla_streaming = True
     units: _Units | None = request._sqla_units
     if units:
-        success = getattr(final, "status", 500) < 400
+        success = _succeeds(request, final)
         try:
             for unit in units.values():
                 await unit.settle(success)
@@ -275,6 +304,8 @@ def _ending_units(request: Any, streaming_fn: Callable[[Any], Any]) -> Callable[
 async def _end_request(request: Any, success: bool) -> None:
     """End every unit of ``request``; nothing creates a unit for it afterwards."""
     request._sqla_over = True
+    if request._sqla_watcher is not None:
+        _stop_watching(request)
     units: _Units | None = request._sqla_units
     if units:
         await _end_units(units, success)
@@ -299,12 +330,16 @@ def _wrap_handler(handler: Callable[..., Any]) -> Callable[..., Any]:
     if inspect.iscoroutinefunction(handler):
         # The common case, kept lean: it runs on every request, database or not.
         async def in_unit_of_work(request: Any, *args: Any, **kwargs: Any) -> Any:
+            if request._sqla_hung_up:
+                return await _answer_nobody(request)
             request._sqla_in_handler = True
             try:
                 response = await handler(request, *args, **kwargs)
             except BaseException as error:
                 request._sqla_in_handler = False
                 await _after_handler(request, cancelled=not isinstance(error, Exception))
+                if _cancelled_by_hang_up(request, error):
+                    return await _answer_nobody(request)
                 raise
             request._sqla_in_handler = False
             if request._sqla_streaming:
@@ -325,19 +360,22 @@ async def _run_handler(
     handler: Callable[..., Any], request: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
 ) -> Any:
     """Run any handler (sync or async) as the request's handler."""
+    if request._sqla_hung_up:
+        return await _answer_nobody(request)
     request._sqla_in_handler = True
-    cancelled = False
     try:
         response = handler(request, *args, **kwargs)
         if inspect.isawaitable(response):
             response = await response
-        return response
     except BaseException as error:
-        cancelled = not isinstance(error, Exception)
-        raise
-    finally:
         request._sqla_in_handler = False
-        await _after_handler(request, cancelled)
+        await _after_handler(request, cancelled=not isinstance(error, Exception))
+        if _cancelled_by_hang_up(request, error):
+            return await _answer_nobody(request)
+        raise
+    request._sqla_in_handler = False
+    await _after_handler(request, cancelled=False)
+    return response
 
 
 class _UnitPartial(functools.partial[Any]):
@@ -376,6 +414,96 @@ async def _after_handler(request: Any, cancelled: bool) -> None:
         # No response will come to settle the units (cancelled), or the handler
         # streamed and is done reading.
         await _end_request(request, success=False)
+
+
+# -- clients that hang up under an ASGI server ----------------------------------------
+#
+# Sanic's own server cancels the handler's task when the connection is lost; an ASGI
+# server only answers ``receive()`` with ``http.disconnect``. ``receive()`` is also how
+# Sanic reads the body, and each message goes to one caller: the watcher starts only
+# once Sanic has read the whole body, or when the route ignores a body the request does
+# not have (the watcher then reads its one empty message through Sanic's own stream,
+# so that Sanic knows the body was read). It stops when the response is ready.
+
+
+def _watch_for_hang_up(request: Any) -> None:
+    stream = request.stream
+    drain = False
+    if stream.request_body:
+        route = request.route
+        headers = request.headers
+        if (
+            route is None
+            or not route.extra.ignore_body
+            or hasattr(route.handler, "is_stream")
+            or "transfer-encoding" in headers
+            or headers.get("content-length", "0").strip() != "0"
+        ):
+            # The handler (or Sanic for it) will read the body: a watcher would take
+            # its messages. Such a request is not watched (see the README).
+            return
+        drain = True
+    watcher = asyncio.get_running_loop().create_task(_until_hung_up(request, drain))
+    watcher.add_done_callback(_log_watch_failure)
+    request._sqla_watcher = watcher
+
+
+async def _until_hung_up(request: Any, drain: bool) -> None:
+    if drain:
+        async for _ in request.stream:
+            pass  # the body is empty: nothing is thrown away
+    receive = request.transport.receive
+    while (await receive())["type"] != "http.disconnect":
+        pass  # after the body, nothing but http.disconnect is due
+    request._sqla_watcher = None
+    request._sqla_hung_up = True
+    if request._sqla_in_handler:
+        # Like Sanic's server: the handler is cancelled where it waits, and its
+        # wrapper rolls back. Outside the handler (request middleware) nothing is
+        # cancelled (no wrapper would catch it): the handler is then not run, and the
+        # response rolls back.
+        task: asyncio.Task[Any] | None = request._sqla_task
+        if task is not None:
+            task.cancel()
+
+
+def _stop_watching(request: Any) -> None:
+    watcher: asyncio.Task[None] = request._sqla_watcher
+    request._sqla_watcher = None
+    watcher.cancel()
+
+
+def _log_watch_failure(task: asyncio.Task[None]) -> None:
+    if not task.cancelled() and task.exception() is not None:
+        logger.error(
+            "watching for the client to hang up failed; the request is not watched",
+            exc_info=task.exception(),
+        )
+
+
+def _cancelled_by_hang_up(request: Any, error: BaseException) -> bool:
+    """Whether ``error`` is the cancellation of the handler for its client's hang-up
+    and nothing else cancelled the task (a server shutting down)."""
+    if not (request._sqla_hung_up and isinstance(error, asyncio.CancelledError)):
+        return False
+    if sys.version_info >= (3, 11):
+        task = asyncio.current_task()
+        if task is not None and task.uncancel() > 0:
+            return False
+    return True
+
+
+async def _answer_nobody(request: Any) -> HTTPResponse:
+    """End the units of a request whose client hung up and answer it, for Sanic to
+    finish the request quietly (the ASGI server drops the response): an escaping
+    cancellation would be logged by the server as an error in the application."""
+    await _end_request(request, success=False)
+    logger.info(
+        "%s %s: the client hung up; the request's units rolled back",
+        request.method,
+        request.path,
+    )
+    return HTTPResponse(status=HUNG_UP)
 
 
 def _install_app_hooks(app: Sanic[Any, Any]) -> None:
