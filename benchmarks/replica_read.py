@@ -29,6 +29,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+import tests.conftest  # noqa: E402, F401  (imports tests.clusters in its own order)
 from tests.clusters import start_postgres_cluster  # noqa: E402
 
 ENDPOINTS = {"get": "/users/1", "page": "/users?limit=50"}
@@ -97,7 +98,7 @@ def wrk(port: int, path: str, duration: float) -> float:
             "wrk",
             "-t1",
             "-c32",
-            f"-d{duration}s",
+            f"-d{duration:g}s",
             f"http://127.0.0.1:{port}{path}",
         ],
         capture_output=True,
