@@ -17,7 +17,9 @@ CONTRACT = {
     "EngineNotInitialisedError",
     "NoActiveUnitError",
     "ReadOnlyError",
+    "ReadSession",
     "SanicSQLAlchemyError",
+    "WriteSession",
 }
 
 

@@ -392,3 +392,26 @@ def _exists(path: str) -> bool:
     import os
 
     return os.path.exists(path)
+
+
+async def test_plain_sql_takes_keyword_parameters(db: Database) -> None:
+    """``execute("… :id", id=1)`` binds keyword arguments as parameters, as the
+    hand-written wrappers did, on both sessions; a hostile value is only compared."""
+    async with db:
+        await db.write.execute(
+            "INSERT INTO users (id, name, email) VALUES (:id, :name, :email)",
+            id=1,
+            name="Ada",
+            email="ada@example.com",
+        )
+        found = await db.read.execute("SELECT name FROM users WHERE id = :id", id=1)
+        assert found.scalar_one() == "Ada"
+        hostile = await db.read.scalar(
+            "SELECT count(*) FROM users WHERE name = :name", name="x'; DELETE FROM users; --"
+        )
+        assert hostile == 0
+        mixed = await db.read.execute(
+            "SELECT count(*) FROM users WHERE id = :id AND name = :name", {"id": 1}, name="Ada"
+        )
+        assert mixed.scalar_one() == 1
+    assert await count_users(db) == 1

@@ -14,6 +14,7 @@ from .errors import (
     ReadOnlyError,
     SanicSQLAlchemyError,
 )
+from .sessions import ReadSession, WriteSession
 
 __all__ = [
     "ConfigurationError",
@@ -21,5 +22,7 @@ __all__ = [
     "EngineNotInitialisedError",
     "NoActiveUnitError",
     "ReadOnlyError",
+    "ReadSession",
     "SanicSQLAlchemyError",
+    "WriteSession",
 ]

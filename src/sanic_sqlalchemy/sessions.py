@@ -41,6 +41,10 @@ class _UnitSession(Session):
     _unit: UnitOfWork
 
     def execute(self, statement: Any, params: Any = None, **kwargs: Any) -> Any:
+        bound = kwargs.keys() - _SESSION_KEYWORDS
+        if bound:
+            # The hand-written wrappers' call style: execute("… :id", id=1).
+            params = {**(params or {}), **{name: kwargs.pop(name) for name in bound}}
         return self._run(_as_statement(statement), params, kwargs)
 
     def scalar(self, statement: Any, params: Any = None, **kwargs: Any) -> Any:
@@ -51,6 +55,12 @@ class _UnitSession(Session):
 
     def _run(self, statement: Any, params: Any, kwargs: dict[str, Any]) -> Any:
         raise NotImplementedError
+
+
+#: Keywords of ``Session.execute`` itself; any other keyword is a bound parameter.
+_SESSION_KEYWORDS = frozenset(
+    {"execution_options", "bind_arguments", "_parent_execute_state", "_add_event"}
+)
 
 
 def _as_statement(statement: Any) -> Any:
