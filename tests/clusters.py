@@ -118,6 +118,8 @@ class _Cluster:
 
     def __init__(self, root: Path) -> None:
         self.root = root
+        #: The replica servers, by index (each with ``start()`` and ``stop()``).
+        self.replicas: list[Any] = []
         #: Replicas stopped, and replicas whose replay is paused, by this cluster's methods.
         self._stopped: set[int] = set()
         self._paused: set[int] = set()
@@ -186,8 +188,16 @@ class _Cluster:
     ) -> str:
         raise NotImplementedError
 
+    async def start_replica(self, index: int) -> None:
+        """Start replica ``index`` again on its port; it replicates, not paused (a
+        paused replay or a stopped SQL thread does not survive a restart)."""
+        self._check_index(index)
+        await asyncio.to_thread(self._start_replica, index)
+
     def _start_replica(self, index: int) -> None:
-        raise NotImplementedError
+        self.replicas[index].start()
+        self._stopped.discard(index)
+        self._paused.discard(index)
 
     async def _resume(self, index: int) -> None:
         raise NotImplementedError
@@ -349,17 +359,6 @@ class PostgresCluster(_Cluster):
     def _stop_replica(self, index: int, mode: str) -> None:
         self._stopped.add(index)
         self.replicas[index].stop(mode=mode)
-
-    async def start_replica(self, index: int) -> None:
-        """Start replica ``index`` again on its port; it replays, not paused."""
-        self._check_index(index)
-        await asyncio.to_thread(self._start_replica, index)
-
-    def _start_replica(self, index: int) -> None:
-        self.replicas[index].start()
-        self._stopped.discard(index)
-        # A paused replay does not survive a restart.
-        self._paused.discard(index)
 
     async def pause_replay(self, index: int) -> None:
         """``pg_wal_replay_pause()`` on replica ``index``: it applies no more WAL."""
@@ -708,17 +707,6 @@ class MariaDBCluster(_Cluster):
     def _stop_replica(self, index: int, kill: bool) -> None:
         self._stopped.add(index)
         self.replicas[index].stop(kill=kill)
-
-    async def start_replica(self, index: int) -> None:
-        """Start replica ``index``'s server on its port; both replication threads run."""
-        self._check_index(index)
-        await asyncio.to_thread(self._start_replica, index)
-
-    def _start_replica(self, index: int) -> None:
-        self.replicas[index].start()
-        self._stopped.discard(index)
-        # The server starts its replication threads, the SQL thread included.
-        self._paused.discard(index)
 
     async def stop_sql_thread(self, index: int) -> None:
         """``STOP SLAVE SQL_THREAD`` on replica ``index``: events arrive, none applies."""
