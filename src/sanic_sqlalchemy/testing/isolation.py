@@ -22,6 +22,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from ..callbacks import Callback
 from ..database import Database
+from ..dialects import DEFERRED_BEGIN
 from ..errors import SanicSQLAlchemyError, UnitStateError
 
 __all__ = [
@@ -53,6 +54,7 @@ async def rolled_back(db: Database) -> AsyncIterator[AsyncConnection]:
             "not rolled_back(db)."
         )
     async with db.engines.write.connect() as connection:
+        await connection.execution_options(**{DEFERRED_BEGIN: True})
         transaction = await connection.begin()
         db.joined = connection
         db.joined_sync = connection.sync_connection
