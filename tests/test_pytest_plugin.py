@@ -9,6 +9,13 @@ import pytest
 from sqlalchemy import text
 
 from sanic_sqlalchemy import Database
+from sanic_sqlalchemy.errors import UnitStateError
+from sanic_sqlalchemy.testing import (
+    QueryCountError,
+    assert_max_queries,
+    capture_on_commit,
+    rolled_back,
+)
 
 pytest_plugins = ["pytester"]
 
@@ -215,3 +222,39 @@ def test_plugin_is_inert_until_configured(pytester: pytest.Pytester) -> None:
     result = pytester.runpytest_subprocess("-p", "no:cacheprovider", "-q")
     result.assert_outcomes(passed=1, errors=1)
     result.stdout.fnmatch_lines(["*No Database for the sanic-sqlalchemy fixtures*"])
+
+
+@pytest.mark.backends("sqlite")
+async def test_rolled_back_blocks_cannot_nest(db: Database) -> None:
+    """A second rolled_back block on the same Database says to nest units instead."""
+    async with rolled_back(db):
+        with pytest.raises(UnitStateError) as caught:
+            async with rolled_back(db):
+                pass
+    assert str(caught.value) == (
+        "db is already inside a rolled-back block: nest units with `async with db:`, "
+        "not rolled_back(db)."
+    )
+    assert db.joined is None
+
+
+@pytest.mark.backends("sqlite")
+async def test_capture_blocks_cannot_nest(db: Database) -> None:
+    """A second capture_on_commit block on the same Database is refused."""
+    with capture_on_commit(db), pytest.raises(UnitStateError) as caught:  # noqa: SIM117
+        with capture_on_commit(db):
+            pass
+    assert str(caught.value) == "capture_on_commit blocks on one Database cannot be nested."
+    assert db.capture is None
+
+
+@pytest.mark.backends("sqlite")
+async def test_query_count_failure_lists_the_statements(db: Database) -> None:
+    """A wrong count names the expectation and lists each statement sent."""
+    async with db:
+        with pytest.raises(QueryCountError) as caught, assert_max_queries(db, 1):
+            await db.read.execute(text("SELECT 1"))
+            await db.read.execute(text("SELECT 2"))
+    assert str(caught.value) == (
+        "expected at most 1 queries, 2 were sent:\n  1. SELECT 1\n  2. SELECT 2"
+    )
