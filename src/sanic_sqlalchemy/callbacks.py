@@ -89,6 +89,17 @@ class CallbackQueue:
         return ready
 
 
+class CallbackCapture(Protocol):
+    """Sees every callback of a ``Database`` while set as ``db.capture`` (the test kit's
+    ``capture_on_commit``)."""
+
+    def registered(self, callback: Callback, /) -> None:
+        """``db.on_commit`` queued ``callback``."""
+
+    def ready(self, callbacks: list[Callback], /) -> bool:
+        """``callbacks`` are committed and about to run; return whether to run them."""
+
+
 async def run_callbacks(callbacks: list[Callback], on_error: CallbackErrorHook | None) -> None:
     """Run ``callbacks`` in order; one that raises is logged and reported, not fatal."""
     for callback in callbacks:

@@ -9,7 +9,7 @@ from collections.abc import Callable, Iterable
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, ParamSpec
 
-from .callbacks import CallbackErrorHook
+from .callbacks import CallbackCapture, CallbackErrorHook
 from .context import UnitScope
 from .engines import Engines
 from .errors import EngineNotInitialisedError, NoActiveUnitError
@@ -20,7 +20,8 @@ from .unit import UnitOfWork, UnitState
 if TYPE_CHECKING:
     from sanic import Sanic
     from sqlalchemy import MetaData
-    from sqlalchemy.ext.asyncio import AsyncEngine
+    from sqlalchemy.engine import Connection
+    from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 P = ParamSpec("P")
 _ids = itertools.count(1)
@@ -66,6 +67,13 @@ class Database:
         #: Called as ``hook(error, callback)`` when an on-commit callback raises.
         self.on_callback_error: CallbackErrorHook | None = on_callback_error
         self.scope = UnitScope(f"sanic_sqlalchemy_unit_{next(_ids)}")
+        #: A connection in a transaction that every unit joins instead of using the
+        #: pools (the test kit's rolled-back tests): both sessions are bound to it, a
+        #: unit's commit releases a savepoint. ``None`` in production.
+        self.joined: AsyncConnection | None = None
+        self.joined_sync: Connection | None = None
+        #: Sees each on-commit callback, and may keep it from running (tests only).
+        self.capture: CallbackCapture | None = None
 
     # -- configuration and engines ---------------------------------------------
 
@@ -138,7 +146,14 @@ class Database:
             await connection.run_sync(metadata.drop_all, **kwargs)
 
     async def start(self) -> None:
-        """Create the engines in the running loop (Sanic calls this at server start)."""
+        """Create the engines in the running loop (Sanic calls this at server start).
+
+        Inside a rolled-back test (``joined`` set) the test's engines are kept: the
+        server's units join the test's transaction.
+        """
+        if self.joined is not None and self._engines is not None:
+            self._engines.check_loop()
+            return
         if self._engines is not None:
             await self.dispose()
         engines = self._engines = Engines(self.settings)
@@ -150,8 +165,12 @@ class Database:
         """Close every pooled connection; the next unit creates fresh engines.
 
         A second call while a disposal is under way (a worker told to stop twice)
-        waits for that disposal instead of returning before it is done.
+        waits for that disposal instead of returning before it is done.  Inside a
+        rolled-back test (``joined`` set) the engines are kept until the test ends: a
+        server the test stops must not take the test's connection with it.
         """
+        if self.joined is not None:
+            return
         engines, self._engines = self._engines, None
         if engines is not None:
             self._disposing = asyncio.ensure_future(engines.dispose())

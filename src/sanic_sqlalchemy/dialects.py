@@ -669,8 +669,17 @@ def _sqlite_interrupt_cancelled(context: ExceptionContext) -> None:
         cursor.close()
 
 
+#: Execution option of a test's outer connection (``testing.rolled_back``): a deferred
+#: BEGIN, so that code outside the test's units (DDL at server start) is not locked out
+#: before the test writes.
+DEFERRED_BEGIN = "sanic_sqlalchemy_deferred_begin"
+
+
 def _sqlite_begin_immediate(connection: Connection) -> None:
-    connection.exec_driver_sql("BEGIN IMMEDIATE")
+    if connection.get_execution_options().get(DEFERRED_BEGIN):
+        connection.exec_driver_sql("BEGIN")
+    else:
+        connection.exec_driver_sql("BEGIN IMMEDIATE")
 
 
 def backend_for(settings: Settings) -> Backend:

@@ -155,8 +155,9 @@ class UnitOfWork:
         self.callbacks = CallbackQueue()
         self.read_gate = Gate()
         self.write_gate = Gate()
-        #: The connection of the open write transaction, which reads then share.
-        self.writer_connection: Connection | None = None
+        #: The connection of the open write transaction, which reads then share (a
+        #: test's outer connection, always: see ``Database.joined``).
+        self.writer_connection: Connection | None = database.joined_sync
         #: The connection the read session's current transaction is bound to.
         self.read_bound_to: Connection | None = None
         self.reading_on_writer = False
@@ -222,7 +223,14 @@ class UnitOfWork:
         session = self._write
         if session is None:
             self.check_writable()
-            session = WriteSession(bind=self.engines.write, expire_on_commit=False)
+            joined = self._database.joined
+            if joined is None:
+                session = WriteSession(bind=self.engines.write, expire_on_commit=False)
+            else:
+                # A test's outer transaction: this unit's transaction is a savepoint.
+                session = WriteSession(
+                    bind=joined, expire_on_commit=False, join_transaction_mode="create_savepoint"
+                )
             session.sync_session._unit = self
             self._write = session
         elif self.state is not UnitState.ACTIVE:
@@ -292,7 +300,7 @@ class UnitOfWork:
         self.wrote = True
 
     def write_ended(self) -> None:
-        self.writer_connection = None
+        self.writer_connection = self._database.joined_sync
 
     # -- callbacks --------------------------------------------------------------
 
@@ -308,7 +316,11 @@ class UnitOfWork:
         savepoint = None
         if self._write is not None:
             savepoint = self._write.sync_session.get_nested_transaction()
-        self.callbacks.add(Callback(func, args, kwargs, savepoint))
+        callback = Callback(func, args, kwargs, savepoint)
+        self.callbacks.add(callback)
+        capture = self._database.capture
+        if capture is not None:
+            capture.registered(callback)
 
     async def run_ready_callbacks(self) -> None:
         """Run the callbacks made ready by a commit that just succeeded."""
@@ -322,6 +334,9 @@ class UnitOfWork:
         # any unit while the commit before them ran inside it (ORM event listeners of
         # its flush may register callbacks).
         self._database.scope.step_outside()
+        capture = self._database.capture
+        if capture is not None and not capture.ready(callbacks):
+            return
         await run_callbacks(callbacks, self._database.on_callback_error)
 
     # -- the end ----------------------------------------------------------------

@@ -8,6 +8,9 @@
 * ``StatementLog(db)``: records each SQL statement sent, per engine, to count round
   trips or to see what was sent.
 * ``CommitRecorder``: an on-commit callback that remembers what it was called with.
+* ``rolled_back``, ``emptied``, ``capture_on_commit``, ``assert_num_queries``,
+  ``assert_max_queries``: test isolation, on-commit capture and query counting
+  (``isolation``), also as pytest fixtures (``plugin``).
 """
 
 from __future__ import annotations
@@ -24,11 +27,18 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from ..database import Database
 
 __all__ = [
+    "CapturedCallback",
     "CheckoutCounter",
     "CommitRecorder",
     "PoolUse",
+    "QueryCountError",
     "StatementLog",
+    "assert_max_queries",
+    "assert_num_queries",
+    "capture_on_commit",
     "checked_out",
+    "emptied",
+    "rolled_back",
     "schema",
     "wait_until_idle",
 ]
@@ -159,3 +169,14 @@ class CommitRecorder:
     @property
     def args(self) -> list[tuple[Any, ...]]:
         return [args for args, _ in self.calls]
+
+
+from .isolation import (  # noqa: E402  (isolation uses StatementLog, defined above)
+    CapturedCallback,
+    QueryCountError,
+    assert_max_queries,
+    assert_num_queries,
+    capture_on_commit,
+    emptied,
+    rolled_back,
+)
