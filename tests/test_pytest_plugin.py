@@ -5,6 +5,12 @@ from __future__ import annotations
 import asyncio
 import textwrap
 
+# Imported here, not first inside a test: ``pytester`` removes the modules a test
+# imported from sys.modules afterwards, and importing a driver's C extension a second
+# time in one process crashes it (seen: asyncpg's TLS negotiation, segfault).
+import aiosqlite  # noqa: F401
+import asyncmy  # noqa: F401
+import asyncpg  # noqa: F401
 import pytest
 from sqlalchemy import text
 
@@ -178,21 +184,25 @@ async def test_transactional_emptied_the_tables(rolled_back_db):
 
 
 @pytest.mark.server
-def test_plugin_on_each_backend(
+async def test_plugin_on_each_backend(
     pytester: pytest.Pytester, url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Units and test-client requests of a rolled-back test join it and leave nothing
     behind; the transactional variant commits and empties; queries are counted and
     on-commit callbacks captured."""
     monkeypatch.setenv("PLUGIN_TEST_URL", url)
-    asyncio.run(_drop(url))
+    # In this test's own loop: a second loop made by asyncio.run() for the clean-up
+    # left asyncpg's later TLS negotiations crashing the process (uvloop).
+    await _drop(url)
     pytester.makeini(_INI)
     pytester.makeconftest(_CONFTEST)
     pytester.makepyfile(test_inner=_TESTS)
     try:
-        result = pytester.runpytest_subprocess("-p", "no:cacheprovider", "-q")
+        result = await asyncio.to_thread(
+            pytester.runpytest_subprocess, "-p", "no:cacheprovider", "-q"
+        )
     finally:
-        asyncio.run(_drop(url))
+        await _drop(url)
     result.assert_outcomes(passed=7)
 
 
