@@ -266,3 +266,34 @@ async def test_create_all_wants_a_metadata(tmp_path: Path) -> None:
     result = await run(tmp_path, "create-all", "cli_models:db", "--db", "cli_models:db")
     assert result.code == 1
     assert "is a Database, not a MetaData; pass e.g. 'myapp.models:Base.metadata'" in result.err
+
+
+@pytest.mark.server
+@pytest.mark.parametrize("name", ["pg_cluster", "mariadb_cluster"])
+async def test_check_connects_to_each_replica(
+    request: pytest.FixtureRequest, name: str, tmp_path: Path
+) -> None:
+    """``check`` reports the primary and every replica, read-only each, and a replica
+    that is down as a problem under its ``DATABASE_READ_URLS`` index, exit 1."""
+    cluster = request.getfixturevalue(name)
+    replicas = list(cluster.replica_urls)
+    module(
+        tmp_path,
+        "cli_replicated",
+        "from sanic_sqlalchemy import Database\n"
+        f"db = Database({cluster.primary_url!r}, read_urls={replicas!r})\n",
+    )
+    result = await run(tmp_path, "check", "cli_replicated:db", "--json")
+    assert result.code == 0, result.out + result.err
+    (report,) = json.loads(result.out)
+    servers = report["servers"]
+    assert [server["key"] for server in servers] == ["DATABASE_URL"] + [
+        f"DATABASE_READ_URLS[{index}]" for index in range(len(replicas))
+    ]
+    assert [server["read_only"] for server in servers] == [True] * (1 + len(replicas))
+
+    await cluster.stop_replica(0)
+    result = await run(tmp_path, "check", "cli_replicated:db", "--timeout", "2")
+    assert result.code == 1
+    assert "DATABASE_READ_URLS[0]: " in result.out
+    assert "1 problem(s)" in result.out

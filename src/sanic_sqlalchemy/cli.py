@@ -130,7 +130,8 @@ async def _refuses_write(backend: str, driver: Any) -> bool:
     """Whether the server itself refuses a write on this read connection.
 
     The statement goes to the driver directly, past the library's own guard, so that
-    the database's answer is what counts.
+    the database's answer is what counts.  A write refused for another reason (no
+    privilege to create tables) raises ``CheckError``: nothing was verified.
     """
     create = f"CREATE TABLE {_CHECK_TABLE} (x INTEGER)"
     if backend == "postgresql":
@@ -139,7 +140,9 @@ async def _refuses_write(backend: str, driver: Any) -> bool:
         try:
             await driver.execute(create)
         except Exception as error:
-            return type(error).__name__ == "ReadOnlySQLTransactionError"
+            if type(error).__name__ == "ReadOnlySQLTransactionError":
+                return True
+            raise CheckError(error) from error
         finally:
             await transaction.rollback()
         return False
@@ -148,15 +151,24 @@ async def _refuses_write(backend: str, driver: Any) -> bool:
             try:
                 await cursor.execute(create)
             except Exception as error:
-                return bool(error.args) and error.args[0] == 1792  # read-only transaction
+                # 1792: a read-only transaction; 1290: a server running --read-only.
+                if error.args and error.args[0] in (1792, 1290):
+                    return True
+                raise CheckError(error) from error
             await cursor.execute(f"DROP TABLE {_CHECK_TABLE}")
         return False
     try:
         await driver.execute(create)
     except Exception as error:
-        return "readonly" in str(error)
+        if "readonly" in str(error):
+            return True
+        raise CheckError(error) from error
     await driver.execute(f"DROP TABLE {_CHECK_TABLE}")
     return False
+
+
+class CheckError(Exception):
+    """The test write failed for a reason other than read-only enforcement."""
 
 
 async def check_database(db: Database, timeout: float) -> dict[str, Any]:
@@ -187,12 +199,21 @@ async def check_database(db: Database, timeout: float) -> dict[str, Any]:
                     "server running and reachable from here?",
                 )
             )
+        except CheckError as error:
+            problems.append(
+                Problem(
+                    key,
+                    "could not verify that read connections are read-only: the test write "
+                    f"was refused for another reason ({_describe(error.args[0])}).",
+                )
+            )
         except Exception as error:  # reported with its key, and the exit code says so
-            problems.append(Problem(key, f"cannot connect to {render(url)}: {_describe(error)}"))
+            verb = "checking" if report.reachable else "cannot connect to"
+            problems.append(Problem(key, f"{verb} {render(url)}: {_describe(error)}"))
         finally:
             if engines is not None:
                 await engines.dispose()
-        if report.reachable and report.read_only is not True:
+        if report.read_only is False:
             problems.append(
                 Problem(key, "a read connection is not read-only: db.read could change data.")
             )
