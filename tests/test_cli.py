@@ -297,3 +297,14 @@ async def test_check_connects_to_each_replica(
     assert result.code == 1
     assert "DATABASE_READ_URLS[0]: " in result.out
     assert "1 problem(s)" in result.out
+
+
+async def test_the_console_script_is_installed(tmp_path: Path) -> None:
+    """The ``sanic-sqlalchemy`` script of ``[project.scripts]`` runs the same command."""
+    script = Path(sys.executable).parent / "sanic-sqlalchemy"
+    process = await asyncio.create_subprocess_exec(
+        script, "check", "sqlite+aiosqlite://", cwd=tmp_path, stdout=asyncio.subprocess.PIPE
+    )
+    out, _ = await asyncio.wait_for(process.communicate(), 60)
+    assert process.returncode == 0
+    assert out.decode().rstrip().endswith("OK")
