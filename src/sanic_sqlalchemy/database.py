@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import itertools
+import re
 from collections.abc import Callable, Iterable
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, ParamSpec
@@ -12,9 +13,9 @@ from typing import TYPE_CHECKING, Any, ParamSpec
 from .callbacks import CallbackCapture, CallbackErrorHook
 from .context import UnitScope
 from .engines import Engines
-from .errors import EngineNotInitialisedError, NoActiveUnitError
+from .errors import ConfigurationError, EngineNotInitialisedError, NoActiveUnitError
 from .sessions import ReadSession, WriteSession
-from .settings import Settings
+from .settings import DEFAULT_PREFIX, Settings
 from .unit import UnitOfWork, UnitState
 
 if TYPE_CHECKING:
@@ -41,7 +42,9 @@ class Database:
     ``init_app`` (in Sanic) or the first unit of work (in scripts, workers, tests).
     Keyword options other than the documented settings (``echo``, ``pool_size``,
     ``max_overflow``, ``pool_timeout``, ``pool_recycle``) go to
-    ``create_async_engine`` unchanged.
+    ``create_async_engine`` unchanged.  ``config_prefix`` names the ``app.config``
+    keys this database reads (``ANALYTICS_DATABASE_`` reads ``ANALYTICS_DATABASE_URL``
+    and so on), so that several databases can serve one app.
     """
 
     def __init__(
@@ -51,8 +54,10 @@ class Database:
         read_urls: Any = None,
         commit_on_exit: bool | None = None,
         on_callback_error: CallbackErrorHook | None = None,
+        config_prefix: str = DEFAULT_PREFIX,
         **options: Any,
     ) -> None:
+        self.config_prefix = _prefix(config_prefix)
         self._explicit: dict[str, Any] = {
             "url": url,
             "read_urls": read_urls,
@@ -61,7 +66,7 @@ class Database:
         }
         self._settings: Settings | None = None
         if url is not None:
-            self._settings = Settings.build(self._explicit)
+            self._settings = Settings.build(self._explicit, prefix=self.config_prefix)
         self._engines: Engines | None = None
         self._disposing: asyncio.Future[None] | None = None
         #: Called as ``hook(error, callback)`` when an on-commit callback raises.
@@ -84,32 +89,37 @@ class Database:
         *,
         read_urls: Any = None,
         commit_on_exit: bool | None = None,
+        config_prefix: str | None = None,
         **options: Any,
     ) -> None:
         """Give every request of ``app`` a unit of work and manage the engines.
 
         Settings not passed here come from the ``Database(...)`` call, then from
         ``app.config`` (``DATABASE_URL`` and friends, and so ``SANIC_DATABASE_URL``
-        in the environment).  A missing or bad setting raises ``ConfigurationError``
+        in the environment; ``config_prefix`` replaces ``DATABASE_``, here or in
+        ``Database(...)``).  A missing or bad setting raises ``ConfigurationError``
         now, naming its key.  Engines are created in each worker when the server
         starts and disposed when it stops.
         """
         from .sanic import install
 
+        if config_prefix is not None:
+            self.config_prefix = _prefix(config_prefix)
         explicit = dict(self._explicit)
         given = {"url": url, "read_urls": read_urls, "commit_on_exit": commit_on_exit, **options}
         explicit.update({key: value for key, value in given.items() if value is not None})
-        self._settings = Settings.build(explicit, app.config)
+        self._settings = Settings.build(explicit, app.config, self.config_prefix)
         install(self, app)
 
     @property
     def settings(self) -> Settings:
         """The validated settings; ``EngineNotInitialisedError`` before any URL is known."""
         if self._settings is None:
+            prefix = self.config_prefix
             raise EngineNotInitialisedError(
                 "No database URL is configured yet: pass one to Database(url), call "
-                "db.init_app(app) (which reads DATABASE_URL from app.config), or set "
-                "SANIC_DATABASE_URL before the app starts."
+                f"db.init_app(app) (which reads {prefix}URL from app.config), or set "
+                f"SANIC_{prefix}URL before the app starts."
             )
         return self._settings
 
@@ -279,6 +289,15 @@ class Database:
     # Names kept from the hand-written DBSession wrappers this library replaces.
     add_post_process = on_commit
     post_process = after_commit
+
+
+def _prefix(value: Any) -> str:
+    if not isinstance(value, str) or re.fullmatch(r"[A-Z][A-Z0-9_]*", value) is None:
+        raise ConfigurationError(
+            f"config_prefix= (argument): expected upper-case letters such as "
+            f"'ANALYTICS_DATABASE_', got {value!r}."
+        )
+    return value
 
 
 def succeeded(error: BaseException | None) -> bool:

@@ -40,6 +40,8 @@ CONFIG_KEYS: Mapping[str, str] = {
     "DATABASE_TOKEN_TTL": "token_ttl",
 }
 _KEY_FOR = {keyword: key for key, keyword in CONFIG_KEYS.items()}
+#: The prefix of the keys in ``CONFIG_KEYS``; ``Database(config_prefix=...)`` replaces it.
+DEFAULT_PREFIX = "DATABASE_"
 
 #: A fixed-size pool: under load, overflow connections are opened and closed over
 #: and over (hundreds a second), which costs more than waiting for a pooled one.
@@ -101,16 +103,21 @@ class Settings:
 
     @classmethod
     def build(
-        cls, explicit: Mapping[str, Any], config: Mapping[str, Any] | None = None
+        cls,
+        explicit: Mapping[str, Any],
+        config: Mapping[str, Any] | None = None,
+        prefix: str = DEFAULT_PREFIX,
     ) -> Settings:
         """Merge explicit keyword values over ``config`` values and validate them all.
 
         ``explicit`` holds keywords (``url``, ``pool_size``…) whose value is not None;
-        ``config`` is a mapping such as ``app.config``.  Keywords that are not
-        settings are passed on to ``create_async_engine`` unchanged.
+        ``config`` is a mapping such as ``app.config``, read under ``prefix``
+        (``ANALYTICS_DATABASE_URL`` for ``ANALYTICS_DATABASE_``).  Keywords that are
+        not settings are passed on to ``create_async_engine`` unchanged.
         """
         raw: dict[str, tuple[str, Any]] = {}
-        for key, keyword in CONFIG_KEYS.items():
+        for default_key, keyword in CONFIG_KEYS.items():
+            key = prefix + default_key.removeprefix(DEFAULT_PREFIX)
             if config is not None and config.get(key) is not None:
                 raw[keyword] = (key, config[key])
         engine_options: dict[str, Any] = {}
@@ -127,7 +134,7 @@ class Settings:
         if "url" not in raw:
             raise ConfigurationError(
                 "No database URL: pass one to Database(url) or db.init_app(app, url), "
-                "or set DATABASE_URL in app.config (SANIC_DATABASE_URL in the "
+                f"or set {prefix}URL in app.config (SANIC_{prefix}URL in the "
                 "environment), e.g. 'postgresql+asyncpg://user@host/dbname'."
             )
         url = _url(*raw["url"])
@@ -166,7 +173,7 @@ class Settings:
             else default_recycle,
             commit_on_exit=_bool(*raw["commit_on_exit"]) if "commit_on_exit" in raw else True,
             multi_statements=_multi_statements(raw, backend),
-            replicas=_replica_settings(raw, backend, read_urls),
+            replicas=_replica_settings(raw, backend, read_urls, prefix),
             engine_options=engine_options,
         )
         return settings
@@ -190,7 +197,7 @@ _HEADER_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9\-]*")
 
 
 def _replica_settings(
-    raw: Mapping[str, tuple[str, Any]], backend: str, read_urls: tuple[URL, ...]
+    raw: Mapping[str, tuple[str, Any]], backend: str, read_urls: tuple[URL, ...], prefix: str
 ) -> ReplicaSettings:
     if read_urls and backend == "sqlite":
         raise ConfigurationError(
@@ -204,8 +211,8 @@ def _replica_settings(
         raise ConfigurationError(
             f"{key}: the token TTL ({ttl:g} s) may not be shorter than the replica lag "
             f"limit ({max_lag:g} s): a client's write could still be missing on a replica "
-            "that is in the rotation after its token expired. Raise DATABASE_TOKEN_TTL or "
-            "lower DATABASE_REPLICA_MAX_LAG."
+            f"that is in the rotation after its token expired. Raise {prefix}TOKEN_TTL or "
+            f"lower {prefix}REPLICA_MAX_LAG."
         )
     fallback = defaults.fallback
     if "replica_fallback" in raw:
