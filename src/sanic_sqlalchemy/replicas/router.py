@@ -113,9 +113,16 @@ class ReplicaSet:
 
     async def refresh(self) -> None:
         """Probe every server now; concurrent callers share one refresh."""
-        if self._refreshing is None or self._refreshing.done():
-            self._refreshing = asyncio.get_running_loop().create_task(self._probe_all())
-        await asyncio.shield(self._refreshing)
+        await asyncio.shield(self._start_refresh())
+
+    def _start_refresh(self) -> asyncio.Task[None]:
+        """The refresh under way, or a new one."""
+        refreshing = self._refreshing
+        if refreshing is None or refreshing.done():
+            refreshing = self._refreshing = asyncio.get_running_loop().create_task(
+                self._probe_all()
+            )
+        return refreshing
 
     async def refresh_if_stale(self) -> None:
         if time.monotonic() - self._refreshed_at > REFRESH_INTERVAL:
@@ -249,8 +256,8 @@ class ReplicaSet:
         # A replica whose backoff is over gets probed again soon; until then it is down.
         now = time.monotonic()
         due = any(not replica.up and replica.retry_at <= now for replica in self.replicas)
-        if due and (self._refreshing is None or self._refreshing.done()):
-            self._refreshing = asyncio.get_running_loop().create_task(self._probe_all())
+        if due:
+            self._start_refresh()
 
     async def cap(self, wanted: Position) -> Position:
         """``wanted`` (a client's token), at most the primary's current position.
