@@ -14,6 +14,7 @@ from .callbacks import CallbackCapture, CallbackErrorHook
 from .context import UnitScope
 from .engines import Engines
 from .errors import ConfigurationError, EngineNotInitialisedError, NoActiveUnitError
+from .insight import UnitStats
 from .sessions import ReadSession, WriteSession
 from .settings import DEFAULT_PREFIX, Settings
 from .unit import UnitOfWork, UnitState
@@ -255,6 +256,11 @@ class Database:
         if unit is None:
             raise NoActiveUnitError(_NO_UNIT.format(name=name))
         return unit
+
+    @property
+    def stats(self) -> UnitStats:
+        """The current unit's statements and time in the database (``unit.stats``)."""
+        return self.current_unit("db.stats").stats
 
     @property
     def read(self) -> ReadSession:

@@ -43,6 +43,7 @@ from sqlalchemy.pool import PoolResetState
 from sqlalchemy.util import await_only
 
 from .errors import ConfigurationError
+from .insight.watch import OVERHEAD_OPTION
 from .settings import Settings
 
 logger = logging.getLogger("sanic_sqlalchemy")
@@ -160,8 +161,8 @@ class PostgreSQL(Backend):
     def read_inside_write(self, connection: Connection) -> Iterator[None]:
         # Through SQLAlchemy, not the raw driver: a connection that died here must be
         # reported and invalidated like any other disconnect.
-        connection.exec_driver_sql(f"SAVEPOINT {_SAVEPOINT}")
-        connection.exec_driver_sql("SET TRANSACTION READ ONLY")
+        _scope_statement(connection, f"SAVEPOINT {_SAVEPOINT}")
+        _scope_statement(connection, "SET TRANSACTION READ ONLY")
         try:
             yield
         except Exception:
@@ -198,8 +199,18 @@ def _cancelled_driver(context: ExceptionContext) -> Any:
 
 
 def _leave_savepoint(connection: Connection) -> None:
-    connection.exec_driver_sql(f"ROLLBACK TO SAVEPOINT {_SAVEPOINT}")
-    connection.exec_driver_sql(f"RELEASE SAVEPOINT {_SAVEPOINT}")
+    _scope_statement(connection, f"ROLLBACK TO SAVEPOINT {_SAVEPOINT}")
+    _scope_statement(connection, f"RELEASE SAVEPOINT {_SAVEPOINT}")
+
+
+#: The read-only scope's own statements are part of the read's time in ``unit.stats``,
+#: not statements of the unit (nor repeats of one another).
+_READ_SCOPE = {OVERHEAD_OPTION: "read"}
+_BEGIN = {OVERHEAD_OPTION: "write"}
+
+
+def _scope_statement(connection: Connection, statement: str) -> None:
+    connection.exec_driver_sql(statement, execution_options=_READ_SCOPE)
 
 
 class MySQL(Backend):
@@ -583,15 +594,15 @@ class SQLite(Backend):
 
     @contextlib.contextmanager
     def read_inside_write(self, connection: Connection) -> Iterator[None]:
-        connection.exec_driver_sql(f"SAVEPOINT {_SAVEPOINT}")
-        connection.exec_driver_sql("PRAGMA query_only = 1")
+        _scope_statement(connection, f"SAVEPOINT {_SAVEPOINT}")
+        _scope_statement(connection, "PRAGMA query_only = 1")
         try:
             yield
         finally:
             # After a cancellation the connection is invalidated: nothing to restore,
             # and a statement on it would replace the CancelledError.
             if not connection.invalidated:
-                connection.exec_driver_sql("PRAGMA query_only = 0")
+                _scope_statement(connection, "PRAGMA query_only = 0")
                 _leave_savepoint(connection)
 
     def cleanup(self) -> None:
@@ -677,9 +688,9 @@ DEFERRED_BEGIN = "sanic_sqlalchemy_deferred_begin"
 
 def _sqlite_begin_immediate(connection: Connection) -> None:
     if connection.get_execution_options().get(DEFERRED_BEGIN):
-        connection.exec_driver_sql("BEGIN")
+        connection.exec_driver_sql("BEGIN", execution_options=_BEGIN)
     else:
-        connection.exec_driver_sql("BEGIN IMMEDIATE")
+        connection.exec_driver_sql("BEGIN IMMEDIATE", execution_options=_BEGIN)
 
 
 def backend_for(settings: Settings) -> Backend:

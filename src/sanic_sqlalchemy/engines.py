@@ -22,6 +22,7 @@ from sqlalchemy.pool import ConnectionPoolEntry, PoolProxiedConnection
 
 from .dialects import Backend, Role, backend_for
 from .errors import ConfigurationError, EventLoopMismatchError, ReadOnlyError
+from .insight import StatementWatch
 from .readonly import ReadGuard
 from .replicas.probe import connect_options, probe_engine
 from .replicas.router import Replica, ReplicaSet
@@ -94,6 +95,8 @@ class Engines:
             event.listen(engine.sync_engine, "handle_error", self._translate_refused_write)
         else:
             guard.install_on_write_engine(engine)
+        # After the guard: a refused statement is never sent, so never timed.
+        StatementWatch(settings.insight).install(engine, reads_only=role is Role.READ)
         return engine
 
     def _translate_refused_write(self, context: ExceptionContext) -> None:

@@ -50,6 +50,7 @@ from sanic.response import HTTPResponse, ResponseStream, text
 from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 
 from .errors import ReplicaUnavailableError
+from .insight import metric_name, server_timing
 from .unit import UnitState
 
 if TYPE_CHECKING:
@@ -168,10 +169,16 @@ def _position_tokens(request: Any, db: Database) -> tuple[object, ...]:
     return (request.cookies.get(names.token_cookie), request.headers.get(names.token_header))
 
 
-def _hand_out_positions(request: Any, units: _Units, response: Any) -> None:
-    """Give the client the position of each unit's commit, so that its next requests
-    read only from replicas that have it (set before the headers go out)."""
+def _tell_the_client(request: Any, units: _Units, response: Any) -> None:
+    """Set before the headers go out: the position of each unit's commit, so that the
+    client's next requests read only from replicas that have it, and the units' time in
+    the database as ``Server-Timing`` where a database is set to send it."""
     for db, unit in units.items():
+        if db.settings.insight.server_timing:
+            # A header line of its own: the application's own metrics stay as they are.
+            response.headers.add(
+                "Server-Timing", server_timing(metric_name(db.config_prefix), unit.stats)
+            )
         token = unit.commit_token
         if token is None:
             continue
@@ -263,7 +270,7 @@ def _unit_request_class(base: type[Request]) -> type[Request]:
                 units = self._sqla_units
                 if units:
                     await _end_units(units, _succeeds(self, final))
-                    _hand_out_positions(self, units, final)
+                    _tell_the_client(self, units, final)
             return final
 
     UnitOfWorkRequest.__name__ = base.__name__
@@ -288,7 +295,7 @@ async def _settle_for_streaming(request: Any, final: Any) -> None:
         except BaseException:
             await _end_request(request, success=False)
             raise
-        _hand_out_positions(request, units, final)
+        _tell_the_client(request, units, final)
 
 
 def _ending_units(request: Any, streaming_fn: Callable[[Any], Any]) -> Callable[[Any], Any]:

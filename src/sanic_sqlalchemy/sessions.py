@@ -10,6 +10,7 @@ savepoints so that on-commit callbacks follow the transaction.
 from __future__ import annotations
 
 from collections.abc import Callable
+from time import perf_counter
 from typing import TYPE_CHECKING, Any, NoReturn
 
 from sqlalchemy import event, inspect, text
@@ -20,6 +21,7 @@ from sqlalchemy.util import greenlet_spawn
 
 from .engines import refused_as_read_only
 from .errors import ReadOnlyError, UnitStateError
+from .insight import attach
 from .readonly import READ_OPTION
 from .replicas.routing import UNREACHABLE, ReadRoute
 
@@ -310,8 +312,13 @@ class _WriteSyncSession(_UnitSession):
     def flush(self, objects: Any = None) -> None:
         unit = self._unit
         unit.check_writable()
+        stats = unit.stats
         with unit.write_gate.hold(writing=True):
-            super().flush(objects)
+            stats.flushing = True
+            try:
+                super().flush(objects)
+            finally:
+                stats.flushing = False
 
     def commit(self) -> None:
         unit = self._unit
@@ -320,8 +327,15 @@ class _WriteSyncSession(_UnitSession):
             super().commit()
 
     def rollback(self) -> None:
+        stats = self._unit.stats
         with self._unit.write_gate.hold(writing=True):
-            super().rollback()
+            # ROLLBACK (TO SAVEPOINT) is time in the database; a statement timed on
+            # its own inside it (a savepoint's) is part of that time, not added to it.
+            before, started = stats.write_time, perf_counter()
+            try:
+                super().rollback()
+            finally:
+                stats.write_time = before + (perf_counter() - started)
 
     def begin(self, nested: bool = False) -> SessionTransaction:
         # In a unit that commits by itself, a begin() block is part of the unit: a
@@ -413,11 +427,29 @@ def _on_write_commit(session: Session) -> None:
     callbacks = unit.callbacks
     savepoint = session.get_nested_transaction()
     if savepoint is None:
+        unit.stats.committed()
         callbacks.committed()
         if unit.writer_connection is not None:
             unit.capture_commit_position(unit.writer_connection)
     else:
         callbacks.savepoint_released(savepoint, _enclosing_savepoint(savepoint))
+
+
+@event.listens_for(_WriteSyncSession, "before_commit")
+@event.listens_for(_WriteSyncSession, "after_flush_postexec")
+def _on_write_committing(session: Session, _context: Any = None) -> None:
+    # The COMMIT's time (unit.stats) runs from the start of the commit or the end of
+    # its flush, whichever is last, to after_commit.
+    assert isinstance(session, _WriteSyncSession)
+    session._unit.stats.mark()
+
+
+@event.listens_for(_ReadSyncSession, "after_begin")
+def _on_read_begin(
+    session: Session, _transaction: SessionTransaction, connection: Connection
+) -> None:
+    assert isinstance(session, _ReadSyncSession)
+    attach(connection, session._unit.stats)
 
 
 @event.listens_for(_WriteSyncSession, "after_soft_rollback")

@@ -38,6 +38,10 @@ CONFIG_KEYS: Mapping[str, str] = {
     "DATABASE_TOKEN_COOKIE": "token_cookie",
     "DATABASE_TOKEN_HEADER": "token_header",
     "DATABASE_TOKEN_TTL": "token_ttl",
+    "DATABASE_SERVER_TIMING": "server_timing",
+    "DATABASE_SLOW_QUERY_MS": "slow_query_ms",
+    "DATABASE_SLOW_QUERY_PARAMS": "slow_query_params",
+    "DATABASE_REPEATED_QUERY_WARN": "repeated_query_warn",
 }
 _KEY_FOR = {keyword: key for key, keyword in CONFIG_KEYS.items()}
 #: The prefix of the keys in ``CONFIG_KEYS``; ``Database(config_prefix=...)`` replaces it.
@@ -80,6 +84,27 @@ class ReplicaSettings:
 
 
 @dataclass(frozen=True)
+class InsightSettings:
+    """What a unit reports about its statements beyond ``unit.stats``."""
+
+    #: The ``app.config`` prefix of this database, to name its keys in messages.
+    prefix: str = DEFAULT_PREFIX
+    #: Send a ``Server-Timing`` header with the request's database time (reveals it).
+    server_timing: bool = False
+    #: Log statements slower than this many milliseconds (None: never).
+    slow_query_ms: float | None = None
+    #: Put the statement's parameters in the slow-statement log (they may be secrets).
+    slow_query_params: bool = False
+    #: Warn when one unit runs the same statement more than this many times.
+    repeated_query_warn: int | None = None
+
+    @property
+    def watches_statements(self) -> bool:
+        """Whether each statement needs looking at beyond counting and timing it."""
+        return self.slow_query_ms is not None or self.repeated_query_warn is not None
+
+
+@dataclass(frozen=True)
 class Settings:
     """Everything needed to build the engines of one ``Database``."""
 
@@ -94,6 +119,7 @@ class Settings:
     #: MySQL/MariaDB: let db.write chain statements with ';' (db.read never can).
     multi_statements: bool = False
     replicas: ReplicaSettings = field(default_factory=ReplicaSettings)
+    insight: InsightSettings = field(default_factory=InsightSettings)
     engine_options: Mapping[str, Any] = field(default_factory=dict)
 
     @property
@@ -174,6 +200,7 @@ class Settings:
             commit_on_exit=_bool(*raw["commit_on_exit"]) if "commit_on_exit" in raw else True,
             multi_statements=_multi_statements(raw, backend),
             replicas=_replica_settings(raw, backend, read_urls, prefix),
+            insight=_insight_settings(raw, prefix),
             engine_options=engine_options,
         )
         return settings
@@ -190,6 +217,22 @@ def _multi_statements(raw: Mapping[str, tuple[str, Any]], backend: str) -> bool:
             "call. Remove the setting."
         )
     return enabled
+
+
+def _insight_settings(raw: Mapping[str, tuple[str, Any]], prefix: str) -> InsightSettings:
+    slow_ms = None
+    if "slow_query_ms" in raw:
+        key, value = raw["slow_query_ms"]
+        slow_ms = _float(key, value, unit="milliseconds")
+    return InsightSettings(
+        prefix=prefix,
+        server_timing=_bool(*raw["server_timing"]) if "server_timing" in raw else False,
+        slow_query_ms=slow_ms,
+        slow_query_params=_bool(*raw["slow_query_params"]) if "slow_query_params" in raw else False,
+        repeated_query_warn=_int(*raw["repeated_query_warn"], minimum=1)
+        if "repeated_query_warn" in raw
+        else None,
+    )
 
 
 _COOKIE_NAME = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
@@ -373,13 +416,13 @@ def _int(key: str, value: Any, *, minimum: int) -> int:
     return number
 
 
-def _float(key: str, value: Any) -> float:
+def _float(key: str, value: Any, *, unit: str = "seconds") -> float:
     try:
         if isinstance(value, bool):
             raise ValueError
         number = float(value)
     except (TypeError, ValueError):
-        raise ConfigurationError(f"{key}: expected a number of seconds, got {value!r}.") from None
+        raise ConfigurationError(f"{key}: expected a number of {unit}, got {value!r}.") from None
     if not number > 0:
-        raise ConfigurationError(f"{key}: must be more than 0 seconds, got {value!r}.")
+        raise ConfigurationError(f"{key}: must be more than 0 {unit}, got {value!r}.")
     return number

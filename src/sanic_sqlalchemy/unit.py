@@ -22,6 +22,7 @@ from sqlalchemy.util import greenlet_spawn
 from .callbacks import Callback, CallbackQueue, run_callbacks
 from .errors import UnitStateError
 from .gate import Gate
+from .insight import UnitStats, attach
 from .replicas.positions import issue_token
 from .replicas.probe import commit_position
 from .replicas.routing import ReadRoute, wanted_position
@@ -126,6 +127,7 @@ class UnitOfWork:
         "read_gate",
         "reading_on_writer",
         "state",
+        "stats",
         "token",
         "write_gate",
         "writer_connection",
@@ -165,6 +167,8 @@ class UnitOfWork:
         self.wrote = False
         #: Whether the unit tried to commit and could not (its writes rolled back).
         self.commit_failed = False
+        #: What the unit asked of the database, and how long it took.
+        self.stats = UnitStats()
 
     @property
     def settled(self) -> bool:
@@ -298,6 +302,7 @@ class UnitOfWork:
     def write_began(self, connection: Connection) -> None:
         self.writer_connection = connection
         self.wrote = True
+        attach(connection, self.stats)
 
     def write_ended(self) -> None:
         self.writer_connection = self._database.joined_sync

@@ -13,6 +13,11 @@ VARIANTS: dict[str, tuple[str, tuple[str, ...], str]] = {
     "orm": ("orm", ("postgresql", "mysql"), "ORM session per request (middleware)"),
     "advanced-alchemy": ("advanced_alchemy_ext", ("postgresql",), "advanced-alchemy Sanic ext"),
     "ours": ("ours", ("postgresql", "mysql"), "sanic-sqlalchemy (ours)"),
+    # Not run by default: ours with every query-insight report on (none triggering).
+    "ours-insight": ("ours_insight", ("postgresql", "mysql"), "ours, query insight on"),
+    # Not run by default: ours on another checkout (BENCH_BASELINE_SRC), to measure a
+    # change against its parent in the same run.
+    "ours-baseline": ("ours_baseline", ("postgresql", "mysql"), "ours, baseline checkout"),
     # Diagnostic (not run by default): ours's design by hand, without its guard rails.
     "orm-readonly": ("orm_readonly", ("postgresql",), "diagnostic: ours's design by hand"),
 }

@@ -24,9 +24,9 @@ from .common import (
 db = Database()
 
 
-def create_app(url: str, backend: str) -> Sanic[Any, Any]:
+def create_app(url: str, backend: str, **settings: Any) -> Sanic[Any, Any]:
     app = new_app("ours")
-    db.init_app(app, url)
+    db.init_app(app, url, **settings)
 
     @app.get("/noop")
     async def noop(request: Request) -> HTTPResponse:
