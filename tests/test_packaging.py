@@ -62,10 +62,12 @@ def test_the_wheel_ships_the_licence(built: tuple[Path, Path]) -> None:
 
 
 def test_the_sdist_ships_the_licence_and_the_changelog(built: tuple[Path, Path]) -> None:
-    """The sdist carries ``LICENSE`` and ``CHANGELOG.md`` as they are in the repository."""
+    """The sdist carries ``LICENSE`` and ``CHANGELOG.md`` as they are in the repository,
+    and no ``.git`` (a file in a git worktree)."""
     sdist, _ = built
     top = f"sanic_sqlalchemy-{project_version()}"
     with tarfile.open(sdist) as archive:
+        assert f"{top}/.git" not in archive.getnames()
         for name in ("LICENSE", "CHANGELOG.md"):
             member = archive.extractfile(f"{top}/{name}")
             assert member is not None
