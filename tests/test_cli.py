@@ -164,6 +164,52 @@ async def test_a_refused_connection_is_a_problem(tmp_path: Path) -> None:
     assert "s3cret" not in result.out + result.err
 
 
+@pytest.mark.backends("postgresql")
+async def test_a_read_connection_that_is_not_read_only_fails_the_check(
+    url: str, tmp_path: Path
+) -> None:
+    """A read URL whose server lets read connections write (connect_args overriding the
+    ``default_transaction_read_only`` the library sends) fails ``check`` under its key,
+    as not read-only and not as unreachable, exit 1, in text and in ``--json``, without
+    the password."""
+    parsed = make_url(url)
+    # The test server may trust loopback and ignore it; a password to hide either way.
+    password = parsed.password or "s3cret-hidden"
+    module(
+        tmp_path,
+        "cli_writable",
+        f"""
+        from sqlalchemy.engine import make_url
+        from sanic_sqlalchemy import Database
+
+        db = Database(
+            make_url({url!r}).set(password={password!r}),
+            connect_args={{"server_settings": {{"default_transaction_read_only": "off"}}}},
+        )
+        """,
+    )
+    result = await run(tmp_path, "check", "cli_writable:db")
+    assert result.code == 1, result.out + result.err
+    assert "UNREACHABLE" not in result.out
+    assert "read-only: NO" in result.out
+    assert (
+        "problem  DATABASE_URL: a read connection is not read-only: the server reports its "
+        "read-only mode off (on PostgreSQL, is default_transaction_read_only overridden in "
+        "connect_args' server_settings?), so db.read refuses every statement on it.\n"
+    ) in result.out
+    assert result.out.rstrip().endswith("1 problem(s)")
+    assert password not in result.out + result.err
+
+    result = await run(tmp_path, "check", "cli_writable:db", "--json")
+    assert result.code == 1, result.out + result.err
+    (report,) = json.loads(result.out)
+    (server,) = report["servers"]
+    assert (server["reachable"], server["read_only"]) == (True, False)
+    assert [problem["key"] for problem in report["problems"]] == ["DATABASE_URL"]
+    assert "not read-only" in report["problems"][0]["message"]
+    assert password not in result.out + result.err
+
+
 @pytest.mark.parametrize("scheme", ["postgresql+asyncpg", "mysql+asyncmy"])
 async def test_a_server_that_never_answers_fails_quickly(
     silent_server: int, tmp_path: Path, scheme: str

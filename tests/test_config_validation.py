@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from pathlib import Path
+
 import pytest
 from sqlalchemy import select
+from sqlalchemy.dialects import registry
+from sqlalchemy.dialects.mysql.asyncmy import MySQLDialect_asyncmy
 from sqlalchemy.pool import NullPool
 
 from sanic_sqlalchemy import ConfigurationError, Database
@@ -65,6 +70,42 @@ def test_password_with_an_unescaped_at_sign_never_leaks(url: str) -> None:
         assert fragment not in error
         assert fragment not in repr(caught.value)
     assert caught.value.__cause__ is None
+
+
+class AsyncFooDialect(MySQLDialect_asyncmy):
+    """A third-party asyncio MySQL dialect, as a package would register it."""
+
+    driver = "asyncfoo"
+
+
+@pytest.fixture
+def asyncfoo(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """``mysql+asyncfoo://`` registered with SQLAlchemy, its driver package importable."""
+    (tmp_path / "asyncfoo").mkdir()
+    (tmp_path / "asyncfoo" / "__init__.py").write_text("")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    registry.register("mysql.asyncfoo", __name__, "AsyncFooDialect")
+    yield
+    registry.deregister("mysql.asyncfoo")
+
+
+def test_an_unsupported_mysql_driver_names_the_prefixed_key(asyncfoo: None) -> None:
+    """An asyncio MySQL driver the library cannot open connections with is refused at
+    ``init_app`` under the database's own prefix, for the URL and for a replica."""
+    app = make_app("unsupported_driver")
+    app.config.ANALYTICS_DATABASE_URL = "mysql+asyncfoo://app@db/shop"
+    with pytest.raises(ConfigurationError) as caught:
+        Database(config_prefix="ANALYTICS_DATABASE_").init_app(app)
+    assert str(caught.value) == (
+        "ANALYTICS_DATABASE_URL: the MySQL driver 'asyncfoo' is not supported; use "
+        "'mysql+asyncmy' (or 'mysql+aiomysql')."
+    )
+
+    app = make_app("unsupported_replica_driver")
+    app.config.ANALYTICS_DATABASE_URL = "mysql+asyncmy://app@db/shop"
+    app.config.ANALYTICS_DATABASE_READ_URLS = "mysql+asyncfoo://app@replica/shop"
+    with pytest.raises(ConfigurationError, match=r"^ANALYTICS_DATABASE_READ_URLS: the MySQL"):
+        Database(config_prefix="ANALYTICS_DATABASE_").init_app(app)
 
 
 def test_nullpool_rejects_pool_size_settings() -> None:

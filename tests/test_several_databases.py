@@ -16,7 +16,7 @@ from sqlalchemy.ext.asyncio import create_async_engine
 from sanic_sqlalchemy import ConfigurationError, Database, EngineNotInitialisedError
 from sanic_sqlalchemy.testing import checked_out, schema
 
-from .conftest import make_app
+from .conftest import backend_url, make_app
 from .models import Base, User
 from .test_sanic import Child, DeferredBase, Parent
 
@@ -229,3 +229,125 @@ async def test_a_database_that_committed_stays_committed(
             assert len((await db.read.execute(select(Child))).scalars().all()) == 1
         async with analytics:
             assert (await analytics.read.execute(select(Child))).scalars().all() == []
+
+
+@pytest.fixture
+def cross_urls(tmp_path: Path) -> tuple[str, str]:
+    """The PostgreSQL and the MariaDB test URLs; skipped without both (failed in CI)."""
+    return backend_url("postgresql", tmp_path), backend_url("mysql", tmp_path)
+
+
+@pytest.fixture
+async def postgres_and_mariadb(
+    cross_urls: tuple[str, str],
+) -> AsyncIterator[tuple[Database, Database]]:
+    """``db`` for PostgreSQL and ``analytics`` for MariaDB, configured by ``cross_app``."""
+    db, analytics = Database(), Database(config_prefix=ANALYTICS)
+    yield db, analytics
+    await db.dispose()
+    await analytics.dispose()
+
+
+def cross_app(
+    databases: tuple[Database, Database],
+    urls: tuple[str, str],
+    *,
+    postgresql_first: bool = True,
+    orphan: bool = False,
+) -> Any:
+    """An app whose one request writes a parent and a child to PostgreSQL (``db``), the
+    child an orphan with ``orphan`` (its deferred foreign key fails the commit), and a
+    user to MariaDB (``analytics``), PostgreSQL first unless told otherwise."""
+    db, analytics = databases
+    order = (db, analytics) if postgresql_first else (analytics, db)
+    app = make_app("postgres_and_mariadb")
+    app.config.DATABASE_URL, app.config.ANALYTICS_DATABASE_URL = urls
+
+    @app.post("/")
+    async def create(request: Request) -> HTTPResponse:
+        for database in order:
+            if database is db:
+                db.write.add(Child(id=1, parent_id=12345 if orphan else 1, name="child"))
+                if not orphan:
+                    db.write.add(Parent(id=1))
+                await db.write.flush()
+            else:
+                analytics.write.add(User(id=1, name="analytics", email="1@example.com"))
+                await analytics.write.flush()
+        seen = [
+            len((await db.read.execute(select(Child))).scalars().all()),
+            (await analytics.read.execute(select(User.name))).scalar_one(),
+        ]
+        if request.args.get("raise"):
+            raise RuntimeError("the handler failed after writing to both")
+        return json(seen, status=int(request.args.get("status", 201)))
+
+    db.init_app(app)
+    analytics.init_app(app)
+    return app
+
+
+async def children(db: Database) -> int:
+    """Rows in ``deferred_children`` of ``db``, read in a unit of its own."""
+    async with db:
+        return len((await db.read.execute(select(Child))).scalars().all())
+
+
+async def test_postgresql_and_mariadb_commit_in_one_request(
+    postgres_and_mariadb: tuple[Database, Database], cross_urls: tuple[str, str]
+) -> None:
+    """One request through the Sanic test client writes to PostgreSQL and to MariaDB,
+    reads its own writes from each, and commits both."""
+    db, analytics = postgres_and_mariadb
+    app = cross_app(postgres_and_mariadb, cross_urls)
+    async with schema(db, DeferredBase.metadata), schema(analytics, Base.metadata):
+        _, response = await app.asgi_client.post("/")
+        assert (response.status, response.json) == (201, [1, "analytics"])
+        assert await children(db) == 1
+        assert await users(analytics) == ["analytics"]
+        assert checked_out(db).total == checked_out(analytics).total == 0
+
+
+@pytest.mark.parametrize("query", ["?status=409", "?raise=1"])
+async def test_an_error_rolls_back_postgresql_and_mariadb(
+    postgres_and_mariadb: tuple[Database, Database], cross_urls: tuple[str, str], query: str
+) -> None:
+    """A request answered 400 or above, or whose handler raises, after writing to
+    PostgreSQL and MariaDB rolls back both."""
+    db, analytics = postgres_and_mariadb
+    app = cross_app(postgres_and_mariadb, cross_urls)
+    async with schema(db, DeferredBase.metadata), schema(analytics, Base.metadata):
+        _, response = await app.asgi_client.post(f"/{query}")
+        assert response.status in (409, 500)
+        assert await children(db) == 0
+        assert await users(analytics) == []
+        assert checked_out(db).total == checked_out(analytics).total == 0
+
+
+async def test_a_failing_postgresql_commit_rolls_back_mariadb(
+    postgres_and_mariadb: tuple[Database, Database], cross_urls: tuple[str, str]
+) -> None:
+    """When PostgreSQL, committed first, refuses the commit (a deferred foreign key),
+    MariaDB's writes, not committed yet, roll back; the client gets a 500."""
+    db, analytics = postgres_and_mariadb
+    app = cross_app(postgres_and_mariadb, cross_urls, orphan=True)
+    async with schema(db, DeferredBase.metadata), schema(analytics, Base.metadata):
+        _, response = await app.asgi_client.post("/")
+        assert response.status == 500
+        assert await children(db) == 0
+        assert await users(analytics) == []
+        assert checked_out(db).total == checked_out(analytics).total == 0
+
+
+async def test_mariadb_committed_before_a_failing_postgresql_commit_stays(
+    postgres_and_mariadb: tuple[Database, Database], cross_urls: tuple[str, str]
+) -> None:
+    """Not two-phase commit: MariaDB, touched and so committed first, keeps its commit
+    when PostgreSQL's commit is refused afterwards; the client gets a 500."""
+    db, analytics = postgres_and_mariadb
+    app = cross_app(postgres_and_mariadb, cross_urls, postgresql_first=False, orphan=True)
+    async with schema(db, DeferredBase.metadata), schema(analytics, Base.metadata):
+        _, response = await app.asgi_client.post("/")
+        assert response.status == 500
+        assert await children(db) == 0
+        assert await users(analytics) == ["analytics"]

@@ -26,7 +26,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from .database import Database
 from .engines import Engines
-from .errors import SanicSQLAlchemyError
+from .errors import ReadOnlyError, SanicSQLAlchemyError
 from .settings import Settings
 
 _VERSION_QUERIES = {
@@ -188,6 +188,8 @@ async def check_database(db: Database, timeout: float) -> dict[str, Any]:
         servers.append(report)
         single = dataclasses.replace(settings, url=url, read_urls=())
         engines: Engines | None = None
+        # What a read connection that is not read-only means, once one was found.
+        consequence = "db.read could change data."
         try:
             engines = Engines(single)
             await asyncio.wait_for(_probe(engines, report), timeout)
@@ -199,6 +201,12 @@ async def check_database(db: Database, timeout: float) -> dict[str, Any]:
                     "server running and reachable from here?",
                 )
             )
+        except ReadOnlyError:
+            # The read guard discarded the connection before its first query: the server
+            # said, as it opened, that the connection is not read-only.
+            report.reachable = True
+            report.read_only = False
+            consequence = _READ_ONLY_OFF
         except CheckError as error:
             problems.append(
                 Problem(
@@ -214,9 +222,7 @@ async def check_database(db: Database, timeout: float) -> dict[str, Any]:
             if engines is not None:
                 await engines.dispose()
         if report.read_only is False:
-            problems.append(
-                Problem(key, "a read connection is not read-only: db.read could change data.")
-            )
+            problems.append(Problem(key, f"a read connection is not read-only: {consequence}"))
     return {
         "prefix": prefix,
         "backend": settings.backend,
@@ -224,6 +230,13 @@ async def check_database(db: Database, timeout: float) -> dict[str, Any]:
         "servers": [dataclasses.asdict(server) for server in servers],
         "problems": [dataclasses.asdict(problem) for problem in problems],
     }
+
+
+_READ_ONLY_OFF = (
+    "the server reports its read-only mode off (on PostgreSQL, is "
+    "default_transaction_read_only overridden in connect_args' server_settings?), so "
+    "db.read refuses every statement on it."
+)
 
 
 def _pool(settings: Settings) -> dict[str, Any]:
@@ -257,10 +270,14 @@ def _print_check(results: list[dict[str, Any]]) -> None:
             print(f"  pool: {pool}")
         for server in result["servers"]:
             if server["reachable"]:
-                state = (
-                    f"ok  {server['latency_ms']} ms  {server['version']}  read-only: "
-                    f"{'yes' if server['read_only'] else 'NO'}"
-                )
+                # Latency and version are unknown when the probe stopped at connecting.
+                parts = [
+                    "ok",
+                    *([f"{server['latency_ms']} ms"] if server["latency_ms"] is not None else []),
+                    *([server["version"]] if server["version"] else []),
+                    f"read-only: {'yes' if server['read_only'] else 'NO'}",
+                ]
+                state = "  ".join(parts)
             else:
                 state = "UNREACHABLE"
             print(f"  {server['role']:<8} {server['key']:<28} {server['url']}  {state}")

@@ -519,9 +519,12 @@ def _capability_connector(dialect: Any, *, clear: int, add: int = 0) -> Any:
     module = getattr(driver, "asyncmy", None) or getattr(driver, "aiomysql", None)
     connection_class = getattr(getattr(module, "connection", None), "Connection", None)
     if connection_class is None:
+        # Settings accept only asyncmy and aiomysql, naming the key; this is a version of
+        # them laid out differently.
         raise ConfigurationError(
-            f"DATABASE_URL: the MySQL driver {dialect.driver!r} is not supported; use "
-            "mysql+asyncmy:// (or mysql+aiomysql://)."
+            f"this version of the MySQL driver {dialect.driver!r} is not supported (no "
+            "Connection class where sanic-sqlalchemy looks for it); install the version "
+            "of the sanic-sqlalchemy extra 'mysql'."
         )
 
     async def connect(*args: Any, **kwargs: Any) -> Any:

@@ -59,6 +59,8 @@ DEFAULT_MYSQL_POOL_RECYCLE = 3600
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off", ""}
 _BACKENDS = ("sqlite", "postgresql", "mysql", "mariadb")
+#: The asyncio MySQL/MariaDB drivers whose connections ``dialects`` knows how to open.
+_MYSQL_DRIVERS = ("asyncmy", "aiomysql")
 
 
 class ReplicaFallback(Enum):
@@ -343,6 +345,11 @@ def _url(key: str, value: Any) -> URL:
         raise ConfigurationError(
             f"{key}: {url.drivername!r} is not an asyncio driver; use "
             "'sqlite+aiosqlite', 'postgresql+asyncpg' or 'mysql+asyncmy'."
+        )
+    if backend_of(url) == "mysql" and dialect.driver not in _MYSQL_DRIVERS:
+        raise ConfigurationError(
+            f"{key}: the MySQL driver {dialect.driver!r} is not supported; use "
+            "'mysql+asyncmy' (or 'mysql+aiomysql')."
         )
     if not _installed(dialect.driver):
         raise ConfigurationError(
