@@ -50,6 +50,7 @@ from sanic.response import HTTPResponse, ResponseStream, text
 from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 
 from .errors import ReplicaUnavailableError
+from .injection import install_injection
 from .unit import UnitState
 
 if TYPE_CHECKING:
@@ -527,6 +528,7 @@ def _install_app_hooks(app: Sanic[Any, Any]) -> None:
     app.signal("http.lifecycle.complete", priority=-_PRIORITY)(end_with_connection)
     app.error_handler.add(PoolTimeoutError, _pool_exhausted)
     app.error_handler.add(ReplicaUnavailableError, _no_replica)
+    install_injection(app)
 
 
 async def _end_units(units: _Units, success: bool) -> None:
