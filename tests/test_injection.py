@@ -4,6 +4,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import socket
 import subprocess
 import sys
@@ -20,6 +21,8 @@ from sanic_sqlalchemy.testing import checked_out, schema
 
 from .conftest import count_users, make_app
 from .models import Base, User
+from .test_asgi import _request, under_uvicorn  # noqa: F401 - the fixture
+from .test_cancellation import _poll
 from .test_several_databases import second_url  # noqa: F401 - the fixture
 
 
@@ -141,6 +144,43 @@ async def test_an_injected_write_session_refuses_work_once_the_response_streams(
     assert held.startswith("held: db.write cannot be used: this unit has already committed")
     assert held.removeprefix("held: ") == current.removeprefix("db.write: ")
     assert read == "read: 0"
+    assert await count_users(db) == 0
+
+
+@pytest.mark.sanic_ext
+async def test_a_hang_up_under_uvicorn_rolls_back_an_injected_write(
+    db: Database,
+    under_uvicorn: Any,  # noqa: F811 - the fixture
+) -> None:
+    """Under uvicorn, a POST whose handler takes a ``WriteSession`` (injected when the
+    route is found, before Sanic reads the body) is watched once the handler starts: a
+    client that hangs up while it waits gets it cancelled, and nothing commits."""
+    app = make_app("inject_asgi")
+    db.init_app(app)
+    reached, cancelled, release = asyncio.Event(), asyncio.Event(), asyncio.Event()
+
+    @app.post("/work")
+    async def work(request: Request, write: WriteSession) -> HTTPResponse:
+        write.add(User(id=1, name=request.json["name"], email="ada@example.com"))
+        await write.flush()
+        reached.set()
+        try:
+            await release.wait()
+        except asyncio.CancelledError:
+            cancelled.set()
+            raise
+        return text("finished")
+
+    served = await under_uvicorn(app)
+    _, writer = await served.send(_request("POST", "/work", b'{"name": "Ada"}'))
+    await asyncio.wait_for(reached.wait(), 5)
+    await asyncio.sleep(0.2)  # the handler now waits
+    writer.close()
+    await writer.wait_closed()
+    handler_cancelled = await _poll(cancelled.is_set, 2)
+    release.set()  # without a cancellation the handler would now commit
+    assert await _poll(lambda: checked_out(db).total == 0, 5)
+    assert handler_cancelled, "the handler was not cancelled when its client hung up"
     assert await count_users(db) == 0
 
 

@@ -200,6 +200,7 @@ def _unit_request_class(base: type[Request]) -> type[Request]:
             "_sqla_streaming",
             "_sqla_task",
             "_sqla_units",
+            "_sqla_watch_later",
             "_sqla_watcher",
         )
         _sanic_sqlalchemy_databases: list[Database] = []
@@ -219,6 +220,9 @@ def _unit_request_class(base: type[Request]) -> type[Request]:
             #: whether it did (then nothing commits).
             self._sqla_watcher: asyncio.Task[None] | None = None
             self._sqla_hung_up = False
+            #: A unit was created before Sanic read the body (sanic-ext injects at
+            #: routing): watch once the handler starts, when the body has been read.
+            self._sqla_watch_later = False
 
         async def respond(
             self,
@@ -333,6 +337,8 @@ def _wrap_handler(handler: Callable[..., Any]) -> Callable[..., Any]:
         async def in_unit_of_work(request: Any, *args: Any, **kwargs: Any) -> Any:
             if request._sqla_hung_up:
                 return await _answer_nobody(request)
+            if request._sqla_watch_later:
+                _watch_late(request)
             request._sqla_in_handler = True
             try:
                 response = await handler(request, *args, **kwargs)
@@ -363,6 +369,8 @@ async def _run_handler(
     """Run any handler (sync or async) as the request's handler."""
     if request._sqla_hung_up:
         return await _answer_nobody(request)
+    if request._sqla_watch_later:
+        _watch_late(request)
     request._sqla_in_handler = True
     try:
         response = handler(request, *args, **kwargs)
@@ -441,12 +449,20 @@ def _watch_for_hang_up(request: Any) -> None:
             or headers.get("content-length", "0").strip() != "0"
         ):
             # The handler (or Sanic for it) will read the body: a watcher would take
-            # its messages. Such a request is not watched (see the README).
+            # its messages. Sanic reads it before the handler starts, unless the handler
+            # streams it: try again then. Otherwise not watched (see the README).
+            request._sqla_watch_later = not request._sqla_in_handler
             return
         drain = True
     watcher = asyncio.get_running_loop().create_task(_until_hung_up(request, drain))
     watcher.add_done_callback(_log_watch_failure)
     request._sqla_watcher = watcher
+
+
+def _watch_late(request: Any) -> None:
+    request._sqla_watch_later = False
+    if request._sqla_watcher is None and not request._sqla_streaming:
+        _watch_for_hang_up(request)
 
 
 async def _until_hung_up(request: Any, drain: bool) -> None:
