@@ -62,6 +62,42 @@ async def test_injected_sessions_are_the_units_own(db: Database, serve: Any) -> 
     assert await count_users(db) == 1
 
 
+class Users:
+    """A repository that sanic-ext builds per request from the injected read session."""
+
+    def __init__(self, session: ReadSession) -> None:
+        self.session = session
+
+    async def names(self) -> list[str]:
+        return list((await self.session.execute(select(User.name))).scalars())
+
+
+def users_repository(session: ReadSession) -> Users:
+    return Users(session)
+
+
+@pytest.mark.sanic_ext
+async def test_a_dependency_constructor_gets_the_read_session(db: Database, serve: Any) -> None:
+    """A dependency whose constructor takes a ``ReadSession`` gets the request's
+    ``db.read``, which then sees what the handler wrote through ``db.write``."""
+    app = make_app("inject_repository")
+    app.ext.add_dependency(Users, users_repository)
+    seen: list[bool] = []
+
+    @app.post("/users")
+    async def create(request: Request, users: Users) -> HTTPResponse:
+        seen.append(users.session is db.read)
+        db.write.add(ada())
+        return json(await users.names(), status=201)
+
+    db.init_app(app)
+    served = await serve(app)
+    response = await served.client.post("/users")
+    assert (response.status_code, response.json()) == (201, ["Ada"])
+    assert seen == [True]
+    assert await count_users(db) == 1
+
+
 @pytest.mark.sanic_ext
 async def test_an_injected_write_session_rolls_back_with_the_request(
     db: Database, serve: Any
