@@ -8,7 +8,7 @@ import itertools
 import re
 from collections.abc import Callable, Iterable
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, ParamSpec
+from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
 
 from .callbacks import CallbackCapture, CallbackErrorHook
 from .context import UnitScope
@@ -26,6 +26,7 @@ if TYPE_CHECKING:
     from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 P = ParamSpec("P")
+_S = TypeVar("_S", ReadSession, WriteSession)
 _ids = itertools.count(1)
 
 _NO_UNIT = (
@@ -45,7 +46,10 @@ class Database:
     ``max_overflow``, ``pool_timeout``, ``pool_recycle``) go to
     ``create_async_engine`` unchanged.  ``config_prefix`` names the ``app.config``
     keys this database reads (``ANALYTICS_DATABASE_`` reads ``ANALYTICS_DATABASE_URL``
-    and so on), so that several databases can serve one app.
+    and so on), so that several databases can serve one app.  ``read_session_class``
+    and ``write_session_class`` (subclasses of ``ReadSession`` and ``WriteSession``)
+    are the classes of this database's ``db.read`` and ``db.write``: with sanic-ext, a
+    handler parameter annotated with one of them receives that session.
     """
 
     def __init__(
@@ -56,9 +60,19 @@ class Database:
         commit_on_exit: bool | None = None,
         on_callback_error: CallbackErrorHook | None = None,
         config_prefix: str = DEFAULT_PREFIX,
+        read_session_class: type[ReadSession] = ReadSession,
+        write_session_class: type[WriteSession] = WriteSession,
         **options: Any,
     ) -> None:
         self.config_prefix = _prefix(config_prefix)
+        #: The classes of ``db.read`` and ``db.write`` (and the annotations that
+        #: sanic-ext injects them for).
+        self.read_session_class = _session_class(
+            "read_session_class", read_session_class, ReadSession
+        )
+        self.write_session_class = _session_class(
+            "write_session_class", write_session_class, WriteSession
+        )
         self._explicit: dict[str, Any] = {
             "url": url,
             "read_urls": read_urls,
@@ -302,6 +316,15 @@ def _prefix(value: Any) -> str:
         raise ConfigurationError(
             f"config_prefix= (argument): expected upper-case letters such as "
             f"'ANALYTICS_DATABASE_', got {value!r}."
+        )
+    return value
+
+
+def _session_class(name: str, value: Any, base: type[_S]) -> type[_S]:
+    if not (isinstance(value, type) and issubclass(value, base)):
+        raise ConfigurationError(
+            f"{name}= (argument): expected {base.__name__} or a subclass of it "
+            f"(class AnalyticsRead({base.__name__}): ...), got {value!r}."
         )
     return value
 

@@ -50,6 +50,7 @@ from sanic.response import HTTPResponse, ResponseStream, text
 from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 
 from .errors import ReplicaUnavailableError
+from .injection import install_injection
 from .insight import metric_name, server_timing
 from .unit import UnitState
 
@@ -206,6 +207,7 @@ def _unit_request_class(base: type[Request]) -> type[Request]:
             "_sqla_streaming",
             "_sqla_task",
             "_sqla_units",
+            "_sqla_watch_later",
             "_sqla_watcher",
         )
         _sanic_sqlalchemy_databases: list[Database] = []
@@ -225,6 +227,9 @@ def _unit_request_class(base: type[Request]) -> type[Request]:
             #: whether it did (then nothing commits).
             self._sqla_watcher: asyncio.Task[None] | None = None
             self._sqla_hung_up = False
+            #: A unit was created before Sanic read the body (sanic-ext injects at
+            #: routing): watch once the handler starts, when the body has been read.
+            self._sqla_watch_later = False
 
         async def respond(
             self,
@@ -339,6 +344,8 @@ def _wrap_handler(handler: Callable[..., Any]) -> Callable[..., Any]:
         async def in_unit_of_work(request: Any, *args: Any, **kwargs: Any) -> Any:
             if request._sqla_hung_up:
                 return await _answer_nobody(request)
+            if request._sqla_watch_later:
+                _watch_late(request)
             request._sqla_in_handler = True
             try:
                 response = await handler(request, *args, **kwargs)
@@ -369,6 +376,8 @@ async def _run_handler(
     """Run any handler (sync or async) as the request's handler."""
     if request._sqla_hung_up:
         return await _answer_nobody(request)
+    if request._sqla_watch_later:
+        _watch_late(request)
     request._sqla_in_handler = True
     try:
         response = handler(request, *args, **kwargs)
@@ -447,12 +456,20 @@ def _watch_for_hang_up(request: Any) -> None:
             or headers.get("content-length", "0").strip() != "0"
         ):
             # The handler (or Sanic for it) will read the body: a watcher would take
-            # its messages. Such a request is not watched (see the README).
+            # its messages. Sanic reads it before the handler starts, unless the handler
+            # streams it: try again then. Otherwise not watched (see the README).
+            request._sqla_watch_later = not request._sqla_in_handler
             return
         drain = True
     watcher = asyncio.get_running_loop().create_task(_until_hung_up(request, drain))
     watcher.add_done_callback(_log_watch_failure)
     request._sqla_watcher = watcher
+
+
+def _watch_late(request: Any) -> None:
+    request._sqla_watch_later = False
+    if request._sqla_watcher is None and not request._sqla_streaming:
+        _watch_for_hang_up(request)
 
 
 async def _until_hung_up(request: Any, drain: bool) -> None:
@@ -534,6 +551,7 @@ def _install_app_hooks(app: Sanic[Any, Any]) -> None:
     app.signal("http.lifecycle.complete", priority=-_PRIORITY)(end_with_connection)
     app.error_handler.add(PoolTimeoutError, _pool_exhausted)
     app.error_handler.add(ReplicaUnavailableError, _no_replica)
+    install_injection(app)
 
 
 async def _end_units(units: _Units, success: bool) -> None:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from time import perf_counter
-from typing import TYPE_CHECKING, Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
 
 from sqlalchemy import event, inspect, text
 from sqlalchemy.exc import DBAPIError
@@ -29,6 +29,8 @@ if TYPE_CHECKING:
     from sqlalchemy.engine import Connection
 
     from .unit import UnitOfWork
+
+_O = TypeVar("_O", bound=object)
 
 
 class _UnitSession(Session):
@@ -336,6 +338,22 @@ class _WriteSyncSession(_UnitSession):
                 super().rollback()
             finally:
                 stats.write_time = before + (perf_counter() - started)
+
+    # A session held past its unit's commit (an injected handler parameter, a local
+    # variable) refuses new work as ``db.write`` does then, instead of taking changes
+    # that nothing would flush.
+
+    def add(self, instance: object, *, _warn: bool = True) -> None:
+        self._unit.check_writable()
+        super().add(instance, _warn=_warn)
+
+    def delete(self, instance: object) -> None:
+        self._unit.check_writable()
+        super().delete(instance)
+
+    def merge(self, instance: _O, *, load: bool = True, options: Any = None) -> _O:
+        self._unit.check_writable()
+        return super().merge(instance, load=load, options=options)
 
     def begin(self, nested: bool = False) -> SessionTransaction:
         # In a unit that commits by itself, a begin() block is part of the unit: a

@@ -213,7 +213,9 @@ class UnitOfWork:
         session = self._read
         if session is None:
             self.check_readable()
-            session = ReadSession(bind=self.engines.read, expire_on_commit=False, autoflush=False)
+            session = self._database.read_session_class(
+                bind=self.engines.read, expire_on_commit=False, autoflush=False
+            )
             session.sync_session.join_transaction_mode = "rollback_only"
             session.sync_session._unit = self
             self._read = session
@@ -228,11 +230,12 @@ class UnitOfWork:
         if session is None:
             self.check_writable()
             joined = self._database.joined
+            write_class = self._database.write_session_class
             if joined is None:
-                session = WriteSession(bind=self.engines.write, expire_on_commit=False)
+                session = write_class(bind=self.engines.write, expire_on_commit=False)
             else:
                 # A test's outer transaction: this unit's transaction is a savepoint.
-                session = WriteSession(
+                session = write_class(
                     bind=joined, expire_on_commit=False, join_transaction_mode="create_savepoint"
                 )
             session.sync_session._unit = self
