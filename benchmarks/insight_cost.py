@@ -1,131 +1,153 @@
-"""What query insight costs per statement, in the process that sends it.
+"""What query insight costs, measured where it runs: in the process that sends statements.
 
-Each round runs, in a fresh process per variant, the same loop: units of work of ten
-single-row reads by primary key (``db.read.get``), then units that insert a row and
-commit.  It reports the CPU time of the Python process (not the server's) per
-statement, so that the few hundred nanoseconds insight adds are not drowned in the
-round trip's wall time.  Variants, alternated round by round:
+Two measurements, both with every variant in one process, alternated, so that the
+variance between processes (memory layout, a busy neighbour) does not enter:
 
-* ``baseline``: the library at another checkout (``--baseline SRC``, its ``src``
-  folder, e.g. a ``git worktree`` of the commit before insight);
-* ``off``: this checkout, every report off (the default: ``unit.stats`` is counted);
-* ``on``: this checkout with ``slow_query_ms`` and ``repeated_query_warn`` set to
-  thresholds nothing reaches, so each statement is looked at and nothing is logged.
+1. **The statement hook alone.** The function installed on each engine's ``do_execute``
+   is called a million times around a driver call that does nothing, once with every
+   report off (it counts and times) and once with the slow-statement log and the
+   repeated-statement watch on (thresholds nothing reaches); the difference to calling
+   the driver directly is the cost per statement.
+2. **Real units on PostgreSQL.** Units of ten single-row reads (``db.read.get``) and
+   units that insert a row and commit, through two ``Database`` objects on the same
+   server, one with the reports off and one with them on; the client's CPU time per
+   read and per writing unit, medians over alternated blocks.
 
-    .venv/bin/python benchmarks/insight_cost.py --baseline /tmp/base/src --rounds 7
+    .venv/bin/python benchmarks/insight_cost.py [--url postgresql+asyncpg://…] [--blocks 8]
 
-PostgreSQL at ``--url`` (default: the local server's ``test`` database).
+The cost against the library before query insight, per request through Sanic, is the
+benchmark harness's ``ours-baseline`` variant (see benchmarks/README.md).
 """
 
 from __future__ import annotations
 
 import argparse
-import json
-import os
+import asyncio
 import statistics
-import subprocess
-import sys
 import time
-from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
 
-HERE = Path(__file__).resolve().parent
-SOURCE = HERE.parent / "src"
-
-_CHILD = r"""
-import asyncio, json, sys, time
-from sqlalchemy import BigInteger, Integer, String, select
+from sqlalchemy import BigInteger, String
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
-import sanic_sqlalchemy
+
 from sanic_sqlalchemy import Database
+from sanic_sqlalchemy.insight import StatementWatch, UnitStats
+from sanic_sqlalchemy.settings import InsightSettings
+
+CALLS = 1_000_000
+
 
 class Base(DeclarativeBase):
     pass
+
 
 class Row(Base):
     __tablename__ = "insight_cost"
     id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=True)
     name: Mapped[str] = mapped_column(String(50))
-    visits: Mapped[int] = mapped_column(Integer, default=0)
 
-async def main(url, settings, units):
-    db = Database(url, pool_size=2, **settings)
-    async with db.engine.begin() as connection:
-        await connection.run_sync(Base.metadata.drop_all)
-        await connection.run_sync(Base.metadata.create_all)
-    async with db:
-        db.write.add_all(Row(name=f"r{i}") for i in range(10))
-    for _ in range(50):  # warm-up: caches, connections
-        async with db:
-            await db.read.get(Row, 1)
-    reads_cpu = time.process_time()
+
+def _nothing(_cursor: Any, _statement: str, _parameters: Any, _context: Any) -> None:
+    """A driver call that does nothing."""
+
+
+def hook_cost() -> dict[str, float]:
+    """Nanoseconds per statement the hook adds around the driver call."""
+    connection = SimpleNamespace(_sanic_sqlalchemy_stats=UnitStats())
+    context = SimpleNamespace(root_connection=connection, execution_options={})
+    statement = "SELECT rows.id, rows.name FROM rows WHERE rows.id = $1"
+    hooks = {
+        "off": StatementWatch(InsightSettings())._timed(_nothing, reads_only=True),
+        "on": StatementWatch(
+            InsightSettings(slow_query_ms=10_000, repeated_query_warn=10**9)
+        )._timed(_nothing, reads_only=True),
+    }
+    timings: dict[str, list[float]] = {"direct": [], "off": [], "on": []}
+    for _ in range(5):
+        started = time.perf_counter()
+        for _ in range(CALLS):
+            _nothing(None, statement, (), context)
+        timings["direct"].append(time.perf_counter() - started)
+        for name, hook in hooks.items():
+            started = time.perf_counter()
+            for _ in range(CALLS):
+                hook(None, statement, (), context)
+            timings[name].append(time.perf_counter() - started)
+    direct = min(timings["direct"])
+    return {name: (min(timings[name]) - direct) / CALLS * 1e9 for name in hooks}
+
+
+async def _reads(db: Database, units: int) -> float:
+    started = time.process_time()
     for _ in range(units):
         async with db:
             for key in range(1, 11):
                 await db.read.get(Row, key)
-    reads_cpu = time.process_time() - reads_cpu
-    writes_cpu = time.process_time()
+    return (time.process_time() - started) / (units * 10) * 1e6
+
+
+async def _writes(db: Database, units: int) -> float:
+    started = time.process_time()
     for _ in range(units):
         async with db:
             db.write.add(Row(name="w"))
-    writes_cpu = time.process_time() - writes_cpu
-    await db.dispose()
-    print(json.dumps({
-        "module": sanic_sqlalchemy.__file__,
-        "read_us": reads_cpu / (units * 10) * 1e6,
-        "write_unit_us": writes_cpu / units * 1e6,
-    }))
-
-asyncio.run(main(sys.argv[1], json.loads(sys.argv[2]), int(sys.argv[3])))
-"""
-
-VARIANTS = {
-    "baseline": {},
-    "off": {},
-    "on": {"slow_query_ms": 10_000, "repeated_query_warn": 1_000},
-}
+    return (time.process_time() - started) / units * 1e6
 
 
-def _run(variant: str, source: str, url: str, units: int) -> dict[str, float]:
-    env = {**os.environ, "PYTHONPATH": source}
-    settings = json.dumps(VARIANTS[variant])
-    output = subprocess.run(
-        [sys.executable, "-c", _CHILD, url, settings, str(units)],
-        env=env,
-        check=True,
-        capture_output=True,
-        text=True,
-    ).stdout
-    result: dict[str, float] = json.loads(output)
-    module = str(result.pop("module"))
-    if not module.startswith(source):
-        raise SystemExit(f"{variant}: sanic_sqlalchemy came from {module}, not {source}")
-    return result
+async def units_cost(url: str, blocks: int, units: int) -> dict[str, dict[str, float]]:
+    """Client CPU µs per read and per writing unit, reports off and on."""
+    databases = {
+        "off": Database(url, pool_size=2),
+        "on": Database(url, pool_size=2, slow_query_ms=10_000, repeated_query_warn=10**9),
+    }
+    setup = databases["off"]
+    async with setup.engine.begin() as connection:
+        await connection.run_sync(Base.metadata.drop_all)
+        await connection.run_sync(Base.metadata.create_all)
+    async with setup:
+        setup.write.add_all(Row(name=f"r{i}") for i in range(10))
+    results: dict[str, dict[str, list[float]]] = {
+        name: {"read": [], "write": []} for name in databases
+    }
+    try:
+        for db in databases.values():  # warm-up: caches, connections
+            await _reads(db, 50)
+            await _writes(db, 20)
+        for block in range(blocks):
+            order = list(databases.items())
+            for name, db in order if block % 2 else reversed(order):
+                results[name]["read"].append(await _reads(db, units))
+                results[name]["write"].append(await _writes(db, units // 5))
+    finally:
+        async with setup.engine.begin() as connection:
+            await connection.run_sync(Base.metadata.drop_all)
+        for db in databases.values():
+            await db.dispose()
+    return {
+        name: {kind: statistics.median(values) for kind, values in kinds.items()}
+        for name, kinds in results.items()
+    }
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--baseline", required=True, help="src folder of the baseline")
     parser.add_argument("--url", default="postgresql+asyncpg://postgres@127.0.0.1:5432/test")
-    parser.add_argument("--rounds", type=int, default=5)
-    parser.add_argument("--units", type=int, default=2000, help="units per loop")
+    parser.add_argument("--blocks", type=int, default=8, help="alternated blocks (8)")
+    parser.add_argument("--units", type=int, default=300, help="read units per block (300)")
     options = parser.parse_args()
-    sources = {"baseline": os.path.realpath(options.baseline), "off": str(SOURCE), "on": str(SOURCE)}
-    results: dict[str, list[dict[str, float]]] = {name: [] for name in VARIANTS}
-    order = list(VARIANTS)
-    started = time.monotonic()
-    for round_number in range(options.rounds):
-        for variant in order[round_number % 3 :] + order[: round_number % 3]:
-            results[variant].append(_run(variant, sources[variant], options.url, options.units))
-    print(f"{options.rounds} rounds of {options.units} units per loop, "
-          f"{time.monotonic() - started:.0f} s; medians of client CPU time:")
-    base = {key: statistics.median(r[key] for r in results["baseline"]) for key in ("read_us", "write_unit_us")}
-    print("| variant | µs CPU per read | ratio | µs CPU per writing unit | ratio |")
-    print("|---|---|---|---|---|")
-    for variant in VARIANTS:
-        read = statistics.median(r["read_us"] for r in results[variant])
-        write = statistics.median(r["write_unit_us"] for r in results[variant])
-        print(f"| {variant} | {read:.1f} | {read / base['read_us']:.3f} | {write:.1f} | "
-              f"{write / base['write_unit_us']:.3f} |")
+    hooks = hook_cost()
+    print("The statement hook alone, ns per statement over the driver call:")
+    print(f"  reports off (counting and timing): {hooks['off']:.0f} ns")
+    print(f"  slow log and repeat watch on:      {hooks['on']:.0f} ns")
+    costs = asyncio.run(units_cost(options.url, options.blocks, options.units))
+    off, on = costs["off"], costs["on"]
+    print(f"\nReal units, client CPU (medians of {options.blocks} alternated blocks):")
+    print("| reports | µs per read | µs per writing unit |")
+    print("|---|---|---|")
+    for name, cost in costs.items():
+        print(f"| {name} | {cost['read']:.1f} | {cost['write']:.1f} |")
+    print(f"| on / off | {on['read'] / off['read']:.3f} | {on['write'] / off['write']:.3f} |")
 
 
 if __name__ == "__main__":

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -289,21 +290,27 @@ async def test_the_slow_statement_log_shows_parameters_when_asked(
 # -- repeated statements (N+1) --------------------------------------------------
 
 
-async def test_an_n_plus_one_loop_is_warned_about_once_with_its_place(
-    url: str, caplog: pytest.LogCaptureFixture
-) -> None:
+@pytest.fixture
+async def watched(url: str, caplog: pytest.LogCaptureFixture) -> AsyncIterator[Database]:
+    """A Database that warns about more than 10 runs of a statement, with tables."""
     database = Database(url, repeated_query_warn=10)
     caplog.set_level(logging.WARNING, logger=INSIGHT)
     async with schema(database, Base.metadata):
-        ids = await _add_users(database, 15)
-        async with database:
-            users = (await database.read.execute(select(User))).scalars().all()
-            for user in users:
-                orders = select(Order).where(Order.user_id == user.id)
-                line = _line_of_next_statement()
-                await database.read.execute(orders)
-        assert len(users) == len(ids)
+        yield database
     await database.dispose()
+
+
+async def test_an_n_plus_one_loop_is_warned_about_once_with_its_place(
+    watched: Database, caplog: pytest.LogCaptureFixture
+) -> None:
+    ids = await _add_users(watched, 15)
+    async with watched:
+        users = (await watched.read.execute(select(User))).scalars().all()
+        for user in users:
+            orders = select(Order).where(Order.user_id == user.id)
+            line = _line_of_next_statement()
+            await watched.read.execute(orders)
+    assert len(users) == len(ids)
     (record,) = _insight(caplog)
     message = record.getMessage()
     assert "ran 11 times in one unit of work (DATABASE_REPEATED_QUERY_WARN is 10)" in message
@@ -323,22 +330,18 @@ def _line_of_next_statement() -> int:
 
 
 async def test_one_query_and_up_to_the_limit_are_not_warned_about(
-    url: str, caplog: pytest.LogCaptureFixture
+    watched: Database, caplog: pytest.LogCaptureFixture
 ) -> None:
-    database = Database(url, repeated_query_warn=10)
-    caplog.set_level(logging.WARNING, logger=INSIGHT)
-    async with schema(database, Base.metadata):
-        ids = await _add_users(database, 10)
-        async with database:
-            rows = (await database.read.execute(select(Order))).scalars().all()
-            assert len(rows) == len(ids)
-            for user_id in ids:  # exactly the limit: fine
-                await database.read.execute(select(Order).where(Order.user_id == user_id))
-        # The count is per unit: the next one starts from zero.
-        async with database:
-            for user_id in ids:
-                await database.read.execute(select(Order).where(Order.user_id == user_id))
-    await database.dispose()
+    ids = await _add_users(watched, 10)
+    async with watched:
+        rows = (await watched.read.execute(select(Order))).scalars().all()
+        assert len(rows) == len(ids)
+        for user_id in ids:  # exactly the limit: fine
+            await watched.read.execute(select(Order).where(Order.user_id == user_id))
+    # The count is per unit: the next one starts from zero.
+    async with watched:
+        for user_id in ids:
+            await watched.read.execute(select(Order).where(Order.user_id == user_id))
     assert not _insight(caplog)
 
 
