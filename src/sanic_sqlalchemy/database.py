@@ -6,15 +6,16 @@ import asyncio
 import functools
 import itertools
 import re
-from collections.abc import Callable, Iterable
+from collections.abc import Awaitable, Callable, Coroutine, Iterable
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
+from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar, overload
 
 from .callbacks import CallbackCapture, CallbackErrorHook
 from .context import UnitScope
 from .engines import Engines
 from .errors import ConfigurationError, EngineNotInitialisedError, NoActiveUnitError
 from .insight import UnitStats
+from .retry import RetryPolicy, retrying
 from .sessions import ReadSession, WriteSession
 from .settings import DEFAULT_PREFIX, Settings
 from .unit import UnitOfWork, UnitState
@@ -26,6 +27,7 @@ if TYPE_CHECKING:
     from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 P = ParamSpec("P")
+T = TypeVar("T")
 _S = TypeVar("_S", ReadSession, WriteSession)
 _ids = itertools.count(1)
 
@@ -292,6 +294,40 @@ class Database:
         ``func`` may be sync or async.  It is dropped if the transaction rolls back.
         """
         self.current_unit("db.on_commit").on_commit(func, args, kwargs)
+
+    @overload
+    def retry(self, func: Callable[P, Awaitable[T]], /) -> Callable[P, Coroutine[Any, Any, T]]: ...
+
+    @overload
+    def retry(
+        self, *, attempts: int = 3, backoff: float = 0.05, max_backoff: float = 1.0
+    ) -> Callable[[Callable[P, Awaitable[T]]], Callable[P, Coroutine[Any, Any, T]]]: ...
+
+    def retry(
+        self,
+        func: Callable[..., Any] | None = None,
+        *,
+        attempts: int = 3,
+        backoff: float = 0.05,
+        max_backoff: float = 1.0,
+    ) -> Any:
+        """``@db.retry`` / ``@db.retry(attempts=5)``: run the async function in a unit
+        of its own, and again after a serialization failure or a deadlock.
+
+        Each attempt commits (or rolls back) before the next may begin; a failed
+        attempt's callbacks never run.  Between attempts it waits a random time of up
+        to ``backoff * 2**(n-1)`` seconds, at most ``max_backoff``.  A Sanic handler
+        can be decorated (below its route decorator); called inside a unit that has
+        already written it raises ``UnitStateError``.
+        """
+        policy = RetryPolicy(attempts=attempts, backoff=backoff, max_backoff=max_backoff)
+        if func is not None:
+            return retrying(self, func, policy)
+
+        def decorate(function: Callable[..., Any]) -> Callable[..., Any]:
+            return retrying(self, function, policy)
+
+        return decorate
 
     def after_commit(self, func: Callable[P, Any]) -> Callable[P, None]:
         """Decorate ``func`` so that each call is scheduled with ``db.on_commit``.

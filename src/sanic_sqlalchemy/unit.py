@@ -302,6 +302,14 @@ class UnitOfWork:
         if position is not None and position.encode():
             self.commit_token = issue_token(position)
 
+    def absorb(self, inner: UnitOfWork) -> None:
+        """Take over what ``inner`` (a unit of its own that ``@db.retry`` ran inside this
+        one, as in a handler) leaves the client: its statistics and its commit's
+        position, so that the response reports and carries them."""
+        self.stats.absorb(inner.stats)
+        if inner.commit_token is not None and self.owner is asyncio.current_task():
+            self.commit_token = inner.commit_token
+
     def write_began(self, connection: Connection) -> None:
         self.writer_connection = connection
         self.wrote = True

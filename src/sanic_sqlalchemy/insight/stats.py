@@ -58,6 +58,14 @@ class UnitStats:
         repeats[statement] = count
         return count
 
+    def absorb(self, other: UnitStats) -> None:
+        """Add what ``other`` (a unit run inside this one's request) asked and took."""
+        self.read_statements += other.read_statements
+        self.write_statements += other.write_statements
+        self.read_time += other.read_time
+        self.write_time += other.write_time
+        self.connection_wait += other.connection_wait
+
     def mark(self) -> None:
         """Note the time: a commit is starting, or the flush before it just ended."""
         self._mark = perf_counter()
