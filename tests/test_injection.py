@@ -424,3 +424,28 @@ def test_the_library_does_not_import_sanic_ext() -> None:
         "assert 'sanic_ext' not in sys.modules, sorted(sys.modules)\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
+
+
+@pytest.mark.sanic_ext
+@pytest.mark.backends("sqlite")
+async def test_a_retried_handler_asking_for_a_session_fails_at_start(
+    backend: str, tmp_path: Any
+) -> None:
+    """``@db.retry`` runs each attempt in a unit of its own; a session injected once from
+    the request's unit would not follow them, so asking for one is refused at start."""
+    app = make_app("inject_retry")
+    db = Database(f"sqlite+aiosqlite:///{tmp_path / 'main.db'}")
+
+    @app.post("/withdraw")
+    @db.retry
+    async def withdraw(request: Request, write: WriteSession) -> HTTPResponse:
+        return text("never")
+
+    db.init_app(app)
+    message = str(await start_error(app))
+    await db.dispose()
+    assert message.startswith(
+        f"The handler '{app.name}.withdraw' (parameter write: WriteSession) is decorated "
+        "with @db.retry"
+    )
+    assert "use db.read and db.write" in message

@@ -6,6 +6,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
+import sqlite3
+import threading
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -17,7 +20,7 @@ from sqlalchemy import insert, select, text
 from sqlalchemy.exc import DBAPIError
 
 from sanic_sqlalchemy import ConfigurationError, Database, NoActiveUnitError, ReadOnlyError
-from sanic_sqlalchemy.testing import schema
+from sanic_sqlalchemy.testing import rolled_back, schema
 
 from .conftest import make_app
 from .models import Base, Order, User
@@ -412,3 +415,53 @@ async def test_db_stats_is_the_current_units(url: str, serve: Any) -> None:
     assert (await served.client.get("/count")).json() == {"reads": 2, "writes": 0}
     with pytest.raises(NoActiveUnitError, match=r"db\.stats was used outside a unit"):
         database.stats  # noqa: B018
+
+
+# -- transaction control: time, not statements ------------------------------------
+
+
+async def test_savepoints_are_time_not_statements(db: Database) -> None:
+    """A ``db.write.begin()`` block (a savepoint) counts its INSERT, not its SAVEPOINT
+    and RELEASE, the same as a test's rolled-back transaction will."""
+    async with db as unit, db.write.begin():
+        db.write.add(User(name="Ada", email="ada@example.com"))
+    assert (unit.stats.statements, unit.stats.write_statements) == (1, 1)
+
+
+async def test_stats_are_the_same_in_a_rolled_back_test(db: Database) -> None:
+    async with db as production:
+        db.write.add(User(name="Ada", email="ada@example.com"))
+    async with rolled_back(db) as connection:
+        async with db as joined:
+            db.write.add(User(name="Bob", email="bob@example.com"))
+        assert joined.stats.statements == production.stats.statements == 1
+        # The test's own statements on the shared connection belong to no unit.
+        await connection.execute(text("SELECT 1"))
+        assert joined.stats.statements == 1
+
+
+@pytest.mark.backends("sqlite")
+async def test_sqlites_wait_for_the_write_lock_is_write_time(url: str) -> None:
+    """``BEGIN IMMEDIATE`` runs before the unit sees its connection; its wait for the
+    database's write lock (held here by another connection for 0.3 s) is the unit's."""
+    database = Database(url)
+    async with schema(database, Base.metadata):
+        path = url.removeprefix("sqlite+aiosqlite:///")
+        ready = threading.Event()
+
+        def hold_the_write_lock() -> None:
+            other = sqlite3.connect(path, isolation_level=None)
+            other.execute("BEGIN IMMEDIATE")
+            ready.set()
+            time.sleep(0.3)
+            other.execute("COMMIT")
+            other.close()
+
+        holder = threading.Thread(target=hold_the_write_lock)
+        holder.start()
+        ready.wait()
+        async with database as unit:
+            database.write.add(User(name="Ada", email="ada@example.com"))
+        holder.join()
+        assert unit.stats.write_time >= 0.25
+    await database.dispose()

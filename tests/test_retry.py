@@ -249,3 +249,93 @@ async def test_a_handler_is_retried_and_answers_once(url: str, serve: Any) -> No
         # A 4xx answer rolls the handler's unit back, as a request's own unit would.
         assert (await client.post("/refused")).status_code == 409
         assert await _balances(db) == [15, 0]
+
+
+@pytest.mark.backends("postgresql")
+async def test_a_retried_function_called_by_a_retried_one_joins_its_attempt(
+    accounts: Database,
+) -> None:
+    """The inner call commits with the outer attempt, not on its own: when the outer
+    attempt is retried, the inner one's effect happens once."""
+    db = accounts
+    both_read = asyncio.Barrier(2)
+    attempts = Attempts()
+
+    @db.retry
+    async def record(note: str) -> None:
+        db.write.add(Account(id=100 + len(attempts.started), balance=0))
+        db.on_commit(attempts.committed.append, note)
+
+    @db.retry(backoff=0.01)
+    async def deposit(caller: str, amount: int) -> None:
+        attempts.started.append(caller)
+        number = attempts.started.count(caller)
+        await _serializable(db)
+        balance = await db.write.scalar(select(Account.balance).where(Account.id == 1))
+        await record(f"{caller}#{number}")
+        if number == 1:
+            await both_read.wait()
+        await db.write.execute(
+            update(Account).where(Account.id == 1).values(balance=balance + amount)
+        )
+
+    await asyncio.gather(deposit("a", 10), deposit("b", 5))
+    assert len(attempts.started) == 3
+    assert len(attempts.committed) == 2  # the failed attempt's inner record rolled back
+    assert (await _balances(db))[0] == 15
+    assert len(await _balances(db)) == 4  # two accounts, two records
+
+
+async def test_pending_writes_count_as_written(accounts: Database) -> None:
+    db = accounts
+
+    @db.retry
+    async def noop() -> None:
+        pass
+
+    async with db:
+        db.write.add(Account(id=7, balance=7))  # not flushed yet
+        with pytest.raises(SanicSQLAlchemyError, match="has already written"):
+            await noop()
+
+
+@pytest.mark.backends("postgresql", "mysql")
+async def test_every_attempt_is_in_the_callers_stats(accounts: Database) -> None:
+    attempts = Attempts()
+    transfer = await _deadlocking(accounts, attempts)
+    async with accounts as outer:
+        results = await asyncio.gather(transfer("a", 1, 2), transfer("b", 2, 1))
+    assert sorted(results) == [1, 2]
+    # Three attempts, the failed one included, counted in the unit that called them:
+    # two updates each (and PostgreSQL's SET LOCAL).
+    per_attempt = 3 if accounts.settings.backend == "postgresql" else 2
+    assert outer.stats.write_statements == 3 * per_attempt
+
+
+@pytest.mark.backends("mysql")
+async def test_mariadbs_snapshot_isolation_conflict_is_retried(accounts: Database) -> None:
+    """With ``innodb_snapshot_isolation`` (MariaDB's default from 11.6 on) a REPEATABLE
+    READ write conflict is error 1020, not a deadlock."""
+    db = accounts
+    calls: list[int] = []
+
+    async def interfere() -> None:
+        async with db.engine.begin() as connection:
+            await connection.execute(
+                update(Account).where(Account.id == 1).values(balance=Account.balance + 1)
+            )
+
+    @db.retry(backoff=0.01)
+    async def withdraw() -> None:
+        calls.append(1)
+        await db.write.execute(text("SET SESSION innodb_snapshot_isolation = ON"))
+        await db.write.scalar(select(Account.balance).where(Account.id == 1))
+        if len(calls) == 1:
+            await interfere()
+        await db.write.execute(
+            update(Account).where(Account.id == 1).values(balance=Account.balance - 10)
+        )
+
+    await withdraw()
+    assert calls == [1, 1]
+    assert (await _balances(db))[0] == -9

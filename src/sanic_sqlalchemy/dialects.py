@@ -32,6 +32,7 @@ import contextlib
 import logging
 import os
 import tempfile
+import time
 from collections.abc import Iterator, Mapping
 from enum import Enum
 from typing import Any
@@ -43,7 +44,7 @@ from sqlalchemy.pool import PoolResetState
 from sqlalchemy.util import await_only
 
 from .errors import ConfigurationError
-from .insight.watch import OVERHEAD_OPTION
+from .insight.watch import OVERHEAD_OPTION, note_begin
 from .settings import Settings
 
 logger = logging.getLogger("sanic_sqlalchemy")
@@ -690,10 +691,13 @@ DEFERRED_BEGIN = "sanic_sqlalchemy_deferred_begin"
 
 
 def _sqlite_begin_immediate(connection: Connection) -> None:
+    started = time.perf_counter()
     if connection.get_execution_options().get(DEFERRED_BEGIN):
         connection.exec_driver_sql("BEGIN", execution_options=_BEGIN)
     else:
         connection.exec_driver_sql("BEGIN IMMEDIATE", execution_options=_BEGIN)
+    # The wait for the write lock, for the unit that begins on this connection next.
+    note_begin(connection, time.perf_counter() - started)
 
 
 def backend_for(settings: Settings) -> Backend:

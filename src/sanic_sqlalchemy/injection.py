@@ -19,6 +19,7 @@ from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
 from .errors import ConfigurationError, NoActiveUnitError
+from .retry import RETRIED
 from .sessions import ReadSession, WriteSession
 
 if TYPE_CHECKING:
@@ -61,6 +62,14 @@ async def _register_sessions(app: Sanic[Any, Any]) -> None:
                     "so no session can be injected. Open a unit where you need one:\n\n"
                     "    async with db:\n"
                     "        ...  # db.read, db.write\n"
+                )
+            if getattr(handler, RETRIED, False):
+                raise ConfigurationError(
+                    f"{where} is decorated with @db.retry, which runs each attempt in a "
+                    "unit of work of its own, while sanic-ext injects the request's "
+                    "session once, before the handler runs: the attempts would not use "
+                    "it. Inside a retried handler use db.read and db.write, which follow "
+                    "each attempt's unit, and drop the session parameter."
                 )
             problem = _problem(cls, givers.get(cls, []), givers)
             if problem is not None:

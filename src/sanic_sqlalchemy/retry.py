@@ -29,13 +29,17 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger("sanic_sqlalchemy")
 
+#: Attribute of the functions ``@db.retry`` returns.
+RETRIED = "__sanic_sqlalchemy_retried__"
+
 P = ParamSpec("P")
 T = TypeVar("T")
 
 #: PostgreSQL: serialization_failure, deadlock_detected.
 CONFLICT_SQLSTATES = frozenset({"40001", "40P01"})
-#: MySQL/MariaDB: ER_LOCK_DEADLOCK (also what a serialization conflict reports).
-CONFLICT_MYSQL_ERRORS = frozenset({1213})
+#: MySQL/MariaDB: ER_LOCK_DEADLOCK, and ER_CHECKREAD, MariaDB's write conflict under
+#: snapshot isolation (``innodb_snapshot_isolation``, the default from 11.6 on).
+CONFLICT_MYSQL_ERRORS = frozenset({1213, 1020})
 
 
 @dataclass(frozen=True)
@@ -107,6 +111,8 @@ def retrying(
     async def with_retries(*args: P.args, **kwargs: P.kwargs) -> T:
         return await run_with_retries(db, func, args, kwargs, policy)
 
+    # Seen by the sanic-ext integration, which refuses injected sessions here.
+    setattr(with_retries, RETRIED, True)
     return with_retries
 
 
@@ -120,7 +126,12 @@ async def run_with_retries(
     """Await ``func`` in a unit of its own until an attempt commits, up to
     ``policy.attempts`` times when the database reports a conflict."""
     outer = db.scope.current()
-    if outer is not None and outer.wrote and not outer.settled:
+    if outer is not None and outer.retrying and outer.owner is asyncio.current_task():
+        # Called by a function that is itself being retried: part of that attempt, which
+        # the outermost retry runs again as a whole (a unit of its own would commit
+        # here, and a retry of the outer attempt would then repeat its effects).
+        return await func(*args, **kwargs)
+    if outer is not None and not outer.settled and (outer.wrote or outer.holds_writes):
         raise UnitStateError(
             f"@db.retry on {getattr(func, '__qualname__', func)!r} was called inside a unit "
             "of work that has already written: a retry cannot undo that unit's writes, "
@@ -131,6 +142,7 @@ async def run_with_retries(
     while True:
         attempt += 1
         unit = db.open_unit()
+        unit.retrying = True
         token = db.scope.enter(unit)
         try:
             result = await _attempt(unit, func, args, kwargs)
@@ -147,11 +159,12 @@ async def run_with_retries(
                 delay,
             )
         else:
-            if outer is not None and not outer.ended:
-                outer.absorb(unit)
             return result
         finally:
             db.scope.leave(token)
+            if outer is not None and not outer.ended:
+                # Every attempt's statements and time, the failed ones' included.
+                outer.absorb(unit)
         await asyncio.sleep(delay)
 
 

@@ -128,16 +128,16 @@ class _ReadSyncSession(_UnitSession):
 
         A few attribute checks when there is nothing to do.
         """
-        if _has_pending(self):
+        if has_pending(self):
             refusal = self.refusal_of_pending_changes(at_end=False)
             if refusal is not None:
                 raise refusal
         write = unit.write_session
-        if write is not None and _has_pending(write.sync_session):
+        if write is not None and has_pending(write.sync_session):
             # In turn with the unit's other reads (asyncio.gather) and after any task
             # still writing: the first read flushes, the others find nothing pending.
             with unit.read_gate.hold(writing=False), unit.write_gate.hold(writing=False):
-                if _has_pending(write.sync_session):
+                if has_pending(write.sync_session):
                     write.sync_session.flush()
         if self._transaction is not None and unit.read_bound_to is not unit.writer_connection:
             with unit.read_gate.hold(writing=False):
@@ -198,7 +198,7 @@ class _ReadSyncSession(_UnitSession):
     def refusal_of_pending_changes(self, *, at_end: bool) -> ReadOnlyError | None:
         """The ``ReadOnlyError`` naming the objects added, changed or deleted through
         ``db.read``, or ``None`` when it holds no such change."""
-        if not _has_pending(self):
+        if not has_pending(self):
             return None
         new = [_describe(state) for state in self._new]
         deleted = [_describe(state) for state in self._deleted]
@@ -373,7 +373,7 @@ class _WriteSyncSession(_UnitSession):
         return super()._before_attach(state, obj)
 
 
-def _has_pending(session: Session) -> bool:
+def has_pending(session: Session) -> bool:
     """Whether ``session`` holds changes a flush would send (cheap: no history check)."""
     return bool(session._new or session._deleted or session.identity_map._modified)
 

@@ -22,11 +22,11 @@ from sqlalchemy.util import greenlet_spawn
 from .callbacks import Callback, CallbackQueue, run_callbacks
 from .errors import UnitStateError
 from .gate import Gate
-from .insight import UnitStats, attach
+from .insight import UnitStats, attach, detach
 from .replicas.positions import issue_token
 from .replicas.probe import commit_position
 from .replicas.routing import ReadRoute, wanted_position
-from .sessions import ReadSession, WriteSession
+from .sessions import ReadSession, WriteSession, has_pending
 
 if TYPE_CHECKING:
     from contextvars import Token
@@ -126,6 +126,7 @@ class UnitOfWork:
         "read_bound_to",
         "read_gate",
         "reading_on_writer",
+        "retrying",
         "state",
         "stats",
         "token",
@@ -169,6 +170,9 @@ class UnitOfWork:
         self.commit_failed = False
         #: What the unit asked of the database, and how long it took.
         self.stats = UnitStats()
+        #: Whether ``@db.retry`` runs this unit (a retried function called inside
+        #: joins it instead of opening its own).
+        self.retrying = False
 
     @property
     def settled(self) -> bool:
@@ -302,6 +306,12 @@ class UnitOfWork:
         if position is not None and position.encode():
             self.commit_token = issue_token(position)
 
+    @property
+    def holds_writes(self) -> bool:
+        """Whether ``db.write`` holds changes not yet flushed."""
+        write = self._write
+        return write is not None and has_pending(write.sync_session)
+
     def absorb(self, inner: UnitOfWork) -> None:
         """Take over what ``inner`` (a unit of its own that ``@db.retry`` ran inside this
         one, as in a handler) leaves the client: its statistics and its commit's
@@ -430,6 +440,11 @@ class UnitOfWork:
                 # reference counting free a finished unit at once, not the cyclic GC.
                 self._read = self._write = None
                 self.writer_connection = self.read_bound_to = None
+                joined = self._database.joined_sync
+                if joined is not None:
+                    # The test's outer connection outlives the unit: what runs on it
+                    # next is not this unit's.
+                    detach(joined, self.stats)
                 if read is not None:
                     if read.sync_session.get_transaction() is None and self.read_gate.free:
                         # Each read gave its connection back as it finished: closing

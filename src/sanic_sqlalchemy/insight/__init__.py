@@ -9,7 +9,7 @@ header.
 from .callsite import CallSite, application_call_site
 from .server_timing import metric_name, server_timing
 from .stats import UnitStats
-from .watch import StatementWatch, attach
+from .watch import StatementWatch, attach, detach, note_begin
 
 __all__ = [
     "CallSite",
@@ -17,6 +17,8 @@ __all__ = [
     "UnitStats",
     "application_call_site",
     "attach",
+    "detach",
     "metric_name",
+    "note_begin",
     "server_timing",
 ]

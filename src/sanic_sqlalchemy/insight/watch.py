@@ -20,6 +20,11 @@ from time import perf_counter
 from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import event
+from sqlalchemy.sql.elements import (
+    ReleaseSavepointClause,
+    RollbackToSavepointClause,
+    SavepointClause,
+)
 
 from ..readonly import READ_OPTION
 from .callsite import application_call_site
@@ -34,13 +39,19 @@ if TYPE_CHECKING:
 logger = logging.getLogger("sanic_sqlalchemy.insight")
 
 #: Execution option of the library's own statements (the read-only scope around a read
-#: in a writing unit, SQLite's BEGIN): ``"read"`` or ``"write"``, the time they add to.
+#: in a writing unit): ``"read"`` or ``"write"``, the time they add to.
 #: They are not the unit's statements, so they are neither counted nor watched.
 OVERHEAD_OPTION = "sanic_sqlalchemy_overhead"
 #: The attribute of a SQLAlchemy ``Connection`` that holds its unit's statistics.
 _STATS = "_sanic_sqlalchemy_stats"
 #: The key of a pooled connection's ``info`` that holds how long its checkout took.
 _WAIT = "sanic_sqlalchemy_checkout_wait"
+#: … and how long the ``BEGIN`` run on it before the unit saw it took.
+_BEGAN = "sanic_sqlalchemy_begin_time"
+#: Transaction control SQLAlchemy sends as statements: time, not statements, like
+#: BEGIN and COMMIT (the same in production and in a test's rolled-back transaction,
+#: whose units are savepoints).
+_CONTROL = frozenset({SavepointClause, ReleaseSavepointClause, RollbackToSavepointClause})
 #: How much of a statement or of its parameters a log line shows.
 _SHOWN = 2000
 
@@ -52,9 +63,28 @@ _Run = Callable[[Any, str, Any, Any], Any]
 def attach(connection: Connection, stats: UnitStats) -> None:
     """Count what runs on ``connection`` (just begun on by a unit) in ``stats``."""
     setattr(connection, _STATS, stats)
-    wait = connection.info.pop(_WAIT, None)
+    info = connection.info
+    wait = info.pop(_WAIT, None)
     if wait is not None:
         stats.connection_wait += wait
+    began = info.pop(_BEGAN, None)
+    if began is not None:
+        stats.write_time += began
+
+
+def detach(connection: Connection, stats: UnitStats) -> None:
+    """Stop counting ``connection`` in ``stats`` (a connection that outlives the unit:
+    the test's outer connection in a rolled-back test)."""
+    if getattr(connection, _STATS, None) is stats:
+        delattr(connection, _STATS)
+
+
+def note_begin(connection: Connection, seconds: float) -> None:
+    """A ``BEGIN`` that ran before any unit took the connection (SQLite's
+    ``BEGIN IMMEDIATE``, which waits for the write lock): the unit's write time.
+    A connection a unit already counts had it timed as it ran."""
+    if getattr(connection, _STATS, None) is None:
+        connection.info[_BEGAN] = seconds
 
 
 class StatementWatch:
@@ -97,6 +127,10 @@ class StatementWatch:
                 return False  # not a unit's statement: SQLAlchemy runs it as usual
             options = context.execution_options
             overhead = options.get(OVERHEAD_OPTION)
+            if overhead is None and not reads_only:
+                compiled = context.compiled
+                if compiled is not None and type(compiled.statement) in _CONTROL:
+                    overhead = "write"
             if overhead is not None:
                 started = perf_counter()
                 try:
