@@ -131,29 +131,24 @@ class StatementWatch:
                 compiled = context.compiled
                 if compiled is not None and type(compiled.statement) in _CONTROL:
                     overhead = "write"
-            if overhead is not None:
-                started = perf_counter()
-                try:
-                    run(cursor, statement, parameters, context)
-                finally:
-                    if overhead == "read":
-                        stats.read_time += perf_counter() - started
-                    else:
-                        stats.write_time += perf_counter() - started
-                return True
-            reading = reads_only or bool(options.get(READ_OPTION))
+            # Transaction control and the library's own statements add time only.
+            counted = overhead is None
+            if counted:
+                reading = reads_only or bool(options.get(READ_OPTION))
+            else:
+                reading = overhead == "read"
             started = perf_counter()
             try:
                 run(cursor, statement, parameters, context)
             finally:
                 elapsed = perf_counter() - started
                 if reading:
-                    stats.read_statements += 1
                     stats.read_time += elapsed
+                    stats.read_statements += counted
                 else:
-                    stats.write_statements += 1
                     stats.write_time += elapsed
-                if watched:
+                    stats.write_statements += counted
+                if watched and counted:
                     look_at(stats, statement, parameters, elapsed, reading)
             return True
 
