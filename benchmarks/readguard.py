@@ -24,7 +24,7 @@ from sqlalchemy import Integer, String, select
 from sqlalchemy.dialects import mysql, postgresql, sqlite
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
-from sanic_sqlalchemy.dialects import Backend, MySQL, PostgreSQL, SQLite
+from sanic_sqlalchemy.engine.backends import Backend, MySQL, PostgreSQL, SQLite
 from sanic_sqlalchemy.readonly import Dialect, ReadGuard, refusal
 
 

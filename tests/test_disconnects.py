@@ -29,7 +29,8 @@ from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 from sqlalchemy.pool import NullPool
 
-from sanic_sqlalchemy import Database, engines
+from sanic_sqlalchemy import Database
+from sanic_sqlalchemy.engine import liveness
 from sanic_sqlalchemy.testing import checked_out, schema
 
 from .conftest import make_app
@@ -121,11 +122,11 @@ async def let_connections_idle(last_use: float, idle: bool) -> None:
     """Wait out the liveness window (idle) or prove it has not passed yet (immediately)."""
     if idle:
         # The idleness is the condition under test: nothing else to poll for.
-        await asyncio.sleep(max(0.0, last_use + engines.LIVENESS_WINDOW + 0.2 - time.monotonic()))
-        assert time.monotonic() - last_use > engines.LIVENESS_WINDOW
+        await asyncio.sleep(max(0.0, last_use + liveness.LIVENESS_WINDOW + 0.2 - time.monotonic()))
+        assert time.monotonic() - last_use > liveness.LIVENESS_WINDOW
     else:
         elapsed = time.monotonic() - last_use
-        assert elapsed < engines.LIVENESS_WINDOW, (
+        assert elapsed < liveness.LIVENESS_WINDOW, (
             f"killing the connections took {elapsed:.2f} s: the 'immediately' case "
             "must run inside the liveness window"
         )

@@ -245,7 +245,7 @@ async def test_rolled_back_blocks_cannot_nest(db: Database) -> None:
         "db is already inside a rolled-back block: nest units with `async with db:`, "
         "not rolled_back(db)."
     )
-    assert db.joined is None
+    assert db.environment.outer is None
 
 
 @pytest.mark.backends("sqlite")
@@ -255,7 +255,7 @@ async def test_capture_blocks_cannot_nest(db: Database) -> None:
         with capture_on_commit(db):
             pass
     assert str(caught.value) == "capture_on_commit blocks on one Database cannot be nested."
-    assert db.capture is None
+    assert db.environment.capture is None
 
 
 @pytest.mark.backends("sqlite")

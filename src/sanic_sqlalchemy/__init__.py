@@ -6,7 +6,6 @@ db = Database()
 db.init_app(app)            # DATABASE_URL from app.config
 """
 
-from .database import Database
 from .errors import (
     ConfigurationError,
     EngineNotInitialisedError,
@@ -14,7 +13,8 @@ from .errors import (
     ReadOnlyError,
     SanicSQLAlchemyError,
 )
-from .sessions import ReadSession, WriteSession
+from .sanic import Database
+from .unit.sessions import ReadSession, WriteSession
 
 __all__ = [
     "ConfigurationError",

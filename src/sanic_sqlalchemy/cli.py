@@ -24,8 +24,8 @@ from sqlalchemy import MetaData, text
 from sqlalchemy.engine import URL
 from sqlalchemy.exc import SQLAlchemyError
 
-from .database import Database
-from .engines import Engines
+from .database import DatabaseCore as Database
+from .engine.engines import Engines
 from .errors import ReadOnlyError, SanicSQLAlchemyError
 from .settings import Settings
 

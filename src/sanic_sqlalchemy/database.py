@@ -1,4 +1,5 @@
-"""``Database``: the module-level object that ties settings, engines and units together."""
+"""``DatabaseCore``: settings, engines and units of work, tied together without any web
+framework (``sanic.Database`` adds ``init_app`` on top of it)."""
 
 from __future__ import annotations
 
@@ -10,21 +11,19 @@ from collections.abc import Awaitable, Callable, Coroutine, Iterable
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar, overload
 
-from .callbacks import CallbackCapture, CallbackErrorHook
-from .context import UnitScope
-from .engines import Engines
+from .engine.engines import Engines
 from .errors import ConfigurationError, EngineNotInitialisedError, NoActiveUnitError
+from .hooks import CallbackErrorHook
 from .insight import UnitStats
 from .retry import RetryPolicy, retrying
-from .sessions import ReadSession, WriteSession
 from .settings import DEFAULT_PREFIX, Settings
-from .unit import UnitOfWork, UnitState
+from .unit import Environment, UnitOfWork, UnitScope, UnitState
+from .unit.outcome import error_commits
+from .unit.sessions import ReadSession, WriteSession
 
 if TYPE_CHECKING:
-    from sanic import Sanic
     from sqlalchemy import MetaData
-    from sqlalchemy.engine import Connection
-    from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+    from sqlalchemy.ext.asyncio import AsyncEngine
 
 P = ParamSpec("P")
 T = TypeVar("T")
@@ -39,11 +38,12 @@ _NO_UNIT = (
 )
 
 
-class Database:
+class DatabaseCore:
     """The database of an application: ``db.read``, ``db.write`` and ``db.on_commit``.
 
-    Create one at module level; nothing connects and no configuration is read until
-    ``init_app`` (in Sanic) or the first unit of work (in scripts, workers, tests).
+    Create one (``sanic_sqlalchemy.Database``) at module level; nothing connects and no
+    configuration is read until ``init_app`` (in Sanic) or the first unit of work (in
+    scripts, workers, tests).
     Keyword options other than the documented settings (``echo``, ``pool_size``,
     ``max_overflow``, ``pool_timeout``, ``pool_recycle``) go to
     ``create_async_engine`` unchanged.  ``config_prefix`` names the ``app.config``
@@ -81,52 +81,49 @@ class Database:
             "commit_on_exit": commit_on_exit,
             **options,
         }
-        self._settings: Settings | None = None
-        if url is not None:
-            self._settings = Settings.build(self._explicit, prefix=self.config_prefix)
         self._engines: Engines | None = None
         self._disposing: asyncio.Future[None] | None = None
-        #: Called as ``hook(error, callback)`` when an on-commit callback raises.
-        self.on_callback_error: CallbackErrorHook | None = on_callback_error
-        self.scope = UnitScope(f"sanic_sqlalchemy_unit_{next(_ids)}")
-        #: A connection in a transaction that every unit joins instead of using the
-        #: pools (the test kit's rolled-back tests): both sessions are bound to it, a
-        #: unit's commit releases a savepoint. ``None`` in production.
-        self.joined: AsyncConnection | None = None
-        self.joined_sync: Connection | None = None
-        #: Sees each on-commit callback, and may keep it from running (tests only).
-        self.capture: CallbackCapture | None = None
+        self.scope: UnitScope[UnitOfWork] = UnitScope(f"sanic_sqlalchemy_unit_{next(_ids)}")
+        #: What every unit of this database is handed (the test kit joins it to a
+        #: rolled-back test's transaction there).
+        self.environment = Environment(
+            engines=lambda: self.engines,
+            scope=self.scope,
+            read_session_class=self.read_session_class,
+            write_session_class=self.write_session_class,
+            on_callback_error=on_callback_error,
+        )
+        self._settings: Settings | None = None
+        if url is not None:
+            self.configure(Settings.build(self._explicit, prefix=self.config_prefix))
 
     # -- configuration and engines ---------------------------------------------
 
-    def init_app(
-        self,
-        app: Sanic[Any, Any],
-        url: Any = None,
-        *,
-        read_urls: Any = None,
-        commit_on_exit: bool | None = None,
-        config_prefix: str | None = None,
-        **options: Any,
+    def configure(self, settings: Settings) -> None:
+        """Use ``settings`` from now on (``init_app`` builds them from ``app.config``)."""
+        self._settings = settings
+        self.environment.commit_on_exit = settings.commit_on_exit
+
+    def configure_from(
+        self, config: Any, *, config_prefix: str | None = None, **given: Any
     ) -> None:
-        """Give every request of ``app`` a unit of work and manage the engines.
-
-        Settings not passed here come from the ``Database(...)`` call, then from
-        ``app.config`` (``DATABASE_URL`` and friends, and so ``SANIC_DATABASE_URL``
-        in the environment; ``config_prefix`` replaces ``DATABASE_``, here or in
-        ``Database(...)``).  A missing or bad setting raises ``ConfigurationError``
-        now, naming its key.  Engines are created in each worker when the server
-        starts and disposed when it stops.
-        """
-        from .sanic import install
-
+        """Build the settings from ``given`` (``None`` values ignored), then the
+        ``Database(...)`` call, then ``config`` (a mapping such as ``app.config``); a
+        missing or bad setting raises ``ConfigurationError`` naming its key."""
         if config_prefix is not None:
             self.config_prefix = _prefix(config_prefix)
         explicit = dict(self._explicit)
-        given = {"url": url, "read_urls": read_urls, "commit_on_exit": commit_on_exit, **options}
         explicit.update({key: value for key, value in given.items() if value is not None})
-        self._settings = Settings.build(explicit, app.config, self.config_prefix)
-        install(self, app)
+        self.configure(Settings.build(explicit, config, self.config_prefix))
+
+    @property
+    def on_callback_error(self) -> CallbackErrorHook | None:
+        """Called as ``hook(error, callback)`` when an on-commit callback raises."""
+        return self.environment.on_callback_error
+
+    @on_callback_error.setter
+    def on_callback_error(self, hook: CallbackErrorHook | None) -> None:
+        self.environment.on_callback_error = hook
 
     @property
     def settings(self) -> Settings:
@@ -175,10 +172,10 @@ class Database:
     async def start(self) -> None:
         """Create the engines in the running loop (Sanic calls this at server start).
 
-        Inside a rolled-back test (``joined`` set) the test's engines are kept: the
-        server's units join the test's transaction.
+        Inside a rolled-back test the test's engines are kept: the server's units join
+        the test's transaction.
         """
-        if self.joined is not None and self._engines is not None:
+        if self.environment.outer is not None and self._engines is not None:
             self._engines.check_loop()
             return
         if self._engines is not None:
@@ -193,10 +190,10 @@ class Database:
 
         A second call while a disposal is under way (a worker told to stop twice)
         waits for that disposal instead of returning before it is done.  Inside a
-        rolled-back test (``joined`` set) the engines are kept until the test ends: a
-        server the test stops must not take the test's connection with it.
+        rolled-back test the engines are kept until the test ends: a server the test
+        stops must not take the test's connection with it.
         """
-        if self.joined is not None:
+        if self.environment.outer is not None:
             return
         engines, self._engines = self._engines, None
         if engines is not None:
@@ -214,7 +211,9 @@ class Database:
 
     def open_unit(self, after: tuple[object, ...] = ()) -> UnitOfWork:
         """A new unit of work, not yet current anywhere (see ``async with db``)."""
-        return UnitOfWork(self, self.settings.commit_on_exit, after)
+        if self._settings is None:
+            self.settings  # noqa: B018 (raises EngineNotInitialisedError, naming the fix)
+        return UnitOfWork(self.environment, after)
 
     def unit(self, *, after: str | Iterable[str | None] | None = None) -> UnitBlock:
         """``async with db.unit(after=token):`` — ``async with db:`` whose reads come
@@ -261,7 +260,7 @@ class Database:
             unit.depth -= 1
             return
         try:
-            await unit.end(succeeded(exc), exc)
+            await unit.end(error_commits(exc), exc)
         finally:
             if unit.token is not None:
                 self.scope.leave(unit.token)
@@ -322,10 +321,10 @@ class Database:
         """
         policy = RetryPolicy(attempts=attempts, backoff=backoff, max_backoff=max_backoff)
         if func is not None:
-            return retrying(self, func, policy)
+            return retrying(self.scope, self.open_unit, func, policy)
 
         def decorate(function: Callable[..., Any]) -> Callable[..., Any]:
-            return retrying(self, function, policy)
+            return retrying(self.scope, self.open_unit, function, policy)
 
         return decorate
 
@@ -365,20 +364,12 @@ def _session_class(name: str, value: Any, base: type[_S]) -> type[_S]:
     return value
 
 
-def succeeded(error: BaseException | None) -> bool:
-    """Whether a unit left with ``error`` should commit (rule 5: redirects count)."""
-    if error is None:
-        return True
-    status = getattr(error, "status_code", None)
-    return isinstance(status, int) and status < 400
-
-
 class UnitBlock:
     """The ``async with`` block of ``db.unit(after=...)``."""
 
     __slots__ = ("_db", "_tokens")
 
-    def __init__(self, db: Database, tokens: tuple[object, ...]) -> None:
+    def __init__(self, db: DatabaseCore, tokens: tuple[object, ...]) -> None:
         self._db = db
         self._tokens = tokens
 

@@ -17,15 +17,13 @@ import logging
 import random
 from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
+from typing import Any, ParamSpec, TypeVar
 
 from sqlalchemy.exc import DBAPIError
 
 from .errors import ConfigurationError, UnitStateError
-
-if TYPE_CHECKING:
-    from .database import Database
-    from .unit import UnitOfWork
+from .unit import UnitOfWork, UnitScope
+from .unit.outcome import error_commits, result_commits
 
 logger = logging.getLogger("sanic_sqlalchemy")
 
@@ -97,8 +95,15 @@ def _is_conflict_of_driver(error: BaseException | None) -> bool:
     return bool(arguments) and arguments[0] in CONFLICT_MYSQL_ERRORS
 
 
+#: Opens a new unit of work, not yet current anywhere (``Database.open_unit``).
+UnitOpener = Callable[[], UnitOfWork]
+
+
 def retrying(
-    db: Database, func: Callable[P, Awaitable[T]], policy: RetryPolicy
+    scope: UnitScope[UnitOfWork],
+    open_unit: UnitOpener,
+    func: Callable[P, Awaitable[T]],
+    policy: RetryPolicy,
 ) -> Callable[P, Coroutine[Any, Any, T]]:
     """``func`` run by ``run_with_retries`` (what ``@db.retry`` returns)."""
     if not inspect.iscoroutinefunction(func):
@@ -109,7 +114,7 @@ def retrying(
 
     @functools.wraps(func)
     async def with_retries(*args: P.args, **kwargs: P.kwargs) -> T:
-        return await run_with_retries(db, func, args, kwargs, policy)
+        return await run_with_retries(scope, open_unit, func, args, kwargs, policy)
 
     # Seen by the sanic-ext integration, which refuses injected sessions here.
     setattr(with_retries, RETRIED, True)
@@ -117,7 +122,8 @@ def retrying(
 
 
 async def run_with_retries(
-    db: Database,
+    scope: UnitScope[UnitOfWork],
+    open_unit: UnitOpener,
     func: Callable[..., Awaitable[T]],
     args: tuple[Any, ...],
     kwargs: dict[str, Any],
@@ -125,7 +131,7 @@ async def run_with_retries(
 ) -> T:
     """Await ``func`` in a unit of its own until an attempt commits, up to
     ``policy.attempts`` times when the database reports a conflict."""
-    outer = db.scope.current()
+    outer = scope.current()
     if outer is not None and outer.retrying and outer.owner is asyncio.current_task():
         # Called by a function that is itself being retried: part of that attempt, which
         # the outermost retry runs again as a whole (a unit of its own would commit
@@ -141,9 +147,9 @@ async def run_with_retries(
     attempt = 0
     while True:
         attempt += 1
-        unit = db.open_unit()
+        unit = open_unit()
         unit.retrying = True
-        token = db.scope.enter(unit)
+        token = scope.enter(unit)
         try:
             result = await _attempt(unit, func, args, kwargs)
         except Exception as error:
@@ -161,7 +167,7 @@ async def run_with_retries(
         else:
             return result
         finally:
-            db.scope.leave(token)
+            scope.leave(token)
             if outer is not None and not outer.ended:
                 # Every attempt's statements and time, the failed ones' included.
                 outer.absorb(unit)
@@ -174,27 +180,14 @@ async def _attempt(
     args: tuple[Any, ...],
     kwargs: dict[str, Any],
 ) -> T:
-    from .database import succeeded
-
     try:
         result = await func(*args, **kwargs)
     except BaseException as error:
-        await unit.end(succeeded(error), error)
+        await unit.end(error_commits(error), error)
         raise
-    await unit.end(not _is_error_response(result))
+    # A response of status 400 or more rolls back, as a request's own unit would.
+    await unit.end(result_commits(result))
     return result
-
-
-def _is_error_response(result: object) -> bool:
-    """A Sanic (or any HTTP) response of status 400 or more: it rolls back, as a
-    request's own unit would."""
-    status = getattr(result, "status", None)
-    return (
-        isinstance(status, int)
-        and not isinstance(status, bool)
-        and status >= 400
-        and hasattr(result, "headers")
-    )
 
 
 def _describe(error: BaseException) -> str:

@@ -26,7 +26,7 @@ from sqlalchemy.sql.elements import (
     SavepointClause,
 )
 
-from ..readonly import READ_OPTION
+from .._keys import OVERHEAD_OPTION, READ_OPTION
 from .callsite import application_call_site
 from .stats import UnitStats
 
@@ -38,10 +38,6 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger("sanic_sqlalchemy.insight")
 
-#: Execution option of the library's own statements (the read-only scope around a read
-#: in a writing unit): ``"read"`` or ``"write"``, the time they add to.
-#: They are not the unit's statements, so they are neither counted nor watched.
-OVERHEAD_OPTION = "sanic_sqlalchemy_overhead"
 #: The attribute of a SQLAlchemy ``Connection`` that holds its unit's statistics.
 _STATS = "_sanic_sqlalchemy_stats"
 #: The key of a pooled connection's ``info`` that holds how long its checkout took.

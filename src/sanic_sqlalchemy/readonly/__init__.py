@@ -5,7 +5,8 @@ statement is a plain query, and ``guard`` applies that decision to every stateme
 read sends, right before it reaches the driver.
 """
 
-from .guard import READ_OPTION, ReadGuard, refused
+from .._keys import READ_OPTION
+from .guard import ReadGuard, refused
 from .lexer import Dialect
 from .policy import refusal
 

@@ -12,10 +12,11 @@ statements cost one attribute look-up each in the steady state.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from sqlalchemy import event
 
+from .._keys import READ_OPTION
 from ..errors import ReadOnlyError
 from .lexer import Dialect
 from .policy import refusal
@@ -23,10 +24,17 @@ from .policy import refusal
 if TYPE_CHECKING:
     from sqlalchemy.ext.asyncio import AsyncEngine
 
-    from ..dialects import Backend
 
-#: Execution option that marks a read run on the unit's writing connection.
-READ_OPTION = "sanic_sqlalchemy_read"
+class GuardedBackend(Protocol):
+    """What the guard needs of a backend (``engine.backends``): its name, and whether a
+    statement switched a read connection's read-only mode off."""
+
+    @property
+    def name(self) -> str: ...
+
+    def read_only_lost(self, driver_connection: Any) -> bool: ...
+
+
 _VERDICT = "_sanic_sqlalchemy_read_refusal"
 
 
@@ -42,7 +50,7 @@ def refused(reason: str) -> ReadOnlyError:
 class ReadGuard:
     """Refuses, on one engine, every read statement that is not a plain query."""
 
-    def __init__(self, backend: Backend) -> None:
+    def __init__(self, backend: GuardedBackend) -> None:
         self._backend = backend
         self._dialect = Dialect(backend.name)
 

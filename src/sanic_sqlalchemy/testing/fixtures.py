@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest_asyncio
 
-from ..database import Database
+from ..database import DatabaseCore as Database
 from .isolation import emptied, rolled_back
 
 

@@ -13,17 +13,19 @@
 from __future__ import annotations
 
 import contextlib
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from sqlalchemy import MetaData, delete
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from ..callbacks import Callback
-from ..database import Database
-from ..dialects import DEFERRED_BEGIN
+from .._keys import DEFERRED_BEGIN
+from ..database import DatabaseCore as Database
 from ..errors import SanicSQLAlchemyError, UnitStateError
+from ..hooks import RegisteredCallback
+from ..unit import OuterTransaction
+from .tools import StatementLog
 
 __all__ = [
     "CapturedCallback",
@@ -48,7 +50,8 @@ async def rolled_back(db: Database) -> AsyncIterator[AsyncConnection]:
     connection, so concurrent units of the block take turns on it only as far as the
     driver allows (asyncpg refuses two statements at once): await them one by one.
     """
-    if db.joined is not None:
+    environment = db.environment
+    if environment.outer is not None:
         raise UnitStateError(
             "db is already inside a rolled-back block: nest units with `async with db:`, "
             "not rolled_back(db)."
@@ -56,12 +59,11 @@ async def rolled_back(db: Database) -> AsyncIterator[AsyncConnection]:
     async with db.engines.write.connect() as connection:
         await connection.execution_options(**{DEFERRED_BEGIN: True})
         transaction = await connection.begin()
-        db.joined = connection
-        db.joined_sync = connection.sync_connection
+        environment.join(OuterTransaction(connection))
         try:
             yield connection
         finally:
-            db.joined = db.joined_sync = None
+            environment.join(None)
             if transaction.is_active:
                 await transaction.rollback()
 
@@ -86,8 +88,6 @@ class QueryCount:
     """The statements sent so far in an ``assert_num_queries`` block."""
 
     def __init__(self, db: Database) -> None:
-        from . import StatementLog
-
         self._log = StatementLog(db)
 
     @property
@@ -158,12 +158,12 @@ class _Capture:
         self.seen: list[CapturedCallback] = []
         self._by_callback: dict[int, CapturedCallback] = {}
 
-    def registered(self, callback: Callback, /) -> None:
+    def registered(self, callback: RegisteredCallback, /) -> None:
         captured = CapturedCallback(callback.func, callback.args, callback.kwargs)
         self.seen.append(captured)
         self._by_callback[id(callback)] = captured
 
-    def ready(self, callbacks: list[Callback], /) -> bool:
+    def ready(self, callbacks: Sequence[RegisteredCallback], /) -> bool:
         for callback in callbacks:
             captured = self._by_callback.get(id(callback))
             if captured is not None:
@@ -176,11 +176,12 @@ def capture_on_commit(db: Database, *, execute: bool = False) -> Iterator[list[C
     """The on-commit callbacks registered in the block, each marked ``committed`` when
     its unit committed; they run only with ``execute=True`` (Django's
     ``captureOnCommitCallbacks``)."""
-    if db.capture is not None:
+    environment = db.environment
+    if environment.capture is not None:
         raise UnitStateError("capture_on_commit blocks on one Database cannot be nested.")
     capture = _Capture(execute)
-    db.capture = capture
+    environment.capture = capture
     try:
         yield capture.seen
     finally:
-        db.capture = None
+        environment.capture = None

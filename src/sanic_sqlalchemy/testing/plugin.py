@@ -23,7 +23,7 @@ from typing import Any
 
 import pytest
 
-from ..database import Database
+from ..database import DatabaseCore as Database
 from ..errors import ConfigurationError
 from .isolation import (
     CapturedCallback,

@@ -13,7 +13,7 @@ from types import TracebackType
 
 from sqlalchemy.util import await_only
 
-from .errors import ConcurrentWriteError
+from ..errors import ConcurrentWriteError
 
 
 class Gate:

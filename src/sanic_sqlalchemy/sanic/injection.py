@@ -18,22 +18,22 @@ import typing
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
-from .errors import ConfigurationError, NoActiveUnitError
-from .retry import RETRIED
-from .sessions import ReadSession, WriteSession
+from ..database import DatabaseCore
+from ..errors import ConfigurationError, NoActiveUnitError
+from ..retry import RETRIED
+from ..unit import UnitOfWork
+from ..unit.sessions import ReadSession, WriteSession
 
 if TYPE_CHECKING:
     from sanic import Sanic
 
-    from .database import Database
-    from .unit import UnitOfWork
 
 #: Before sanic-ext's own start-up listeners (``sanic_ext.config.PRIORITY``, -1000 and
 #: -1001), which read the registry and the handlers' signatures.
 _PRIORITY = -999
 _HTTP_METHODS = frozenset({"get", "post", "put", "head", "options", "patch", "delete"})
 
-_Givers = dict[type, list["Database"]]
+_Givers = dict[type, list[DatabaseCore]]
 
 
 def install_injection(app: Sanic[Any, Any]) -> None:
@@ -47,7 +47,7 @@ async def _register_sessions(app: Sanic[Any, Any]) -> None:
     ext = getattr(app, "_ext", None)
     if ext is None or getattr(ext, "_injection_registry", None) is None:
         return
-    databases: list[Database] = getattr(app.request_class, "_sanic_sqlalchemy_databases", [])
+    databases: list[DatabaseCore] = getattr(app.request_class, "_sanic_sqlalchemy_databases", [])
     givers: _Givers = {ReadSession: [], WriteSession: []}
     for db in databases:
         givers.setdefault(db.read_session_class, []).append(db)
@@ -78,7 +78,7 @@ async def _register_sessions(app: Sanic[Any, Any]) -> None:
         ext.add_dependency(cls, _constructor(cls, dbs, givers))
 
 
-def _constructor(cls: type, dbs: list[Database], givers: _Givers) -> Callable[[], Any]:
+def _constructor(cls: type, dbs: list[DatabaseCore], givers: _Givers) -> Callable[[], Any]:
     """What sanic-ext calls for a parameter annotated with ``cls``, in the request's task
     (a dependency's own constructor may ask for it too)."""
     problem = _problem(cls, dbs, givers)
@@ -102,7 +102,7 @@ def _constructor(cls: type, dbs: list[Database], givers: _Givers) -> Callable[[]
     return write_session
 
 
-def _unit(db: Database, cls: type) -> UnitOfWork:
+def _unit(db: DatabaseCore, cls: type) -> UnitOfWork:
     """The request's unit of ``db`` (created here if the request has none yet, which
     takes no connection: the session connects at its first statement)."""
     unit = db.scope.current()
@@ -117,7 +117,7 @@ def _unit(db: Database, cls: type) -> UnitOfWork:
     return unit
 
 
-def _problem(cls: type, dbs: list[Database], givers: _Givers) -> str | None:
+def _problem(cls: type, dbs: list[DatabaseCore], givers: _Givers) -> str | None:
     """Why a parameter annotated with ``cls`` cannot get a session, or None."""
     if len(dbs) == 1:
         return None

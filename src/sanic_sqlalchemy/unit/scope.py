@@ -13,10 +13,10 @@ from __future__ import annotations
 import contextvars
 from collections.abc import Callable
 from contextvars import ContextVar, Token
-from typing import TYPE_CHECKING, Final
+from typing import Final, Generic, TypeVar
 
-if TYPE_CHECKING:
-    from .unit import UnitOfWork
+#: The unit type a scope holds (``UnitOfWork``; generic, so that this module imports no unit).
+U = TypeVar("U")
 
 
 class _Outside:
@@ -25,20 +25,18 @@ class _Outside:
 
 OUTSIDE: Final = _Outside()
 
-UnitProvider = Callable[[], "UnitOfWork | None"]
 
-
-class UnitScope:
+class UnitScope(Generic[U]):
     """Which unit is current for one ``Database`` in the running context."""
 
     __slots__ = ("_var", "provider")
 
     def __init__(self, name: str) -> None:
-        self._var: ContextVar[UnitOfWork | _Outside | None] = ContextVar(name, default=None)
+        self._var: ContextVar[U | _Outside | None] = ContextVar(name, default=None)
         #: Supplies the unit when none is set here (the Sanic request's unit).
-        self.provider: UnitProvider | None = None
+        self.provider: Callable[[], U | None] | None = None
 
-    def current(self) -> UnitOfWork | None:
+    def current(self) -> U | None:
         value = self._var.get()
         if value is None:
             provider = self.provider
@@ -48,10 +46,10 @@ class UnitScope:
         assert not isinstance(value, _Outside)
         return value
 
-    def enter(self, unit: UnitOfWork) -> Token[UnitOfWork | _Outside | None]:
+    def enter(self, unit: U) -> Token[U | _Outside | None]:
         return self._var.set(unit)
 
-    def leave(self, token: Token[UnitOfWork | _Outside | None]) -> None:
+    def leave(self, token: Token[U | _Outside | None]) -> None:
         try:
             self._var.reset(token)
         except ValueError:

@@ -12,19 +12,11 @@ import inspect
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any
+
+from ..hooks import CallbackErrorHook
 
 logger = logging.getLogger("sanic_sqlalchemy")
-
-
-class CallbackErrorHook(Protocol):
-    """Called as ``hook(error, callback)`` when an on-commit callback raises.
-
-    ``callback`` is the callable that was registered.  The hook may be async; it is
-    awaited before the unit ends.  This is where Sentry and the like plug in.
-    """
-
-    def __call__(self, error: BaseException, callback: Callable[..., Any], /) -> Any: ...
 
 
 @dataclass(slots=True)
@@ -87,17 +79,6 @@ class CallbackQueue:
             self.committed()
         ready, self._ready = self._ready, []
         return ready
-
-
-class CallbackCapture(Protocol):
-    """Sees every callback of a ``Database`` while set as ``db.capture`` (the test kit's
-    ``capture_on_commit``)."""
-
-    def registered(self, callback: Callback, /) -> None:
-        """``db.on_commit`` queued ``callback``."""
-
-    def ready(self, callbacks: list[Callback], /) -> bool:
-        """``callbacks`` are committed and about to run; return whether to run them."""
 
 
 async def run_callbacks(callbacks: list[Callback], on_error: CallbackErrorHook | None) -> None:

@@ -1,38 +1,28 @@
-"""The engines of one worker: a write pool and a read-only pool, bound to one loop.
-
-Both pools check each connection on checkout without a round trip (is the socket
-still open? is a read connection still read-only and outside any transaction?) and
-ping only a connection that sat idle longer than ``LIVENESS_WINDOW``: under load no
-request pays for a ping, and a connection killed while idle (server restart,
-``pg_terminate_backend``, ``KILL``) is replaced before a request sees it.
-"""
+"""The engines of one worker: a write pool and a read-only pool (and one per replica),
+bound to one event loop, each with its backend's set-up, the liveness check, the read
+guard and the statement watch installed."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import time
 from typing import Any
 
 from sqlalchemy import event
 from sqlalchemy.engine import URL, ExceptionContext
-from sqlalchemy.exc import ArgumentError, DBAPIError, DisconnectionError
+from sqlalchemy.exc import ArgumentError, DBAPIError
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
-from sqlalchemy.pool import ConnectionPoolEntry, PoolProxiedConnection
 
-from .dialects import Backend, Role, backend_for
-from .errors import ConfigurationError, EventLoopMismatchError, ReadOnlyError
-from .insight import StatementWatch
-from .readonly import ReadGuard
-from .replicas.probe import connect_options, probe_engine
-from .replicas.router import Replica, ReplicaSet
-from .settings import Settings, pool_accepts_size
+from ..errors import ConfigurationError, EventLoopMismatchError
+from ..insight import StatementWatch
+from ..readonly import ReadGuard
+from ..replicas.probe import connect_options, probe_engine
+from ..replicas.router import Replica, ReplicaSet
+from ..settings import Settings, pool_accepts_size
+from .backends import Backend, Role, backend_for, refused_as_read_only
+from .liveness import install_liveness
 
 logger = logging.getLogger("sanic_sqlalchemy")
-
-#: A connection checked out within this many seconds is trusted without a ping.
-LIVENESS_WINDOW = 1.0
-_LAST_USED = "sanic_sqlalchemy_last_used"
 
 
 class Engines:
@@ -88,7 +78,7 @@ class Engines:
             }
         engine = create_async_engine(self.backend.url(url or settings.url), **options)
         self.backend.install(engine, role)
-        self._install_liveness(engine, role)
+        install_liveness(engine, self.backend, role)
         guard = ReadGuard(self.backend)
         if role is Role.READ:
             guard.install_on_read_engine(engine)
@@ -106,42 +96,6 @@ class Engines:
             refusal = refused_as_read_only(self.backend, error)
             if refusal is not None:
                 raise refusal
-
-    def _install_liveness(self, engine: AsyncEngine, role: Role) -> None:
-        backend = self.backend
-        dialect = engine.sync_engine.dialect
-
-        def mark_connected(_dbapi_connection: Any, record: ConnectionPoolEntry) -> None:
-            record.info[_LAST_USED] = time.monotonic()
-
-        def on_checkout(
-            dbapi_connection: Any, record: ConnectionPoolEntry, _proxy: PoolProxiedConnection
-        ) -> None:
-            driver = dbapi_connection.driver_connection
-            if backend.is_dead(driver):
-                raise DisconnectionError("connection closed while idle in the pool")
-            if backend.is_unsafe_for(role, driver):
-                raise DisconnectionError("connection left its read-only or idle state")
-            # Idle time counts from the last checkout, not the last check-in: never
-            # shorter than the truth, and one pool event less per statement.
-            now = time.monotonic()
-            info = record.info
-            last_used = info.get(_LAST_USED, 0.0)
-            info[_LAST_USED] = now
-            if now - last_used > LIVENESS_WINDOW:
-                # Raises DisconnectionError (the pool then opens a new connection)
-                # when the server no longer answers.
-                try:
-                    alive = dialect.do_ping(dbapi_connection)
-                except dialect.loaded_dbapi.Error as error:
-                    if dialect.is_disconnect(error, dbapi_connection, None):
-                        raise DisconnectionError("connection did not answer a ping") from error
-                    raise
-                if not alive:
-                    raise DisconnectionError("connection did not answer a ping")
-
-        event.listen(engine.sync_engine.pool, "connect", mark_connected)
-        event.listen(engine.sync_engine.pool, "checkout", on_checkout)
 
     def check_loop(self) -> None:
         """Raise when the running loop is not the one these engines were made in."""
@@ -196,14 +150,3 @@ class Engines:
             await self.read.dispose()
         finally:
             self.backend.cleanup()
-
-
-def refused_as_read_only(backend: Backend, error: DBAPIError) -> ReadOnlyError | None:
-    """The ``ReadOnlyError`` to raise when ``error`` is the database refusing a write
-    because the connection or transaction is read-only; ``None`` otherwise."""
-    if not backend.is_read_only_violation(error.orig):
-        return None
-    return ReadOnlyError(
-        "db.read cannot write: the database refused the statement as read-only and "
-        "nothing was changed. Run writes through db.write."
-    )

@@ -1,0 +1,121 @@
+"""What every backend shares: the ``Backend`` interface, engine roles, and the
+read-only scope's statements."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Iterator, Mapping
+from enum import Enum
+from typing import Any
+
+from sqlalchemy.engine import URL, Connection, ExceptionContext
+from sqlalchemy.exc import DBAPIError
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from ..._keys import OVERHEAD_OPTION
+from ...errors import ReadOnlyError
+from ...settings import Settings
+
+SAVEPOINT = "sanic_sqlalchemy_read"
+
+
+class Role(Enum):
+    """What an engine is for: the unit's writes or its reads."""
+
+    WRITE = "write"
+    READ = "read"
+
+
+class Backend:
+    """Behaviour shared by every backend; subclasses fill in the differences."""
+
+    name = ""
+    #: Execution options of a read connection that streams rows (server-side cursor).
+    streaming_options: Mapping[str, Any] = {}
+
+    def url(self, url: URL) -> URL:
+        """The URL to connect to, with this backend's defaults filled in."""
+        return url
+
+    def engine_options(self, role: Role, settings: Settings) -> dict[str, Any]:
+        """Keyword arguments for ``create_async_engine`` specific to this backend."""
+        if role is Role.WRITE:
+            return {}
+        # Reads run in autocommit: there is never a transaction to roll back, and
+        # MySQL drivers would otherwise send ROLLBACK twice per unit (session close
+        # and pool check-in), two round trips for nothing.
+        return {"isolation_level": "AUTOCOMMIT", "skip_autocommit_rollback": True}
+
+    def install(self, engine: AsyncEngine, role: Role) -> None:
+        """Attach this backend's connection set-up to ``engine`` (and to it only)."""
+
+    def is_read_only_violation(self, error: BaseException | None) -> bool:
+        """True when the driver error says a write was refused as read-only."""
+        return False
+
+    def is_dead(self, driver_connection: Any) -> bool:
+        """True when the connection is known dead without asking the server."""
+        return False
+
+    def is_unsafe_for(self, role: Role, driver_connection: Any) -> bool:
+        """True when a pooled connection left its expected state (read-only, idle)."""
+        return False
+
+    def read_only_lost(self, driver_connection: Any) -> bool:
+        """True when a statement switched a read connection's read-only mode off."""
+        return False
+
+    @contextlib.contextmanager
+    def read_inside_write(self, connection: Connection) -> Iterator[None]:
+        """Run one read on the unit's writing connection without letting it write."""
+        yield
+
+    def cleanup(self) -> None:
+        """Release what the backend made for itself (a temporary database file)."""
+
+
+def merge_connect_args(options: Mapping[str, Any], extra: Mapping[str, Any]) -> dict[str, Any]:
+    merged = dict(options.get("connect_args", {}))
+    for key, value in extra.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = {**value, **merged[key]}
+        else:
+            merged.setdefault(key, value)
+    return merged
+
+
+def cancelled_driver(context: ExceptionContext) -> Any:
+    """The driver connection whose statement was cancelled, if it is still in use."""
+    if not isinstance(context.original_exception, asyncio.CancelledError):
+        return None
+    connection = context.connection
+    if connection is None or connection.invalidated:
+        return None
+    return connection.connection.driver_connection
+
+
+def leave_savepoint(connection: Connection) -> None:
+    scope_statement(connection, f"ROLLBACK TO SAVEPOINT {SAVEPOINT}")
+    scope_statement(connection, f"RELEASE SAVEPOINT {SAVEPOINT}")
+
+
+#: The read-only scope's own statements are part of the read's time in ``unit.stats``,
+#: not statements of the unit (nor repeats of one another).
+READ_SCOPE = {OVERHEAD_OPTION: "read"}
+BEGIN = {OVERHEAD_OPTION: "write"}
+
+
+def scope_statement(connection: Connection, statement: str) -> None:
+    connection.exec_driver_sql(statement, execution_options=READ_SCOPE)
+
+
+def refused_as_read_only(backend: Backend, error: DBAPIError) -> ReadOnlyError | None:
+    """The ``ReadOnlyError`` to raise when ``error`` is the database refusing a write
+    because the connection or transaction is read-only; ``None`` otherwise."""
+    if not backend.is_read_only_violation(error.orig):
+        return None
+    return ReadOnlyError(
+        "db.read cannot write: the database refused the statement as read-only and "
+        "nothing was changed. Run writes through db.write."
+    )

@@ -1,0 +1,61 @@
+"""Liveness: a pooled connection is checked as it is handed out, mostly without I/O.
+
+Each checkout asks the driver, at no cost, whether the socket is still open and whether
+the connection is still in the state its pool expects (read-only, outside any
+transaction); only a connection that sat idle longer than ``LIVENESS_WINDOW`` is pinged.
+Under load no request pays for a ping, and a connection killed while idle (server
+restart, ``pg_terminate_backend``, ``KILL``) is replaced before a request sees it.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from sqlalchemy import event
+from sqlalchemy.exc import DisconnectionError
+from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.pool import ConnectionPoolEntry, PoolProxiedConnection
+
+from .backends import Backend, Role
+
+#: A connection checked out within this many seconds is trusted without a ping.
+LIVENESS_WINDOW = 1.0
+_LAST_USED = "sanic_sqlalchemy_last_used"
+
+
+def install_liveness(engine: AsyncEngine, backend: Backend, role: Role) -> None:
+    """Check each connection of ``engine`` as the pool hands it out (see the module)."""
+    dialect = engine.sync_engine.dialect
+
+    def mark_connected(_dbapi_connection: Any, record: ConnectionPoolEntry) -> None:
+        record.info[_LAST_USED] = time.monotonic()
+
+    def on_checkout(
+        dbapi_connection: Any, record: ConnectionPoolEntry, _proxy: PoolProxiedConnection
+    ) -> None:
+        driver = dbapi_connection.driver_connection
+        if backend.is_dead(driver):
+            raise DisconnectionError("connection closed while idle in the pool")
+        if backend.is_unsafe_for(role, driver):
+            raise DisconnectionError("connection left its read-only or idle state")
+        # Idle time counts from the last checkout, not the last check-in: never
+        # shorter than the truth, and one pool event less per statement.
+        now = time.monotonic()
+        info = record.info
+        last_used = info.get(_LAST_USED, 0.0)
+        info[_LAST_USED] = now
+        if now - last_used > LIVENESS_WINDOW:
+            # Raises DisconnectionError (the pool then opens a new connection)
+            # when the server no longer answers.
+            try:
+                alive = dialect.do_ping(dbapi_connection)
+            except dialect.loaded_dbapi.Error as error:
+                if dialect.is_disconnect(error, dbapi_connection, None):
+                    raise DisconnectionError("connection did not answer a ping") from error
+                raise
+            if not alive:
+                raise DisconnectionError("connection did not answer a ping")
+
+    event.listen(engine.sync_engine.pool, "connect", mark_connected)
+    event.listen(engine.sync_engine.pool, "checkout", on_checkout)

@@ -1,0 +1,89 @@
+"""Hooking a database into a Sanic app: engines per worker, a unit per request, wrapped
+handlers, the end of units with the connection, error answers and injection."""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import weakref
+from typing import Any
+
+from sanic import Request, Sanic
+from sqlalchemy.exc import TimeoutError as PoolTimeoutError
+
+from ..database import DatabaseCore
+from ..errors import ReplicaUnavailableError
+from .handlers import is_wrapped, wrap_handler
+from .injection import install_injection
+from .request import request_unit, unit_request_class
+from .responses import no_replica, pool_exhausted
+from .units import UNITS_ON_CONNECTION, Units, end_units
+
+_PRIORITY = 1_000_000
+#: How many running servers of this process use each Database's engines.
+_servers: weakref.WeakKeyDictionary[DatabaseCore, int] = weakref.WeakKeyDictionary()
+
+
+def install(db: DatabaseCore, app: Sanic[Any, Any]) -> None:
+    """Hook ``db`` into ``app``: engines per worker and a unit per request."""
+    databases: list[DatabaseCore] | None = getattr(
+        app.request_class, "_sanic_sqlalchemy_databases", None
+    )
+    if databases is None:
+        app.request_class = unit_request_class(app.request_class or Request)
+        databases = app.request_class._sanic_sqlalchemy_databases  # type: ignore[attr-defined]
+        assert databases is not None
+        _install_app_hooks(app)
+    if db in databases:
+        return
+    databases.append(db)
+    db.scope.provider = functools.partial(request_unit, db)
+
+    async def start_engines(_app: Sanic[Any, Any]) -> None:
+        servers = _servers.get(db, 0)
+        engines = db._engines
+        if servers and engines is not None and engines.loop is asyncio.get_running_loop():
+            # Another app of this process serves the same db in this loop
+            # (Sanic.serve_single with several apps): share its engines.
+            _servers[db] = servers + 1
+            return
+        _servers[db] = 1
+        await db.start()
+
+    async def dispose_engines(_app: Sanic[Any, Any]) -> None:
+        servers = _servers.get(db, 0) - 1
+        if servers > 0:
+            # The last app to stop disposes. Sanic stops a secondary app inside the
+            # primary's shutdown and, if that stop still awaits I/O when the primary
+            # goes on, spins forever waiting for it (sanic's shutdown_tasks).
+            _servers[db] = servers
+            return
+        _servers.pop(db, None)
+        await db.dispose()
+
+    app.register_listener(start_engines, "before_server_start", priority=_PRIORITY)
+    app.register_listener(dispose_engines, "after_server_stop", priority=_PRIORITY)
+
+
+def _install_app_hooks(app: Sanic[Any, Any]) -> None:
+    async def wrap_handlers(app: Sanic[Any, Any]) -> None:
+        for route in app.router.routes:
+            handler = route.handler
+            if is_wrapped(handler) or hasattr(handler, "is_websocket"):
+                continue
+            route.handler = wrap_handler(handler)
+
+    async def end_with_connection(conn_info: Any) -> None:
+        units: Units | None = getattr(conn_info.ctx, UNITS_ON_CONNECTION, None)
+        if units is not None:
+            delattr(conn_info.ctx, UNITS_ON_CONNECTION)
+        if units:
+            await end_units(units, success=False)
+
+    # Last of the start-up listeners: extensions (sanic-ext's automatic HEAD and
+    # OPTIONS routes, OpenAPI) add their routes before it.
+    app.register_listener(wrap_handlers, "before_server_start", priority=-_PRIORITY)
+    app.signal("http.lifecycle.complete", priority=-_PRIORITY)(end_with_connection)
+    app.error_handler.add(PoolTimeoutError, pool_exhausted)
+    app.error_handler.add(ReplicaUnavailableError, no_replica)
+    install_injection(app)

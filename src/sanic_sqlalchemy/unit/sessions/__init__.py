@@ -1,0 +1,8 @@
+"""The two sessions of a unit: ``db.read`` (``ReadSession``) and ``db.write``
+(``WriteSession``), ``AsyncSession`` subclasses whose synchronous halves carry the
+guard rails."""
+
+from .read import ReadSession
+from .write import WriteSession
+
+__all__ = ["ReadSession", "WriteSession"]
