@@ -18,12 +18,14 @@ from typing import Any
 from sanic.response import HTTPResponse
 
 from .hangup import cancelled_by_hang_up, watch_late
+from .phase import Phase
 from .request import end_request
 from .responses import HUNG_UP
 
 logger = logging.getLogger("sanic_sqlalchemy")
 
 _WRAPPED = "__sanic_sqlalchemy_wrapped__"
+HANDLING, HANDLED, STREAMING = Phase.HANDLING, Phase.HANDLED, Phase.STREAMING
 
 
 def wrap_handler(handler: Callable[..., Any]) -> Callable[..., Any]:
@@ -40,18 +42,21 @@ def wrap_handler(handler: Callable[..., Any]) -> Callable[..., Any]:
                 return await answer_nobody(request)
             if request._sqla_watch_later:
                 watch_late(request)
-            request._sqla_in_handler = True
+            request._sqla_phase = HANDLING
             try:
                 response = await handler(request, *args, **kwargs)
             except BaseException as error:
-                request._sqla_in_handler = False
+                if request._sqla_phase is HANDLING:
+                    request._sqla_phase = HANDLED
                 await _after_handler(request, cancelled=not isinstance(error, Exception))
                 if cancelled_by_hang_up(request, error):
                     return await answer_nobody(request)
                 raise
-            request._sqla_in_handler = False
-            if request._sqla_streaming:
-                await _after_handler(request, cancelled=False)
+            phase = request._sqla_phase
+            if phase is HANDLING:
+                request._sqla_phase = HANDLED
+            elif phase is STREAMING:
+                await end_request(request, success=False)
             return response
 
     else:
@@ -72,18 +77,20 @@ async def _run_handler(
         return await answer_nobody(request)
     if request._sqla_watch_later:
         watch_late(request)
-    request._sqla_in_handler = True
+    request._sqla_phase = HANDLING
     try:
         response = handler(request, *args, **kwargs)
         if inspect.isawaitable(response):
             response = await response
     except BaseException as error:
-        request._sqla_in_handler = False
+        if request._sqla_phase is HANDLING:
+            request._sqla_phase = HANDLED
         await _after_handler(request, cancelled=not isinstance(error, Exception))
         if cancelled_by_hang_up(request, error):
             return await answer_nobody(request)
         raise
-    request._sqla_in_handler = False
+    if request._sqla_phase is HANDLING:
+        request._sqla_phase = HANDLED
     await _after_handler(request, cancelled=False)
     return response
 
@@ -120,7 +127,7 @@ def is_wrapped(handler: Any) -> bool:
 
 
 async def _after_handler(request: Any, cancelled: bool) -> None:
-    if cancelled or request._sqla_streaming:
+    if cancelled or request._sqla_phase is STREAMING:
         # No response will come to settle the units (cancelled), or the handler
         # streamed and is done reading.
         await end_request(request, success=False)

@@ -15,6 +15,8 @@ import logging
 import sys
 from typing import Any
 
+from .phase import Phase
+
 logger = logging.getLogger("sanic_sqlalchemy")
 
 
@@ -34,7 +36,7 @@ def watch_for_hang_up(request: Any) -> None:
             # The handler (or Sanic for it) will read the body: a watcher would take
             # its messages. Sanic reads it before the handler starts, unless the handler
             # streams it: try again then. Otherwise not watched (see the README).
-            request._sqla_watch_later = not request._sqla_in_handler
+            request._sqla_watch_later = request._sqla_phase is not Phase.HANDLING
             return
         drain = True
     watcher = asyncio.get_running_loop().create_task(_until_hung_up(request, drain))
@@ -44,7 +46,7 @@ def watch_for_hang_up(request: Any) -> None:
 
 def watch_late(request: Any) -> None:
     request._sqla_watch_later = False
-    if request._sqla_watcher is None and not request._sqla_streaming:
+    if request._sqla_watcher is None and request._sqla_phase is not Phase.STREAMING:
         watch_for_hang_up(request)
 
 
@@ -57,7 +59,7 @@ async def _until_hung_up(request: Any, drain: bool) -> None:
         pass  # after the body, nothing but http.disconnect is due
     request._sqla_watcher = None
     request._sqla_hung_up = True
-    if request._sqla_in_handler:
+    if request._sqla_phase is Phase.HANDLING:
         # Like Sanic's server: the handler is cancelled where it waits, and its
         # wrapper rolls back. Outside the handler (request middleware) nothing is
         # cancelled (no wrapper would catch it): the handler is then not run, and the

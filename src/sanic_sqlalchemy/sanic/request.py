@@ -48,6 +48,7 @@ from ..database import DatabaseCore
 from ..unit import UnitOfWork, UnitState
 from ..unit.outcome import status_commits
 from .hangup import stop_watching, watch_for_hang_up
+from .phase import Phase
 from .responses import tell_the_client
 from .units import UNITS_ON_CONNECTION, Units, end_later, end_units
 
@@ -69,7 +70,8 @@ def request_unit(db: DatabaseCore) -> UnitOfWork | None:
     unit = units.get(db) if units is not None else None
     if unit is not None:
         return unit
-    if request._sqla_over:
+    phase = request._sqla_phase
+    if phase is Phase.OVER:
         # The request has been answered: a task it started gets an ended unit (an
         # error that says so), never one that nothing would end. Recorded nowhere: the
         # connection may already serve the next request.
@@ -86,7 +88,7 @@ def request_unit(db: DatabaseCore) -> UnitOfWork | None:
                 # reached its end: end it now.
                 end_later(leftover)
             setattr(conn_info.ctx, UNITS_ON_CONNECTION, units)
-        if isinstance(request.stream, ASGIApp) and not request._sqla_streaming:
+        if isinstance(request.stream, ASGIApp) and phase is not Phase.STREAMING:
             # Once the response streams, the units are settled: nothing to watch for
             # (and the server reports the response's end with http.disconnect too).
             watch_for_hang_up(request)
@@ -94,7 +96,7 @@ def request_unit(db: DatabaseCore) -> UnitOfWork | None:
     # Whichever task touched db first (a child task of the handler, say), the unit
     # belongs to the task that runs the request.
     unit.owner = request._sqla_task
-    if request._sqla_streaming:
+    if phase is Phase.STREAMING:
         # First used while the response streams: reads only, like the others.
         unit.state = UnitState.COMMITTED
     return unit
@@ -115,9 +117,7 @@ def unit_request_class(base: type[Request]) -> type[Request]:
 
         __slots__ = (
             "_sqla_hung_up",
-            "_sqla_in_handler",
-            "_sqla_over",
-            "_sqla_streaming",
+            "_sqla_phase",
             "_sqla_task",
             "_sqla_units",
             "_sqla_watch_later",
@@ -131,11 +131,8 @@ def unit_request_class(base: type[Request]) -> type[Request]:
             self._sqla_units: Units | None = None
             #: The task that runs the request: it owns the units.
             self._sqla_task = asyncio.current_task()
-            self._sqla_in_handler = False
-            #: The response streams: units are settled, reads go on until it ends.
-            self._sqla_streaming = False
-            #: The request is over: no unit is created for it any more.
-            self._sqla_over = False
+            #: Where the request is in its life (``Phase``).
+            self._sqla_phase = Phase.ROUTED
             #: Under an ASGI server: the task watching for the client to hang up, and
             #: whether it did (then nothing commits).
             self._sqla_watcher: asyncio.Task[None] | None = None
@@ -173,7 +170,12 @@ def unit_request_class(base: type[Request]) -> type[Request]:
                     final.status,
                 )
                 final.status = 500
-            if self._sqla_in_handler or self._sqla_streaming:
+            phase = self._sqla_phase
+            if phase is Phase.OVER:
+                # Its units have ended (the handler was cancelled, or its stream ended):
+                # nothing is left to settle or to tell.
+                return final
+            if phase is Phase.HANDLING or phase is Phase.STREAMING:
                 # The handler streams (or a ResponseStream opens its stream): it may
                 # still read while it sends.
                 await _settle_for_streaming(self, final)
@@ -184,7 +186,7 @@ def unit_request_class(base: type[Request]) -> type[Request]:
                 final.streaming_fn = _ending_units(self, final.streaming_fn)
             else:
                 # Sanic is about to send a finished response: nothing will read.
-                self._sqla_over = True
+                self._sqla_phase = Phase.OVER
                 units = self._sqla_units
                 if units:
                     await end_units(units, _succeeds(self, final))
@@ -203,7 +205,7 @@ def _succeeds(request: Any, final: Any) -> bool:
 
 
 async def _settle_for_streaming(request: Any, final: Any) -> None:
-    request._sqla_streaming = True
+    request._sqla_phase = Phase.STREAMING
     units: Units | None = request._sqla_units
     if units:
         success = _succeeds(request, final)
@@ -228,7 +230,7 @@ def _ending_units(request: Any, streaming_fn: Callable[[Any], Any]) -> Callable[
 
 async def end_request(request: Any, success: bool) -> None:
     """End every unit of ``request``; nothing creates a unit for it afterwards."""
-    request._sqla_over = True
+    request._sqla_phase = Phase.OVER
     if request._sqla_watcher is not None:
         stop_watching(request)
     units: Units | None = request._sqla_units
