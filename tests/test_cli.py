@@ -164,6 +164,18 @@ async def test_a_refused_connection_is_a_problem(tmp_path: Path) -> None:
     assert "s3cret" not in result.out + result.err
 
 
+@pytest.mark.backends("postgresql", "mysql")
+async def test_a_password_in_the_query_string_is_never_printed(url: str, tmp_path: Path) -> None:
+    """``?password=`` (which the drivers log in with) is masked like the URL's own
+    password, in text and in ``--json``, whether or not the server accepts it."""
+    secret = "s3cret-in-query"
+    with_secret = make_url(url).update_query_dict({"password": secret}).render_as_string(False)
+    for extra in ((), ("--json",)):
+        result = await run(tmp_path, "check", with_secret, *extra)
+        assert secret not in result.out + result.err
+        assert "password=***" in result.out, result.out + result.err
+
+
 @pytest.mark.backends("postgresql")
 async def test_a_read_connection_that_is_not_read_only_fails_the_check(
     url: str, tmp_path: Path

@@ -240,6 +240,42 @@ async def test_read_only_holds_on_replicas(cluster: Cluster, replicated: Databas
                 await db.read.execute(text(statement))
 
 
+_SECRET = "s3cret-r3plica"
+
+
+async def _replica_user(cluster: Cluster) -> str:
+    """A user that logs in to the replicas with ``_SECRET`` (PostgreSQL's test cluster
+    trusts loopback and ignores it; MariaDB's checks it)."""
+    if cluster.backend == "postgresql":
+        return "postgres"
+    for statement in (
+        f"CREATE USER IF NOT EXISTS 'reader'@'127.0.0.1' IDENTIFIED BY '{_SECRET}'",
+        "GRANT SELECT ON test.* TO 'reader'@'127.0.0.1'",
+    ):
+        await cluster.servers.scalar(cluster.primary_url, statement)
+    await cluster.servers.wait_caught_up()  # the user replicates
+    return "reader"
+
+
+async def test_read_from_never_shows_a_password(cluster: Cluster, replicated: Database) -> None:
+    """``unit.read_from`` names the replica without its password, whether the URL carries
+    it after the user name or as ``?password=`` (which the driver uses to log in)."""
+    user = await _replica_user(cluster)
+    plain = [make_url(url).set(username=user) for url in cluster.replica_urls]
+    read_urls = [plain[0].set(password=_SECRET), plain[-1].update_query_dict({"password": _SECRET})]
+    db = Database(cluster.primary_url, read_urls=read_urls)
+    try:
+        shown = set()
+        for _ in range(4):
+            async with db as unit:
+                await db.read.execute(select(func.count()).select_from(Item))
+                assert unit.read_from is not None and _SECRET not in unit.read_from
+                shown.add(unit.read_from)
+        assert shown == {plain[0].render_as_string(), plain[-1].render_as_string()}
+    finally:
+        await db.dispose()
+
+
 async def test_hostile_tokens_change_nothing(cluster: Cluster, replicated: Database) -> None:
     """Forged, oversized and garbage tokens are ignored: reads stay on the replicas and
     nothing fails."""

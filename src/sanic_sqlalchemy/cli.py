@@ -27,7 +27,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from .database import Database
 from .engines import Engines
 from .errors import ReadOnlyError, SanicSQLAlchemyError
-from .settings import Settings
+from .settings import Settings, public_url
 
 _VERSION_QUERIES = {
     "postgresql": "SHOW server_version",
@@ -64,8 +64,9 @@ class ServerReport:
 
 
 def render(url: URL) -> str:
-    """``url`` as text, with its password masked."""
-    return url.render_as_string(hide_password=True)
+    """``url`` as text, its password and secret query parameters (``?password=``)
+    masked."""
+    return public_url(url)
 
 
 def load(target: str) -> Any:

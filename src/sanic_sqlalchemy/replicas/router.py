@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 from sqlalchemy.engine import URL
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from ..settings import public_url
 from .positions import Position
 from .probe import position_of, probe_engine
 
@@ -42,8 +43,9 @@ MAX_BACKOFF = 30.0
 
 
 def public_name(url: URL) -> str:
-    """The URL as shown to users and logs: never with its password."""
-    return url.set(password=None).render_as_string(hide_password=False)
+    """The URL as shown to users and logs (``unit.read_from``): without its password or
+    any query parameter that holds a secret."""
+    return public_url(url, mask=False)
 
 
 @dataclass(eq=False)
