@@ -225,6 +225,71 @@ async def test_a_lagging_replica_leaves_the_rotation_and_comes_back(
         await db.dispose()
 
 
+async def _switch_wal_segment(db: Database) -> str | None:
+    """Switch the idle primary to a new WAL segment; the token of the unit that did it.
+
+    That unit's transaction writes no commit record, so its token is the insert
+    position right after the switch: past the new segment's page header, where a
+    caught-up replica's replay never goes (it stops at the segment's start).
+    """
+    async with db:
+        db.write.add(Item(name="so that the segment has something to switch from"))
+    async with db as switching:
+        await db.write.execute(text("SELECT pg_switch_wal()"))
+    return switching.commit_token
+
+
+def _strict_db(cluster: Cluster) -> Database:
+    """A Database whose reads fail rather than fall back when no replica qualifies."""
+    return Database(
+        cluster.primary_url,
+        read_urls=cluster.replica_urls,
+        replica_max_lag=1,
+        replica_fallback="error",
+    )
+
+
+@pytest.mark.parametrize("cluster", ["postgresql"], indirect=True)
+async def test_a_wal_segment_switch_leaves_caught_up_replicas_in_the_rotation(
+    cluster: Cluster, replicated: Database
+) -> None:
+    """After ``pg_switch_wal()`` on an idle primary, caught-up replicas stay in the
+    rotation past the lag limit (with ``fallback=error`` nothing may fall back)."""
+    await _switch_wal_segment(replicated)
+    await cluster.servers.wait_caught_up()
+    db = _strict_db(cluster)
+    try:
+        for wait in (0, 2.5):  # then two probes of the idle primary: past the lag limit
+            await asyncio.sleep(wait)
+            async with db as unit:
+                await db.read.execute(text("SELECT 1"))
+                assert unit.read_from in cluster.replica_urls
+        for _ in range(4):
+            async with db as unit:
+                await db.read.execute(text("SELECT 1"))
+                assert unit.read_from in cluster.replica_urls
+    finally:
+        await db.dispose()
+
+
+@pytest.mark.parametrize("cluster", ["postgresql"], indirect=True)
+async def test_a_token_taken_at_a_page_boundary_is_reached(
+    cluster: Cluster, replicated: Database
+) -> None:
+    """A commit token taken right after a page header (here, a segment switch's) is
+    reached by replicas that replayed everything, so its reads go to them."""
+    db = _strict_db(cluster)
+    try:
+        token = await _switch_wal_segment(db)
+        assert token is not None
+        await cluster.servers.wait_caught_up()
+        async with db.unit(after=token) as unit:
+            await db.read.execute(text("SELECT 1"))
+            assert unit.read_from in cluster.replica_urls
+    finally:
+        await db.dispose()
+
+
 async def test_read_only_holds_on_replicas(cluster: Cluster, replicated: Database) -> None:
     """The read path refuses writes and hostile SQL on replicas as on the primary."""
     db = replicated
