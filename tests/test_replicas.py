@@ -4,6 +4,7 @@ MariaDB primary with one, started by the suite (``tests/clusters.py``)."""
 from __future__ import annotations
 
 import asyncio
+import socket
 import time
 from collections import Counter
 from collections.abc import AsyncIterator
@@ -288,6 +289,36 @@ async def test_a_token_taken_at_a_page_boundary_is_reached(
             assert unit.read_from in cluster.replica_urls
     finally:
         await db.dispose()
+
+
+async def test_a_replica_that_never_answers_delays_no_token(
+    cluster: Cluster, replicated: Database
+) -> None:
+    """A replica that accepts connections and never answers (a local listener) adds
+    nothing to units that carry a token: the refresh a token needs waits only for the
+    servers that answer, never for one in backoff (it waited ~2 s for every one)."""
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(64)
+        port = silent.getsockname()[1]
+        hung = make_url(cluster.replica_urls[0]).set(port=port).render_as_string(False)
+        db = Database(cluster.primary_url, read_urls=[*cluster.replica_urls, hung])
+        try:
+            waited, served = 0.0, set()
+            for index in range(5):
+                async with db as writing:
+                    db.write.add(Item(name=f"write {index}"))
+                await cluster.servers.wait_caught_up()
+                started = time.monotonic()
+                async with db.unit(after=writing.commit_token) as unit:
+                    # Beyond the cached positions: the positions are refreshed.
+                    await db.read.execute(text("SELECT 1"))
+                    served.add(unit.read_from)
+                waited += time.monotonic() - started
+            assert waited < 1.5
+            assert served <= set(cluster.replica_urls)
+        finally:
+            await db.dispose()
 
 
 async def test_read_only_holds_on_replicas(cluster: Cluster, replicated: Database) -> None:
