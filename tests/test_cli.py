@@ -51,6 +51,15 @@ def module(cwd: Path, name: str, source: str) -> None:
 
 
 @pytest.fixture
+def existing(url: str) -> str:
+    """``url``, its SQLite file created (empty) first: ``check`` creates no file."""
+    parsed = make_url(url)
+    if parsed.get_backend_name() == "sqlite" and parsed.database:
+        Path(parsed.database).touch()
+    return url
+
+
+@pytest.fixture
 def silent_server() -> Iterator[int]:
     """A port that accepts connections and never answers (a server that hangs)."""
     with socket.socket() as sock:
@@ -59,19 +68,21 @@ def silent_server() -> Iterator[int]:
         yield sock.getsockname()[1]
 
 
-async def test_check_reports_a_healthy_database(url: str, backend: str, tmp_path: Path) -> None:
+async def test_check_reports_a_healthy_database(
+    existing: str, backend: str, tmp_path: Path
+) -> None:
     """``check URL`` reports the backend, the server version and a read connection
     that the server itself keeps read-only, and exits 0."""
-    result = await run(tmp_path, "check", url)
+    result = await run(tmp_path, "check", existing)
     assert result.code == 0, result.out + result.err
     assert f"backend: {backend}" in result.out
     assert "read-only: yes" in result.out
     assert result.out.rstrip().endswith("OK")
 
 
-async def test_check_json_is_for_scripts(url: str, backend: str, tmp_path: Path) -> None:
+async def test_check_json_is_for_scripts(existing: str, backend: str, tmp_path: Path) -> None:
     """``check --json`` prints one report per database, with pool settings and servers."""
-    result = await run(tmp_path, "check", url, "--json")
+    result = await run(tmp_path, "check", existing, "--json")
     assert result.code == 0, result.err
     (report,) = json.loads(result.out)
     assert report["backend"] == backend
@@ -85,8 +96,10 @@ async def test_check_json_is_for_scripts(url: str, backend: str, tmp_path: Path)
     assert server["version"]
 
 
-async def test_check_an_app_checks_each_of_its_databases(url: str, tmp_path: Path) -> None:
+async def test_check_an_app_checks_each_of_its_databases(existing: str, tmp_path: Path) -> None:
     """``check module:app`` checks every database of the app, under its prefix."""
+    url = existing
+    (tmp_path / "a.db").touch()
     module(
         tmp_path,
         "cli_app",
@@ -113,11 +126,51 @@ async def test_check_an_app_checks_each_of_its_databases(url: str, tmp_path: Pat
     ]
 
 
-async def test_check_a_database_object(url: str, tmp_path: Path) -> None:
+async def test_check_a_database_object(existing: str, tmp_path: Path) -> None:
     """``check module:db`` takes a ``Database`` that has its URL."""
-    module(tmp_path, "cli_db", f"from sanic_sqlalchemy import Database\ndb = Database({url!r})\n")
+    module(
+        tmp_path, "cli_db", f"from sanic_sqlalchemy import Database\ndb = Database({existing!r})\n"
+    )
     result = await run(tmp_path, "check", "cli_db:db")
     assert result.code == 0, result.out + result.err
+
+
+async def test_check_json_stays_json_with_echo_on(existing: str, tmp_path: Path) -> None:
+    """With ``echo`` on (SQLAlchemy logs to stdout), ``check --json`` prints JSON only:
+    the echo goes to stderr, and the text report keeps stdout to itself too."""
+    module(
+        tmp_path,
+        "cli_echo",
+        f"from sanic_sqlalchemy import Database\ndb = Database({existing!r}, echo=True)\n",
+    )
+    result = await run(tmp_path, "check", "cli_echo:db", "--json")
+    assert result.code == 0, result.out + result.err
+    (report,) = json.loads(result.out)
+    assert report["problems"] == []
+    assert "INFO sqlalchemy.engine.Engine" in result.err
+    result = await run(tmp_path, "check", "cli_echo:db")
+    assert result.code == 0, result.out + result.err
+    assert "sqlalchemy.engine" not in result.out
+    assert result.out.rstrip().endswith("OK")
+
+
+async def test_a_missing_sqlite_file_is_a_problem_and_is_not_created(tmp_path: Path) -> None:
+    """``check`` on a SQLite path that does not exist (a typo) reports it under its key,
+    exits 1 and creates no file, in text and in ``--json``, relative paths included."""
+    for database, path in (
+        (str(tmp_path / "tpyo.db"), tmp_path / "tpyo.db"),
+        ("relative/tpyo.db", tmp_path / "relative" / "tpyo.db"),
+    ):
+        url = f"sqlite+aiosqlite:///{database}"
+        result = await run(tmp_path, "check", url)
+        assert result.code == 1, result.out + result.err
+        assert f"problem  DATABASE_URL: the SQLite file {path} does not exist" in result.out
+        assert result.out.rstrip().endswith("1 problem(s)")
+        result = await run(tmp_path, "check", url, "--json")
+        assert result.code == 1, result.out + result.err
+        (report,) = json.loads(result.out)
+        assert [problem["key"] for problem in report["problems"]] == ["DATABASE_URL"]
+        assert not path.exists()
 
 
 async def test_a_bad_setting_is_reported_with_its_key(tmp_path: Path) -> None:
@@ -162,6 +215,18 @@ async def test_a_refused_connection_is_a_problem(tmp_path: Path) -> None:
         result.out
     )
     assert "s3cret" not in result.out + result.err
+
+
+@pytest.mark.backends("postgresql", "mysql")
+async def test_a_password_in_the_query_string_is_never_printed(url: str, tmp_path: Path) -> None:
+    """``?password=`` (which the drivers log in with) is masked like the URL's own
+    password, in text and in ``--json``, whether or not the server accepts it."""
+    secret = "s3cret-in-query"
+    with_secret = make_url(url).update_query_dict({"password": secret}).render_as_string(False)
+    for extra in ((), ("--json",)):
+        result = await run(tmp_path, "check", with_secret, *extra)
+        assert secret not in result.out + result.err
+        assert "password=***" in result.out, result.out + result.err
 
 
 @pytest.mark.backends("postgresql")

@@ -11,6 +11,7 @@ from sanic_sqlalchemy.replicas.positions import (
     latest,
     parse_position,
     read_token,
+    wal_record_end,
 )
 
 NOW = 1_800_000_000.0
@@ -36,6 +37,23 @@ def test_gtid_positions_compare_per_domain() -> None:
     assert GTIDPosition.parse(primary.encode()) == primary
     assert parse_position("", "mysql") == GTIDPosition({})
     assert latest([replica, other_domain, None]) == GTIDPosition.parse("0-1-99,1-2-7,2-3-1")
+
+
+def test_an_insert_position_after_a_page_header_is_the_page_start() -> None:
+    """Right after a segment's long header or a page's short header, an insert position
+    counts as the boundary a replica replays to; anywhere else it is kept."""
+    block, segment = 8192, 16 << 20
+
+    def end(text: str) -> str:
+        position = LSN.parse(text)
+        assert position is not None
+        return str(wal_record_end(position, block, segment))
+
+    assert end("0/4000028") == "0/4000000"  # after pg_switch_wal(): the long header
+    assert end("1/2002018") == "1/2002000" and end("1/3000028") == "1/3000000"
+    assert end("0/4000018") == "0/4000018"  # inside a long header: no such position
+    for kept in ("0/4000030", "0/4002020", "0/4002028", "0/4000000", "0/16B3748"):
+        assert end(kept) == kept
 
 
 def test_tokens_round_trip_and_expire() -> None:

@@ -4,6 +4,7 @@ MariaDB primary with one, started by the suite (``tests/clusters.py``)."""
 from __future__ import annotations
 
 import asyncio
+import socket
 import time
 from collections import Counter
 from collections.abc import AsyncIterator
@@ -225,6 +226,101 @@ async def test_a_lagging_replica_leaves_the_rotation_and_comes_back(
         await db.dispose()
 
 
+async def _switch_wal_segment(db: Database) -> str | None:
+    """Switch the idle primary to a new WAL segment; the token of the unit that did it.
+
+    That unit's transaction writes no commit record, so its token is the insert
+    position right after the switch: past the new segment's page header, where a
+    caught-up replica's replay never goes (it stops at the segment's start).
+    """
+    async with db:
+        db.write.add(Item(name="so that the segment has something to switch from"))
+    async with db as switching:
+        await db.write.execute(text("SELECT pg_switch_wal()"))
+    return switching.commit_token
+
+
+def _strict_db(cluster: Cluster) -> Database:
+    """A Database whose reads fail rather than fall back when no replica qualifies."""
+    return Database(
+        cluster.primary_url,
+        read_urls=cluster.replica_urls,
+        replica_max_lag=1,
+        replica_fallback="error",
+    )
+
+
+@pytest.mark.parametrize("cluster", ["postgresql"], indirect=True)
+async def test_a_wal_segment_switch_leaves_caught_up_replicas_in_the_rotation(
+    cluster: Cluster, replicated: Database
+) -> None:
+    """After ``pg_switch_wal()`` on an idle primary, caught-up replicas stay in the
+    rotation past the lag limit (with ``fallback=error`` nothing may fall back)."""
+    await _switch_wal_segment(replicated)
+    await cluster.servers.wait_caught_up()
+    db = _strict_db(cluster)
+    try:
+        for wait in (0, 2.5):  # then two probes of the idle primary: past the lag limit
+            await asyncio.sleep(wait)
+            async with db as unit:
+                await db.read.execute(text("SELECT 1"))
+                assert unit.read_from in cluster.replica_urls
+        for _ in range(4):
+            async with db as unit:
+                await db.read.execute(text("SELECT 1"))
+                assert unit.read_from in cluster.replica_urls
+    finally:
+        await db.dispose()
+
+
+@pytest.mark.parametrize("cluster", ["postgresql"], indirect=True)
+async def test_a_token_taken_at_a_page_boundary_is_reached(
+    cluster: Cluster, replicated: Database
+) -> None:
+    """A commit token taken right after a page header (here, a segment switch's) is
+    reached by replicas that replayed everything, so its reads go to them."""
+    db = _strict_db(cluster)
+    try:
+        token = await _switch_wal_segment(db)
+        assert token is not None
+        await cluster.servers.wait_caught_up()
+        async with db.unit(after=token) as unit:
+            await db.read.execute(text("SELECT 1"))
+            assert unit.read_from in cluster.replica_urls
+    finally:
+        await db.dispose()
+
+
+async def test_a_replica_that_never_answers_delays_no_token(
+    cluster: Cluster, replicated: Database
+) -> None:
+    """A replica that accepts connections and never answers (a local listener) adds
+    nothing to units that carry a token: the refresh a token needs waits only for the
+    servers that answer, never for one in backoff (it waited ~2 s for every one)."""
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(64)
+        port = silent.getsockname()[1]
+        hung = make_url(cluster.replica_urls[0]).set(port=port).render_as_string(False)
+        db = Database(cluster.primary_url, read_urls=[*cluster.replica_urls, hung])
+        try:
+            waited, served = 0.0, set()
+            for index in range(5):
+                async with db as writing:
+                    db.write.add(Item(name=f"write {index}"))
+                await cluster.servers.wait_caught_up()
+                started = time.monotonic()
+                async with db.unit(after=writing.commit_token) as unit:
+                    # Beyond the cached positions: the positions are refreshed.
+                    await db.read.execute(text("SELECT 1"))
+                    served.add(unit.read_from)
+                waited += time.monotonic() - started
+            assert waited < 1.5
+            assert served <= set(cluster.replica_urls)
+        finally:
+            await db.dispose()
+
+
 async def test_read_only_holds_on_replicas(cluster: Cluster, replicated: Database) -> None:
     """The read path refuses writes and hostile SQL on replicas as on the primary."""
     db = replicated
@@ -238,6 +334,42 @@ async def test_read_only_holds_on_replicas(cluster: Cluster, replicated: Databas
                 await db.read.execute(text("SELECT 1"))
                 assert unit.read_from != "primary"
                 await db.read.execute(text(statement))
+
+
+_SECRET = "s3cret-r3plica"
+
+
+async def _replica_user(cluster: Cluster) -> str:
+    """A user that logs in to the replicas with ``_SECRET`` (PostgreSQL's test cluster
+    trusts loopback and ignores it; MariaDB's checks it)."""
+    if cluster.backend == "postgresql":
+        return "postgres"
+    for statement in (
+        f"CREATE USER IF NOT EXISTS 'reader'@'127.0.0.1' IDENTIFIED BY '{_SECRET}'",
+        "GRANT SELECT ON test.* TO 'reader'@'127.0.0.1'",
+    ):
+        await cluster.servers.scalar(cluster.primary_url, statement)
+    await cluster.servers.wait_caught_up()  # the user replicates
+    return "reader"
+
+
+async def test_read_from_never_shows_a_password(cluster: Cluster, replicated: Database) -> None:
+    """``unit.read_from`` names the replica without its password, whether the URL carries
+    it after the user name or as ``?password=`` (which the driver uses to log in)."""
+    user = await _replica_user(cluster)
+    plain = [make_url(url).set(username=user) for url in cluster.replica_urls]
+    read_urls = [plain[0].set(password=_SECRET), plain[-1].update_query_dict({"password": _SECRET})]
+    db = Database(cluster.primary_url, read_urls=read_urls)
+    try:
+        shown = set()
+        for _ in range(4):
+            async with db as unit:
+                await db.read.execute(select(func.count()).select_from(Item))
+                assert unit.read_from is not None and _SECRET not in unit.read_from
+                shown.add(unit.read_from)
+        assert shown == {plain[0].render_as_string(), plain[-1].render_as_string()}
+    finally:
+        await db.dispose()
 
 
 async def test_hostile_tokens_change_nothing(cluster: Cluster, replicated: Database) -> None:

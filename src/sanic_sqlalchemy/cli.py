@@ -4,20 +4,24 @@
 URL, builds its settings, connects to the primary and to each replica with a short
 timeout and reports what it found; the exit code is 1 when anything is wrong.
 ``create-all`` and ``drop-all`` run ``db.create_all`` / ``db.drop_all`` for a
-``MetaData``.  URLs are always shown without their password.
+``MetaData``.  URLs are always shown without their password.  ``check`` writes nothing
+but its report to stdout (SQLAlchemy's echo goes to stderr), so ``--json`` stays JSON.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import dataclasses
 import importlib
 import json
 import os
 import sys
 import time
+import urllib.parse
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 from sqlalchemy import MetaData, text
@@ -27,7 +31,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from .database import DatabaseCore as Database
 from .engine.engines import Engines
 from .errors import ReadOnlyError, SanicSQLAlchemyError
-from .settings import Settings
+from .settings import Settings, public_url
 
 _VERSION_QUERIES = {
     "postgresql": "SHOW server_version",
@@ -64,8 +68,9 @@ class ServerReport:
 
 
 def render(url: URL) -> str:
-    """``url`` as text, with its password masked."""
-    return url.render_as_string(hide_password=True)
+    """``url`` as text, its password and secret query parameters (``?password=``)
+    masked."""
+    return public_url(url)
 
 
 def load(target: str) -> Any:
@@ -186,6 +191,18 @@ async def check_database(db: Database, timeout: float) -> dict[str, Any]:
     for role, key, url in targets:
         report = ServerReport(role, key, render(url))
         servers.append(report)
+        missing = missing_sqlite_file(url)
+        if missing is not None:
+            # Connecting would create it: the application would then start on an empty
+            # database instead of failing on the mistyped path.
+            problems.append(
+                Problem(
+                    key,
+                    f"the SQLite file {missing} does not exist (check creates none). "
+                    "Correct the path, or create the database first.",
+                )
+            )
+            continue
         single = dataclasses.replace(settings, url=url, read_urls=())
         engines: Engines | None = None
         # What a read connection that is not read-only means, once one was found.
@@ -230,6 +247,24 @@ async def check_database(db: Database, timeout: float) -> dict[str, Any]:
         "servers": [dataclasses.asdict(server) for server in servers],
         "problems": [dataclasses.asdict(problem) for problem in problems],
     }
+
+
+def missing_sqlite_file(url: URL) -> Path | None:
+    """The absolute path of the SQLite file ``url`` names when no such file exists;
+    None for other backends, in-memory databases and files that exist."""
+    if url.get_backend_name() != "sqlite":
+        return None
+    database = url.database or ""
+    if str(url.query.get("uri", "")).lower() in ("true", "1", "yes", "on"):
+        # sqlite+aiosqlite:///file:app.db?mode=ro&uri=true
+        if url.query.get("mode") == "memory":
+            return None
+        if database.startswith("file:"):
+            database = urllib.parse.unquote(urllib.parse.urlsplit(database).path)
+    if database in ("", ":memory:"):
+        return None
+    path = Path(database)
+    return None if path.exists() else path.absolute()
 
 
 _READ_ONLY_OFF = (
@@ -359,7 +394,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
         if args.command == "check":
-            results = asyncio.run(_check(args.target, args.timeout))
+            # Stdout is for the report only: SQLAlchemy's echo (a handler on sys.stdout as
+            # it is when an engine is made) and whatever the target prints on import go
+            # to stderr, so that --json stays JSON.
+            with contextlib.redirect_stdout(sys.stderr):
+                results = asyncio.run(_check(args.target, args.timeout))
             if args.json:
                 print(json.dumps(results, indent=2))
             else:

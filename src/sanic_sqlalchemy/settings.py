@@ -13,6 +13,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any
+from urllib.parse import quote_plus
 
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError, NoSuchModuleError
@@ -179,8 +180,8 @@ class Settings:
         for read_url in read_urls:
             if read_url.get_backend_name() != url.get_backend_name():
                 raise ConfigurationError(
-                    f"{raw['read_urls'][0]}: replica {read_url!r} is not a "
-                    f"{url.get_backend_name()} URL like the primary {url!r}."
+                    f"{raw['read_urls'][0]}: replica {public_url(read_url)} is not a "
+                    f"{url.get_backend_name()} URL like the primary {public_url(url)}."
                 )
         default_recycle = DEFAULT_MYSQL_POOL_RECYCLE if backend == "mysql" else None
         settings = cls(
@@ -291,6 +292,35 @@ def _name(
     if not isinstance(value, str) or not pattern.fullmatch(value):
         raise ConfigurationError(f"{key}: not a valid cookie or header name: {value!r}.")
     return value
+
+
+#: Query parameters of a URL that hold secrets (``?password=``, ``sslpassword``,
+#: ``passwd``, an auth token): never shown, like the URL's own password.
+_SECRET_QUERY_KEY = re.compile(r"pass|pwd|secret|token|credential", re.IGNORECASE)
+
+
+def public_url(url: URL, *, mask: bool = True) -> str:
+    """``url`` as shown to users, logs and error messages: its password and every query
+    parameter that holds a secret masked as ``***`` (``mask``) or left out."""
+    secrets = [key for key in url.query if _SECRET_QUERY_KEY.search(key)]
+    shown = url.difference_update_query(secrets)
+    if not mask:
+        # URL.set(password=None) keeps the password: None there means "unchanged".
+        shown = URL.create(
+            shown.drivername,
+            username=shown.username,
+            host=shown.host,
+            port=shown.port,
+            database=shown.database,
+            query=shown.query,
+        )
+        return shown.render_as_string(hide_password=False)
+    text = shown.render_as_string(hide_password=True)
+    if secrets:
+        text += ("&" if shown.query else "?") + "&".join(
+            f"{quote_plus(key)}=***" for key in secrets
+        )
+    return text
 
 
 def backend_of(url: URL) -> str:

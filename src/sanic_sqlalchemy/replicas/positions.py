@@ -106,6 +106,31 @@ class GTIDPosition(Position):
         return self.encode().replace("_", ",")
 
 
+#: Bytes of a WAL page's header (64-bit builds): every page opens with the short one,
+#: except the first page of a segment, which opens with the long one.
+WAL_SHORT_PAGE_HEADER = 24
+WAL_LONG_PAGE_HEADER = 40
+
+
+def wal_record_end(position: LSN, block_size: int, segment_size: int) -> LSN:
+    """An insert position (where the next record will start) as the end of the last one.
+
+    Right after a page's header the two differ: after a segment switch on an idle
+    primary, or a record that ends on a page boundary, the insert position is past the
+    next page's header while a caught-up replica replays to the page's start (no record
+    ends inside a header), so a replica compared with it would never catch up.
+    ``block_size`` and ``segment_size`` are the server's ``wal_block_size`` and
+    ``wal_segment_size`` in bytes.
+    """
+    value = position.value
+    in_segment = value % segment_size
+    if in_segment == WAL_LONG_PAGE_HEADER:
+        return LSN(value - WAL_LONG_PAGE_HEADER)
+    if in_segment >= block_size and value % block_size == WAL_SHORT_PAGE_HEADER:
+        return LSN(value - WAL_SHORT_PAGE_HEADER)
+    return position
+
+
 def latest(positions: Iterable[Position | None]) -> Position | None:
     """The furthest of ``positions`` (several tokens: the latest wins), or None."""
     found: Position | None = None

@@ -8,20 +8,27 @@ that a replica that hangs cannot stall the probe or a unit.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Sequence
 from typing import Any
 
 from sqlalchemy.engine import URL, Connection
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from sqlalchemy.util import await_only
 
-from .positions import Position, parse_position
+from .positions import LSN, Position, parse_position, wal_record_end
 
 #: Seconds to connect to a server, and to answer one probe query.
 CONNECT_TIMEOUT = 2.0
 QUERY_TIMEOUT = 1.0
 
+# PostgreSQL's insert position comes with the WAL's page and segment sizes, so that a
+# position right after a page header counts as the page's start (wal_record_end).
+_PG_INSERT_POSITION = (
+    "SELECT pg_current_wal_insert_lsn()::text, current_setting('wal_block_size')::int, "
+    "pg_size_bytes(current_setting('wal_segment_size'))"
+)
 _PRIMARY = {
-    "postgresql": "SELECT pg_current_wal_insert_lsn()::text",
+    "postgresql": _PG_INSERT_POSITION,
     "mysql": "SELECT @@gtid_binlog_pos",
 }
 _REPLICA = {
@@ -33,9 +40,10 @@ _REPLICA = {
     "mysql": "SELECT @@gtid_slave_pos",
 }
 #: Run on the unit's writing connection right after its COMMIT: a position at or after
-#: the commit record (PostgreSQL) or the GTID of the transaction just committed.
+#: the end of the commit record (PostgreSQL) or the GTID of the transaction just
+#: committed.
 COMMIT_POSITION = {
-    "postgresql": "SELECT pg_current_wal_insert_lsn()::text",
+    "postgresql": _PG_INSERT_POSITION,
     "mysql": "SELECT @@last_gtid",
 }
 
@@ -71,12 +79,23 @@ async def position_of(engine: AsyncEngine, backend: str, *, primary: bool) -> Po
     """The server's current position (primary) or replayed position (replica)."""
     query = (_PRIMARY if primary else _REPLICA)[backend]
 
-    async def ask() -> Any:
+    async def ask() -> Sequence[Any] | None:
         async with engine.connect() as connection:
-            return (await connection.exec_driver_sql(query)).scalar()
+            return (await connection.exec_driver_sql(query)).first()
 
-    value = await asyncio.wait_for(ask(), CONNECT_TIMEOUT + QUERY_TIMEOUT)
-    return parse_position(None if value is None else str(value), backend)
+    row = await asyncio.wait_for(ask(), CONNECT_TIMEOUT + QUERY_TIMEOUT)
+    return _position(row, backend)
+
+
+def _position(row: Sequence[Any] | None, backend: str) -> Position | None:
+    """The position in a probe query's row; a PostgreSQL insert position (with the WAL's
+    page and segment sizes) as the end of the last record."""
+    if row is None or row[0] is None:
+        return parse_position(None, backend)
+    position = parse_position(str(row[0]), backend)
+    if isinstance(position, LSN) and len(row) == 3:
+        position = wal_record_end(position, int(row[1]), int(row[2]))
+    return position
 
 
 def commit_position(connection: Connection, backend: str) -> Position | None:
@@ -88,8 +107,9 @@ def commit_position(connection: Connection, backend: str) -> Position | None:
     """
     driver: Any = connection.connection.driver_connection
     query = COMMIT_POSITION[backend]
+    row: Sequence[Any] | None
     if backend == "postgresql":
-        value = await_only(driver.fetchval(query))
+        row = await_only(driver.fetchrow(query))
     else:
         cursor = driver.cursor()
         try:
@@ -97,5 +117,4 @@ def commit_position(connection: Connection, backend: str) -> Position | None:
             row = await_only(cursor.fetchone())
         finally:
             await_only(cursor.close())
-        value = row[0] if row else None
-    return parse_position(None if value is None else str(value), backend)
+    return _position(row, backend)

@@ -13,6 +13,13 @@ usable when it answered its last probe, lags no more than the limit, and has rea
 the position the unit needs (a client's token).  When a token asks for more than the
 cached positions show, the positions are refreshed first (at most every few
 milliseconds), so a replica that caught up since the last probe is used.
+
+Each server has at most one probe under way, shared by everyone who wants its answer.
+A refresh waits only for the servers that can answer (the primary, and the replicas
+that answered their last probe or were never probed), each for a fraction of a second:
+a probe that takes longer goes on in the background and takes its replica out when it
+fails.  A replica that is down is probed again, in the background, once its backoff is
+over; nothing waits for it.
 """
 
 from __future__ import annotations
@@ -28,6 +35,7 @@ from dataclasses import dataclass, field
 from sqlalchemy.engine import URL
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from ..settings import public_url
 from .positions import Position
 from .probe import position_of, probe_engine
 
@@ -37,13 +45,18 @@ logger = logging.getLogger("sanic_sqlalchemy")
 PROBE_INTERVAL = 1.0
 #: Seconds an on-demand refresh is trusted for (a burst of requests shares one).
 REFRESH_INTERVAL = 0.005
+#: Seconds a refresh waits for a server's answer, from the start of its probe: a
+#: server that answers does so within milliseconds, so a unit never waits for one
+#: that hangs (whose probe only fails after the connect timeout).
+REFRESH_PATIENCE = 0.25
 #: Seconds a replica that failed stays out before it is tried again, at most.
 MAX_BACKOFF = 30.0
 
 
 def public_name(url: URL) -> str:
-    """The URL as shown to users and logs: never with its password."""
-    return url.set(password=None).render_as_string(hide_password=False)
+    """The URL as shown to users and logs (``unit.read_from``): without its password or
+    any query parameter that holds a secret."""
+    return public_url(url, mask=False)
 
 
 @dataclass(eq=False)
@@ -56,6 +69,8 @@ class Replica:
     name: str = ""
     position: Position | None = None
     up: bool = False
+    #: Whether a probe of it ever ended (answered or failed).
+    probed: bool = False
     retry_at: float = 0.0
     failures: int = 0
     last_error: str = ""
@@ -74,10 +89,16 @@ class ReplicaSet:
     max_lag: float
     primary_probe: AsyncEngine = field(init=False)
     primary_position: Position | None = field(default=None, init=False)
+    #: When the probe that found ``primary_position`` asked (monotonic clock).
+    _primary_asked_at: float = field(default=float("-inf"), init=False)
     _history: deque[tuple[float, Position]] = field(default_factory=deque, init=False)
     _turn: itertools.count[int] = field(default_factory=itertools.count, init=False)
     _refreshed_at: float = field(default=-1.0, init=False)
-    _refreshing: asyncio.Task[None] | None = field(default=None, init=False)
+    #: The probe under way (or last made) per server, None for the primary, with the
+    #: time it started.
+    _probes: dict[Replica | None, tuple[float, asyncio.Task[None]]] = field(
+        default_factory=dict, init=False
+    )
     _task: asyncio.Task[None] | None = field(default=None, init=False)
 
     def __post_init__(self) -> None:
@@ -100,53 +121,76 @@ class ReplicaSet:
         if task is not None:
             task.cancel()
             await asyncio.gather(task, return_exceptions=True)
-        if self._refreshing is not None:
-            await asyncio.gather(self._refreshing, return_exceptions=True)
+        probes = [probe for _started, probe in self._probes.values()]
+        self._probes.clear()
+        for probe in probes:
+            probe.cancel()
+        # The probes report their own failures; only their cancellation is left.
+        await asyncio.gather(*probes, return_exceptions=True)
         await self.primary_probe.dispose()
         for replica in self.replicas:
             await replica.probe.dispose()
 
     async def _probe_forever(self) -> None:
         while True:
-            await self.refresh()
+            await self.refresh(patience=PROBE_INTERVAL)
             await asyncio.sleep(PROBE_INTERVAL)
 
-    async def refresh(self) -> None:
-        """Probe every server now; concurrent callers share one refresh."""
-        await asyncio.shield(self._start_refresh())
+    async def refresh(self, patience: float = REFRESH_PATIENCE) -> None:
+        """Ask the servers that can answer how far they are, now.
 
-    def _start_refresh(self) -> asyncio.Task[None]:
-        """The refresh under way, or a new one."""
-        refreshing = self._refreshing
-        if refreshing is None or refreshing.done():
-            refreshing = self._refreshing = asyncio.get_running_loop().create_task(
-                self._probe_all()
-            )
-        return refreshing
+        Those are the primary and the replicas that answered their last probe or were
+        never probed; each is waited for until ``patience`` seconds after its probe
+        started (a probe already under way is shared, not repeated), and one that takes
+        longer goes on in the background.  A replica that is down is probed in the
+        background once its backoff is over, never waited for.
+        """
+        self._retry_due()
+        waited = [self._probing(None)]
+        waited += [
+            self._probing(replica) for replica in self.replicas if replica.up or not replica.probed
+        ]
+        for started, probe in waited:
+            remaining = started + patience - time.monotonic()
+            if remaining > 0 and not probe.done():
+                # Not cancelled when the wait ends (asyncio.wait): it goes on.
+                await asyncio.wait((probe,), timeout=remaining)
+        self._refreshed_at = time.monotonic()
+
+    def _probing(self, replica: Replica | None) -> tuple[float, asyncio.Task[None]]:
+        """The probe of ``replica`` (None: the primary) under way, or a new one, and
+        when it started."""
+        current = self._probes.get(replica)
+        if current is None or current[1].done():
+            probe = self._probe_primary() if replica is None else self._probe(replica)
+            task = asyncio.get_running_loop().create_task(probe)
+            current = self._probes[replica] = (time.monotonic(), task)
+        return current
 
     async def refresh_if_stale(self) -> None:
         if time.monotonic() - self._refreshed_at > REFRESH_INTERVAL:
             await self.refresh()
 
-    async def _probe_all(self) -> None:
-        await asyncio.gather(
-            self._probe_primary(), *(self._probe(replica) for replica in self.replicas)
-        )
-        self._refreshed_at = time.monotonic()
-
     async def _probe_primary(self) -> None:
+        await self._ask_primary()
+
+    async def _ask_primary(self) -> Position | None:
+        """The primary's position, asked now; None when it did not answer."""
+        asked_at = time.monotonic()
         try:
             position = await position_of(self.primary_probe, self.backend, primary=True)
         except Exception as error:
             logger.warning("probing the primary's position failed: %s", error)
-            return
-        self._note_primary(position)
+            return None
+        self._note_primary(position, asked_at)
+        return position
 
-    def _note_primary(self, position: Position | None) -> None:
-        if position is None:
-            return
+    def _note_primary(self, position: Position | None, asked_at: float) -> None:
+        if position is None or asked_at < self._primary_asked_at:
+            return  # an answer to an older question than the one already noted
         now = time.monotonic()
         self.primary_position = position
+        self._primary_asked_at = asked_at
         history = self._history
         if (
             not history
@@ -162,6 +206,7 @@ class ReplicaSet:
         try:
             position = await position_of(replica.probe, self.backend, primary=False)
         except Exception as error:
+            replica.probed = True
             self.mark_down(replica, error)
             return
         if (
@@ -173,7 +218,7 @@ class ReplicaSet:
         replica.position = position
         if not replica.up and replica.failures:
             logger.info("replica %s is up again", replica.name)
-        replica.up, replica.failures, replica.last_error = True, 0, ""
+        replica.up, replica.probed, replica.failures, replica.last_error = True, True, 0, ""
 
     def mark_down(self, replica: Replica, error: BaseException) -> None:
         """Take ``replica`` out of the rotation, to be tried again after a backoff."""
@@ -253,27 +298,32 @@ class ReplicaSet:
         return None, reasons
 
     def _retry_due(self) -> None:
-        # A replica whose backoff is over gets probed again soon; until then it is down.
+        """Probe, in the background, each replica that is down and whose backoff is
+        over; until it answers it stays down."""
         now = time.monotonic()
-        due = any(not replica.up and replica.retry_at <= now for replica in self.replicas)
-        if due:
-            self._start_refresh()
+        for replica in self.replicas:
+            if replica.probed and not replica.up and replica.retry_at <= now:
+                self._probing(replica)
 
     async def cap(self, wanted: Position) -> Position:
         """``wanted`` (a client's token), at most the primary's current position.
 
-        When the cached primary position is behind the token, it is refreshed first:
-        capping at a stale cache could cut a token below its own commit.
+        When the cached primary position is behind the token, it is refreshed first,
+        and only a position asked since caps (one asked within ``REFRESH_INTERVAL``):
+        capping at a stale one (the primary did not answer in time) could cut a token
+        below its own commit.
         """
-        if self.primary_position is None or not self.primary_position.covers(wanted):
-            await self.refresh_if_stale()
         primary = self.primary_position
-        if primary is None or primary.covers(wanted):
+        if primary is not None and primary.covers(wanted):
+            return wanted
+        since = time.monotonic() - REFRESH_INTERVAL
+        await self.refresh_if_stale()
+        primary = self.primary_position
+        if primary is None or primary.covers(wanted) or self._primary_asked_at < since:
             return wanted
         return primary
 
     async def primary_position_now(self) -> Position | None:
-        """The primary's position as of now (one round trip): everything any unit can
-        have read is at or before it."""
-        await self._probe_primary()
-        return self.primary_position
+        """The primary's position as of now (one round trip), or None when it does not
+        answer: everything any unit can have read is at or before it."""
+        return await self._ask_primary()
