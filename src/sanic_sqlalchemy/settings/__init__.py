@@ -1,0 +1,25 @@
+"""Frozen, validated settings: ``values`` parses one setting and names its key when it is
+bad; ``model`` builds the frozen ``Settings`` from explicit arguments, then
+``app.config``."""
+
+from .model import (
+    CONFIG_KEYS,
+    DEFAULT_PREFIX,
+    InsightSettings,
+    ReplicaFallback,
+    ReplicaSettings,
+    Settings,
+)
+from .values import backend_of, pool_accepts_size, public_url
+
+__all__ = [
+    "CONFIG_KEYS",
+    "DEFAULT_PREFIX",
+    "InsightSettings",
+    "ReplicaFallback",
+    "ReplicaSettings",
+    "Settings",
+    "backend_of",
+    "pool_accepts_size",
+    "public_url",
+]
