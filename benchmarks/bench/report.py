@@ -117,6 +117,9 @@ def render(data: dict[str, Any]) -> str:
         if backend["backend"] == "postgresql" and backend["windows"]:
             _targets(w, backend, data["memory"])
     for backend in data["backends"]:
+        if backend["windows"]:
+            _against_checkouts(w, backend)
+    for backend in data["backends"]:
         _backend(w, backend, mode)
     if data["memory"]:
         _memory(w, data["memory"])
@@ -259,6 +262,55 @@ def _targets(w: Any, backend: dict[str, Any], memory: dict[str, Any]) -> None:
         growth = memory["ours"]["growth_percent"]
         met = "yes" if abs(growth) <= 5 else "**no**"
         w(f"| RSS after 100,000 requests within 5 % of after 10,000 | {growth:+.1f} % | {met} |")
+    w("")
+
+
+#: Issue 16's targets: ours against other variants of the same run, per endpoint
+#: (req/s ratio); the CPU per request must not exceed the baseline checkout's.
+CHECKOUT_TARGETS: dict[str, dict[str, float]] = {
+    "ours-baseline": {"noop": 1.0, "get": 1.0, "page": 1.0, "insert": 1.0, "touch": 1.0},
+    "orm": {"get": 1.3, "page": 1.3, "insert": 1.05, "touch": 1.05},
+    "raw-asyncpg": {"noop": 0.95},
+}
+
+
+def _against_checkouts(w: Any, backend: dict[str, Any]) -> None:
+    """Ours against the baseline checkout, the previous main and the hand-written ORM,
+    in the same run: req/s ratios (median of the rounds) and CPU per request."""
+    windows = backend["windows"]
+    others = [v for v in ("ours-baseline", "ours-previous", "orm", _reference(backend["backend"]))
+              if v in windows]  # fmt: skip
+    if "ours" not in windows or not any(v.startswith("ours-") for v in others):
+        return
+    w(f"## Ours against other checkouts ({backend['backend']}, same run)\n")
+    w(
+        "req/s of ours divided by the other variant's, median of the rounds (target in "
+        "brackets where issue 16 sets one), and server CPU per request (µs, median).\n"
+    )
+    header = " | ".join(f"÷ {_label(v)}" for v in others)
+    cpus = " | ".join(f"CPU {_label(v)}" for v in others if v.startswith("ours-"))
+    w(f"| endpoint | {header} | CPU ours | {cpus} |")
+    w("|---" * (2 + len(others) + sum(v.startswith("ours-") for v in others)) + "|")
+    for endpoint in ENDPOINTS:
+        if not windows["ours"].get(endpoint):
+            continue
+        cells = []
+        for other in others:
+            value = _median(ratios(windows, "ours", other, endpoint))
+            goal = CHECKOUT_TARGETS.get(other, {}).get(endpoint)
+            if goal is None or value is None:
+                cells.append(f"{_fmt(value, 2)}×")
+            else:
+                met = "" if value >= goal else " **below**"
+                cells.append(f"{_fmt(value, 2)}× (≥ {goal}){met}")
+        cpu = [_summary_row(windows["ours"][endpoint])["cpu_us"]]
+        cpu += [
+            _summary_row(windows[v][endpoint])["cpu_us"] if windows[v].get(endpoint) else None
+            for v in others
+            if v.startswith("ours-")
+        ]
+        cpu_cells = " | ".join(_fmt(c, 0) for c in cpu)
+        w(f"| {ENDPOINTS[endpoint]} | {' | '.join(cells)} | {cpu_cells} |")
     w("")
 
 

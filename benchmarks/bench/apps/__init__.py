@@ -18,6 +18,9 @@ VARIANTS: dict[str, tuple[str, tuple[str, ...], str]] = {
     # Not run by default: ours on another checkout (BENCH_BASELINE_SRC), to measure a
     # change against its parent in the same run.
     "ours-baseline": ("ours_baseline", ("postgresql", "mysql"), "ours, baseline checkout"),
+    # Not run by default: ours on the previous main (BENCH_PREVIOUS_SRC), beside the
+    # baseline, so that a change is compared with the main it replaces too.
+    "ours-previous": ("ours_previous", ("postgresql", "mysql"), "ours, previous main"),
     # Diagnostic (not run by default): ours's design by hand, without its guard rails.
     "orm-readonly": ("orm_readonly", ("postgresql",), "diagnostic: ours's design by hand"),
 }
