@@ -127,8 +127,9 @@ def _mysql(escapes: bool, ansi_quotes: bool) -> re.Pattern[str]:
         rf"|[0-9]+\.(?!\.)[0-9]*{_EXPONENT}|[0-9]+(?!{name})|\.[0-9]+{_EXPONENT})",
         rf"(?P<word>{name}+)",
         # -- starts a comment when a space or any control character follows it (or
-        # nothing): MariaDB's my_isspace() || my_iscntrl().
-        r"(?P<comment>--(?:[\x01-\x20\x7f][^\n]*|\Z)|\#[^\n]*)",
+        # nothing): MariaDB's my_isspace() || my_iscntrl().  A newline right after the
+        # dashes ends that comment at once.
+        r"(?P<comment>--(?=[\x01-\x20\x7f]|\Z)[^\n]*|\#[^\n]*)",
         r"(?P<executable>/\*M?!)",
         _CLOSE,
         r"(?P<block>/\*.*?\*/)",
