@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 from sqlalchemy import event
 
 from .._keys import READ_OPTION
-from ..errors import ReadOnlyError
+from ..errors import ReadOnlyError, UnitStateError
 from .lexer import Dialect
 from .policy import refusal
 
@@ -96,7 +96,26 @@ class ReadGuard:
                 self.check(statement, context)
             return False
 
+        def rows_expected(
+            _connection: Any,
+            cursor: Any,
+            _statement: str,
+            _parameters: Any,
+            context: Any,
+            _executemany: bool,
+        ) -> None:
+            # A read there has its rows buffered before its read-only scope ends, which a
+            # statement without result columns (PostgreSQL's SELECT FROM t) cannot give.
+            if cursor.description is None and context.execution_options.get(READ_OPTION):
+                raise UnitStateError(
+                    "db.read ran this statement on the unit's writing connection (the unit "
+                    "has written) and it returned no result columns, so there is nothing "
+                    "to read: select at least one column, or run it through db.write if "
+                    "it is not a query."
+                )
+
         self._listen(engine, guard)
+        event.listen(engine.sync_engine, "after_cursor_execute", rows_expected)
 
     @staticmethod
     def _listen(engine: AsyncEngine, guard: Any) -> None:

@@ -11,9 +11,7 @@ touch server files or administer the server.  The same rules hold on every backe
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-
-from .lexer import Dialect, LexError, Token, UnterminatedQuote, tokens
+from .lexer import Dialect, LexError, Token, UnterminatedQuote, readings, tokens
 
 _SEPARATOR = ("punct", ";")
 _QUERY_STARTS = frozenset({"SELECT", "WITH", "VALUES", "TABLE", "SHOW", "EXPLAIN"})
@@ -55,6 +53,8 @@ _FUNCTIONS: dict[str, str] = {
     "LO_*": "works on large objects and server files",
     "DBLINK*": "runs SQL on another connection",
     "QUERY_TO_XML*": "runs the SQL text it is given, unchecked",
+    "TS_STAT": "runs the SQL text it is given, unchecked",
+    "TS_REWRITE": "runs the SQL text it may be given, unchecked",
     "CURSOR_TO_XML*": "reads from a cursor of the connection",
     "PG_TERMINATE_BACKEND": "administers the server",
     "PG_CANCEL_BACKEND": "administers the server",
@@ -92,20 +92,17 @@ _OPEN = ("punct", "(")
 def refusal(sql: str, dialect: Dialect) -> str | None:
     """Why the read path refuses ``sql`` (one phrase), or ``None`` when it is a query.
 
-    Text that reads differently depending on whether backslashes escape quotes (a server
-    setting the client cannot see) is checked both ways.  A way in which the text does
-    not even split into tokens (an unterminated string) is one in which the server could
-    not parse it either, so it runs nothing; every way that splits must pass.
+    Text that reads differently depending on server settings the client cannot see
+    (whether backslashes escape quotes, MySQL's ``ANSI_QUOTES``) is checked in every way
+    it can be read.  A way in which the text does not even split into tokens (an
+    unterminated string) is one in which the server could not parse it either, so it
+    runs nothing; every way that splits must pass.
     """
-    if "\\" in sql and dialect is not Dialect.SQLITE:
-        ways: Sequence[bool] = (False, True)
-    else:
-        ways = (dialect is Dialect.MYSQL,)
     unreadable: LexError | None = None
     readable = False
-    for backslash_escapes in ways:
+    for reading in readings(sql, dialect):
         try:
-            found = tokens(sql, dialect, backslash_escapes=backslash_escapes)
+            found = tokens(sql, dialect, reading)
         except UnterminatedQuote as error:
             unreadable = error
             continue
