@@ -23,7 +23,7 @@ from .unit.sessions import ReadSession, WriteSession
 
 if TYPE_CHECKING:
     from sqlalchemy import MetaData
-    from sqlalchemy.ext.asyncio import AsyncEngine
+    from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 P = ParamSpec("P")
 T = TypeVar("T")
@@ -115,6 +115,13 @@ class DatabaseCore:
         explicit = dict(self._explicit)
         explicit.update({key: value for key, value in given.items() if value is not None})
         self.configure(Settings.build(explicit, config, self.config_prefix))
+
+    @property
+    def joined(self) -> AsyncConnection | None:
+        """The connection of a rolled-back test that every unit joins (the test kit's
+        ``rolled_back``), or ``None``: set through ``db.environment``."""
+        outer = self.environment.outer
+        return None if outer is None else outer.connection
 
     @property
     def on_callback_error(self) -> CallbackErrorHook | None:

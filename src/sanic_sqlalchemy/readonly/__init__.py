@@ -1,13 +1,15 @@
 """What keeps ``db.read`` read-only beyond the database's own read-only mode.
 
 ``lexer`` splits SQL text the way each server reads it, ``policy`` decides whether a
-statement is a plain query, and ``guard`` applies that decision to every statement a
-read sends, right before it reaches the driver.
+statement is a plain query, ``guard`` applies that decision to every statement a read
+sends, right before it reaches the driver, and ``refusals`` holds every ``ReadOnlyError``
+``db.read`` raises.
 """
 
 from .._keys import READ_OPTION
-from .guard import ReadGuard, refused
+from .guard import ReadGuard
 from .lexer import Dialect
 from .policy import refusal
+from .refusals import refused
 
 __all__ = ["READ_OPTION", "Dialect", "ReadGuard", "refusal", "refused"]

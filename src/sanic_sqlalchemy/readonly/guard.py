@@ -17,9 +17,9 @@ from typing import TYPE_CHECKING, Any, Protocol
 from sqlalchemy import event
 
 from .._keys import READ_OPTION
-from ..errors import ReadOnlyError, UnitStateError
 from .lexer import Dialect
 from .policy import refusal
+from .refusals import read_only_lost, refused
 
 if TYPE_CHECKING:
     from sqlalchemy.ext.asyncio import AsyncEngine
@@ -36,15 +36,6 @@ class GuardedBackend(Protocol):
 
 
 _VERDICT = "_sanic_sqlalchemy_read_refusal"
-
-
-def refused(reason: str) -> ReadOnlyError:
-    """The ``ReadOnlyError`` for a statement the read path refuses, and why."""
-    return ReadOnlyError(
-        f"db.read refused this statement before sending it: {reason}. Nothing was sent "
-        "to the database. Run it through db.write (`await db.write.execute(...)`) if it "
-        "is meant to change something."
-    )
 
 
 class ReadGuard:
@@ -79,11 +70,7 @@ class ReadGuard:
                 # A previous statement on this held connection switched read-only off
                 # (which the checks above exist to prevent): nothing more runs on it.
                 connection.invalidate()
-                raise ReadOnlyError(
-                    "db.read refused this statement: a previous statement switched its "
-                    "connection's read-only mode off, so the connection was discarded. "
-                    "Run writes through db.write."
-                )
+                raise read_only_lost()
             return False
 
         self._listen(engine, guard)
@@ -96,26 +83,9 @@ class ReadGuard:
                 self.check(statement, context)
             return False
 
-        def rows_expected(
-            _connection: Any,
-            cursor: Any,
-            _statement: str,
-            _parameters: Any,
-            context: Any,
-            _executemany: bool,
-        ) -> None:
-            # A read there has its rows buffered before its read-only scope ends, which a
-            # statement without result columns (PostgreSQL's SELECT FROM t) cannot give.
-            if cursor.description is None and context.execution_options.get(READ_OPTION):
-                raise UnitStateError(
-                    "db.read ran this statement on the unit's writing connection (the unit "
-                    "has written) and it returned no result columns, so there is nothing "
-                    "to read: select at least one column, or run it through db.write if "
-                    "it is not a query."
-                )
-
+        # Only dialect events: a connection event (after_cursor_execute, say) would send
+        # every statement of the engine through SQLAlchemy's event dispatch.
         self._listen(engine, guard)
-        event.listen(engine.sync_engine, "after_cursor_execute", rows_expected)
 
     @staticmethod
     def _listen(engine: AsyncEngine, guard: Any) -> None:

@@ -15,6 +15,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from ..._keys import OVERHEAD_OPTION
 from ...errors import ReadOnlyError
+from ...readonly.refusals import server_refused
 from ...settings import Settings
 
 SAVEPOINT = "sanic_sqlalchemy_read"
@@ -115,7 +116,4 @@ def refused_as_read_only(backend: Backend, error: DBAPIError) -> ReadOnlyError |
     because the connection or transaction is read-only; ``None`` otherwise."""
     if not backend.is_read_only_violation(error.orig):
         return None
-    return ReadOnlyError(
-        "db.read cannot write: the database refused the statement as read-only and "
-        "nothing was changed. Run writes through db.write."
-    )
+    return server_refused()

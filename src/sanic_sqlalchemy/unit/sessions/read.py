@@ -21,6 +21,7 @@ from ..._keys import READ_OPTION
 from ...engine.backends import refused_as_read_only
 from ...errors import ReadOnlyError, UnitStateError
 from ...insight import attach
+from ...readonly import refusals
 from ...replicas.routing import UNREACHABLE, ReadRoute
 from ..core import UnitCore, has_pending
 from .common import UnitSession, refuse_close
@@ -148,7 +149,7 @@ class _ReadSyncSession(UnitSession):
                 unit.backend.read_inside_write(writer),
             ):
                 try:
-                    return call(writer).freeze()()
+                    return buffered(call(writer))
                 except DBAPIError as error:
                     _translate_read_only(unit, error)
                     raise
@@ -168,17 +169,7 @@ class _ReadSyncSession(UnitSession):
             for label, names in (("new", new), ("changed", changed), ("deleted", deleted))
             if names
         ]
-        outcome = (
-            "so the unit failed and its writes were rolled back; nothing was committed"
-            if at_end
-            else "refused before this query, whose results would overwrite them"
-        )
-        return ReadOnlyError(
-            f"db.read holds changes it can never write ({'; '.join(kinds)}), {outcome}. "
-            "Change objects through db.write: `db.write.add(obj)` moves an object that "
-            "db.read loaded into db.write, or load it there, e.g. "
-            "`await db.write.get(Model, id)`."
-        )
+        return refusals.pending_changes(kinds, at_end=at_end)
 
     def _read_on_a_live_connection(
         self, statement: Any, params: Any, kwargs: dict[str, Any]
@@ -236,11 +227,7 @@ class _ReadSyncSession(UnitSession):
 
     def flush(self, objects: Any = None) -> None:
         if self.new or self.deleted or any(self.is_modified(obj) for obj in self.dirty):
-            raise ReadOnlyError(
-                "db.read cannot write: it has pending changes (objects added, changed or "
-                "deleted through it) and refuses to flush them. Make changes through "
-                "db.write, e.g. `db.write.add(obj)`; nothing was sent to the database."
-            )
+            raise refusals.flush_refused()
 
     def rollback(self) -> None:
         # Never roll back on the database: once the unit writes, this session may be
@@ -307,7 +294,7 @@ def _read_on_writer(
         try:
             result = Session.execute(session, statement, params, **kwargs)
             # Buffer every row before the read-only scope ends.
-            return result.freeze()()
+            return buffered(result)
         finally:
             unit.reading_on_writer = False
 
@@ -349,3 +336,18 @@ class ReadSession(AsyncSession):
             engine = self.sync_session._unit.engines.write
             return WriterForReading(engine, writer, self.sync_session.run_on_writer)
         return await super().connection(bind_arguments, execution_options, **kw)
+
+
+def buffered(result: Any) -> Any:
+    """``result`` with every row read, for a read on the writing connection that must be
+    done before its read-only scope ends."""
+    if not getattr(result, "returns_rows", True):
+        # PostgreSQL's SELECT FROM t, say: there are no rows to buffer (SQLAlchemy
+        # would raise a bare NotImplementedError).
+        raise UnitStateError(
+            "db.read ran this statement on the unit's writing connection (the unit "
+            "has written) and it returned no result columns, so there is nothing "
+            "to read: select at least one column, or run it through db.write if "
+            "it is not a query."
+        )
+    return result.freeze()()
