@@ -378,3 +378,17 @@ def test_multi_statements_is_refused_where_it_cannot_apply(url: str) -> None:
     configuration error, raised at once."""
     with pytest.raises(ConfigurationError, match="multi_statements= \\(argument\\): chained"):
         Database(url, multi_statements=True)
+
+
+async def test_in_lists_pass_the_guard(db: Database) -> None:
+    """A query with an ``IN`` list (a parameter SQLAlchemy expands when the statement
+    runs, written ``__[POSTCOMPILE_…]`` in the compiled text) reads through ``db.read`` on
+    every backend, outside a writing unit and inside one."""
+    await seed(db)
+    query = select(User.name).where(User.id.in_([1, 2, 3]))
+    async with db:
+        assert list((await db.read.execute(query)).scalars()) == ["Ada"]
+    async with db:
+        db.write.add(User(id=2, name="Grace", email="grace@example.com"))
+        await db.write.flush()
+        assert sorted((await db.read.execute(query)).scalars()) == ["Ada", "Grace"]

@@ -87,7 +87,7 @@ class DatabaseCore:
         #: What every unit of this database is handed (the test kit joins it to a
         #: rolled-back test's transaction there).
         self.environment = Environment(
-            engines=lambda: self.engines,
+            engines=self.current_engines,
             scope=self.scope,
             read_session_class=self.read_session_class,
             write_session_class=self.write_session_class,
@@ -147,6 +147,10 @@ class DatabaseCore:
     @property
     def engines(self) -> Engines:
         """The engines of the running event loop, created on first use."""
+        return self.current_engines()
+
+    def current_engines(self) -> Engines:
+        """``db.engines`` as a method: what each unit is handed to find its engines."""
         engines = self._engines
         if engines is None:
             engines = self._engines = Engines(self.settings)

@@ -12,6 +12,7 @@ statements cost one attribute look-up each in the steady state.
 
 from __future__ import annotations
 
+import re
 from typing import TYPE_CHECKING, Any, Protocol
 
 from sqlalchemy import event
@@ -36,6 +37,12 @@ class GuardedBackend(Protocol):
 
 
 _VERDICT = "_sanic_sqlalchemy_read_refusal"
+#: SQLAlchemy's placeholder for a parameter expanded when the statement runs (an ``IN``
+#: list: ``__[POSTCOMPILE_id_1]``): not SQL the server reads, and its ``[`` would start a
+#: quoted name in MariaDB's MSSQL mode, so it is judged as the value it stands for.
+_POSTCOMPILE = re.compile(r"__\[POSTCOMPILE_[\w~]*\]")
+#: Set on a read connection once a statement ran on it since its checkout.
+_RAN = "_sanic_sqlalchemy_ran"
 
 
 class ReadGuard:
@@ -54,7 +61,7 @@ class ReadGuard:
             # The verdict kept on the compiled statement: "" for a query, None not yet.
             reason = getattr(compiled, _VERDICT, None)
             if reason is None:
-                reason = refusal(compiled.string, self._dialect) or ""
+                reason = refusal(_POSTCOMPILE.sub("NULL", compiled.string), self._dialect) or ""
                 setattr(compiled, _VERDICT, reason)
         if reason:
             raise refused(reason)
@@ -66,7 +73,11 @@ class ReadGuard:
         def guard(_cursor: Any, statement: str, _parameters: Any, context: Any) -> bool:
             self.check(statement, context)
             connection = context.root_connection
-            if backend.read_only_lost(connection.connection.driver_connection):
+            if not getattr(connection, _RAN, False):
+                # The first statement since the pool handed the connection out, which it
+                # checked then (``engine.liveness``): nothing has run on it since.
+                setattr(connection, _RAN, True)
+            elif backend.read_only_lost(connection.connection.driver_connection):
                 # A previous statement on this held connection switched read-only off
                 # (which the checks above exist to prevent): nothing more runs on it.
                 connection.invalidate()

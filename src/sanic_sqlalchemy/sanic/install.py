@@ -15,7 +15,7 @@ from ..database import DatabaseCore
 from ..errors import ReplicaUnavailableError
 from .handlers import is_wrapped, wrap_handler
 from .injection import install_injection
-from .request import request_unit, unit_request_class
+from .request import INFORMED, request_unit, unit_request_class
 from .responses import no_replica, pool_exhausted
 from .units import UNITS_ON_CONNECTION, Units, end_units
 
@@ -37,6 +37,12 @@ def install(db: DatabaseCore, app: Sanic[Any, Any]) -> None:
     if db in databases:
         return
     databases.append(db)
+    informed = tuple(
+        known
+        for known in databases
+        if known.settings.read_urls or known.settings.insight.server_timing
+    )
+    setattr(app.request_class, INFORMED, informed)
     db.scope.provider = functools.partial(request_unit, db)
 
     async def start_engines(_app: Sanic[Any, Any]) -> None:

@@ -53,6 +53,8 @@ from .responses import tell_the_client
 from .units import UNITS_ON_CONNECTION, Units, end_later, end_units
 
 logger = logging.getLogger("sanic_sqlalchemy")
+#: The request class's tuple of the databases whose units tell the client something.
+INFORMED = "_sanic_sqlalchemy_informed"
 
 
 def request_unit(db: DatabaseCore) -> UnitOfWork | None:
@@ -92,7 +94,10 @@ def request_unit(db: DatabaseCore) -> UnitOfWork | None:
             # Once the response streams, the units are settled: nothing to watch for
             # (and the server reports the response's end with http.disconnect too).
             watch_for_hang_up(request)
-    unit = units[db] = db.open_unit(_position_tokens(request, db))
+    if db in request._sanic_sqlalchemy_informed:
+        unit = units[db] = db.open_unit(_position_tokens(request, db))
+    else:
+        unit = units[db] = db.open_unit()
     # Whichever task touched db first (a child task of the handler, say), the unit
     # belongs to the task that runs the request.
     unit.owner = request._sqla_task
@@ -124,6 +129,9 @@ def unit_request_class(base: type[Request]) -> type[Request]:
             "_sqla_watcher",
         )
         _sanic_sqlalchemy_databases: list[DatabaseCore] = []
+        #: The databases whose units tell the client something (a commit position with
+        #: replicas, Server-Timing): decided at start-up, so that the others cost nothing.
+        _sanic_sqlalchemy_informed: tuple[DatabaseCore, ...] = ()
 
         def __init__(self, *args: Any, **kwargs: Any) -> None:
             super().__init__(*args, **kwargs)
@@ -157,19 +165,17 @@ def unit_request_class(base: type[Request]) -> type[Request]:
                 response, status=status, headers=headers, content_type=content_type
             )
             units = self._sqla_units
-            if (
-                units
-                and status_commits(getattr(final, "status", 500))
-                and any(unit.commit_failed for unit in units.values())
-            ):
-                # An exception handler answered the failed commit below 400: the
-                # client must not see success for data that was not committed.
-                logger.error(
-                    "an exception handler answered %s to a request whose commit "
-                    "failed; answering 500 instead",
-                    final.status,
-                )
-                final.status = 500
+            if units:
+                for unit in units.values():
+                    if unit.commit_failed and status_commits(getattr(final, "status", 500)):
+                        # An exception handler answered the failed commit below 400: the
+                        # client must not see success for data that was not committed.
+                        logger.error(
+                            "an exception handler answered %s to a request whose commit "
+                            "failed; answering 500 instead",
+                            final.status,
+                        )
+                        final.status = 500
             phase = self._sqla_phase
             if phase is Phase.OVER:
                 # Its units have ended (the handler was cancelled, or its stream ended):
@@ -190,7 +196,10 @@ def unit_request_class(base: type[Request]) -> type[Request]:
                 units = self._sqla_units
                 if units:
                     await end_units(units, _succeeds(self, final))
-                    tell_the_client(self, units, final)
+                    if self._sanic_sqlalchemy_informed:
+                        tell_the_client(self, units, final)
+                    # Ended: the connection's next request finds nothing left over.
+                    units.clear()
             return final
 
     UnitOfWorkRequest.__name__ = base.__name__

@@ -22,7 +22,7 @@ from ..replicas.positions import issue_token
 from ..replicas.probe import commit_position
 from ..replicas.routing import ReadRoute, wanted_position
 from .callbacks import Callback, CallbackQueue, run_callbacks
-from .gate import Gate
+from .gate import Gate, WritingTurn
 from .scope import UnitScope
 
 if TYPE_CHECKING:
@@ -86,8 +86,9 @@ class UnitNeeds(Protocol):
     def outer_sync(self) -> Connection | None:
         """A test's outer connection, which every unit joins; ``None`` in production."""
 
-    def engines(self) -> Engines:
-        """The engines of the running event loop."""
+    @property
+    def engines(self) -> Callable[[], Engines]:
+        """Gives the engines of the running event loop."""
 
 
 class UnitCore:
@@ -112,6 +113,7 @@ class UnitCore:
         "stats",
         "write_gate",
         "write_sync",
+        "write_turn",
         "writer_connection",
         "wrote",
     )
@@ -129,9 +131,12 @@ class UnitCore:
         self.commits_on_exit = needs.commit_on_exit
         self.state = UnitState.ACTIVE
         self.owner = asyncio.current_task()
-        self.callbacks = CallbackQueue()
+        #: The on-commit queue, made by the first ``db.on_commit`` (most units have none).
+        self.callbacks: CallbackQueue | None = None
         self.read_gate = Gate()
         self.write_gate = Gate()
+        #: ``with unit.write_turn:`` holds db.write's connection to write.
+        self.write_turn = WritingTurn(self.write_gate)
         #: The synchronous halves of db.read and db.write, once created.
         self.read_sync: Session | None = None
         self.write_sync: Session | None = None
@@ -231,10 +236,10 @@ class UnitCore:
             return "primary"
         return route.read_from or "primary"
 
-    def capture_commit_position(self, connection: Connection) -> None:
+    def capture_commit_position(self, connection: Connection | None) -> None:
         """Right after a commit on ``connection``: remember its position as a token."""
         engines = self._engines
-        if engines is None or engines.replicas is None:
+        if engines is None or engines.replicas is None or connection is None:
             return
         try:
             position = commit_position(connection, engines.backend.name)
@@ -262,16 +267,21 @@ class UnitCore:
         write = self.write_sync
         savepoint = None if write is None else write.get_nested_transaction()
         callback = Callback(func, args, kwargs, savepoint)
-        self.callbacks.add(callback)
+        callbacks = self.callbacks
+        if callbacks is None:
+            callbacks = self.callbacks = CallbackQueue()
+        callbacks.add(callback)
         capture = self._needs.capture
         if capture is not None:
             capture.registered(callback)
 
     async def run_ready_callbacks(self) -> None:
         """Run the callbacks made ready by a commit that just succeeded."""
-        ready = self.callbacks.take_ready()
-        if ready:
-            await self.run_outside(ready)
+        callbacks = self.callbacks
+        if callbacks is not None:
+            ready = callbacks.take_ready()
+            if ready:
+                await self.run_outside(ready)
 
     async def run_outside(self, callbacks: list[Callback]) -> None:
         """Run ``callbacks`` outside any unit (inside a task ``shielded`` started)."""

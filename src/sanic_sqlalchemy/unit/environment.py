@@ -37,9 +37,9 @@ class Environment:
     """The engines, session classes, scope and hooks a database's units work with."""
 
     __slots__ = (
-        "_engines",
         "capture",
         "commit_on_exit",
+        "engines",
         "on_callback_error",
         "outer",
         "outer_sync",
@@ -57,7 +57,8 @@ class Environment:
         write_session_class: type[WriteSession],
         on_callback_error: CallbackErrorHook | None,
     ) -> None:
-        self._engines = engines
+        #: The engines of the running event loop (created on first use).
+        self.engines = engines
         self.scope = scope
         self.read_session_class = read_session_class
         self.write_session_class = write_session_class
@@ -69,10 +70,6 @@ class Environment:
         self.capture: CallbackCapture | None = None
         self.outer: OuterTransaction | None = None
         self.outer_sync: Connection | None = None
-
-    def engines(self) -> Engines:
-        """The engines of the running event loop (created on first use)."""
-        return self._engines()
 
     def join(self, outer: OuterTransaction | None) -> None:
         """Make every unit opened from now on join ``outer`` (``None``: the pools)."""

@@ -17,7 +17,11 @@ from ..errors import ConcurrentWriteError
 
 
 class Gate:
-    """A re-entrant turn for one task, with waiting for readers and failing for writers."""
+    """A re-entrant turn for one task, with waiting for readers and failing for writers.
+
+    ``with gate:`` takes a turn that does not write (a read); ``WritingTurn(gate)`` takes
+    one that writes.
+    """
 
     __slots__ = ("_depth", "_owner", "_released", "_writing")
 
@@ -27,11 +31,24 @@ class Gate:
         self._writing = False
         self._released: asyncio.Event | None = None
 
-    def hold(self, *, writing: bool) -> _Hold:
-        """``with gate.hold(writing=...):`` holds the turn for the current task."""
-        return _Hold(self, writing)
+    def __enter__(self) -> None:
+        self._take(False)
 
-    def _enter(self, writing: bool) -> None:
+    def __exit__(
+        self,
+        _type: type[BaseException] | None,
+        _error: BaseException | None,
+        _traceback: TracebackType | None,
+    ) -> None:
+        self._depth -= 1
+        if self._depth == 0:
+            self._owner = None
+            self._writing = False
+            if self._released is not None:
+                self._released.set()
+                self._released = None
+
+    def _take(self, writing: bool) -> None:
         task = asyncio.current_task()
         while self._owner is not None and self._owner is not task:
             if writing and self._writing:
@@ -48,15 +65,6 @@ class Gate:
         self._writing = self._writing or writing
         self._depth += 1
 
-    def _leave(self) -> None:
-        self._depth -= 1
-        if self._depth == 0:
-            self._owner = None
-            self._writing = False
-            if self._released is not None:
-                self._released.set()
-                self._released = None
-
     @property
     def free(self) -> bool:
         """Whether no task holds the turn."""
@@ -70,22 +78,24 @@ class Gate:
             await self._released.wait()
 
 
-class _Hold:
-    """The context manager of ``Gate.hold`` (a slotted object, cheaper than a generator)."""
+class WritingTurn:
+    """``with turn:`` takes a turn of its gate to write, which fails at once
+    (``ConcurrentWriteError``) while another task writes.  Made once per unit, so that
+    taking a turn allocates nothing; it points at the gate, never the reverse (no cycle
+    for the garbage collector)."""
 
-    __slots__ = ("_gate", "_writing")
+    __slots__ = ("_gate",)
 
-    def __init__(self, gate: Gate, writing: bool) -> None:
+    def __init__(self, gate: Gate) -> None:
         self._gate = gate
-        self._writing = writing
 
     def __enter__(self) -> None:
-        self._gate._enter(self._writing)
+        self._gate._take(True)
 
     def __exit__(
         self,
-        _type: type[BaseException] | None,
-        _error: BaseException | None,
-        _traceback: TracebackType | None,
+        type_: type[BaseException] | None,
+        error: BaseException | None,
+        traceback: TracebackType | None,
     ) -> None:
-        self._gate._leave()
+        self._gate.__exit__(type_, error, traceback)

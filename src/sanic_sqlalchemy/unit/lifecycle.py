@@ -19,10 +19,10 @@ from sqlalchemy.util import greenlet_spawn
 
 from ..errors import UnitStateError
 from ..insight import detach
-from .core import STATE_MESSAGES, UnitCore, UnitState
+from .core import STATE_MESSAGES, UnitCore, UnitState, has_pending
 from .environment import Environment
 from .gate import Gate
-from .sessions import ReadSession, WriteSession
+from .sessions import ReadSession, ReplicaReadSyncSession, WriteSession
 
 logger = logging.getLogger("sanic_sqlalchemy")
 
@@ -97,10 +97,21 @@ class UnitOfWork(UnitCore):
         """The read-only session, created on first access."""
         session = self._read
         if session is None:
-            self.check_readable()
-            session = self._env.read_session_class(
-                bind=self.engines.read, expire_on_commit=False, autoflush=False
-            )
+            if self.state is UnitState.ENDED:
+                raise UnitStateError(STATE_MESSAGES[UnitState.ENDED])
+            engines = self.engines
+            if engines.replicas is None:
+                session = self._env.read_session_class(
+                    bind=engines.read, expire_on_commit=False, autoflush=False
+                )
+            else:
+                # Decided per database, not per read: replica routing only with replicas.
+                session = self._env.read_session_class(
+                    bind=engines.read,
+                    expire_on_commit=False,
+                    autoflush=False,
+                    sync_session_class=ReplicaReadSyncSession,
+                )
             sync = session.sync_session
             sync.join_transaction_mode = "rollback_only"
             sync._unit = self
@@ -156,8 +167,9 @@ class UnitOfWork(UnitCore):
         """
         if self.state is not UnitState.ACTIVE:
             return
-        if success and self._read is not None:
-            refusal = self._read.sync_session.refusal_of_pending_changes(at_end=True)
+        read = self._read
+        if success and read is not None and has_pending(read.sync_session):
+            refusal = read.sync_session.refusal_of_pending_changes(at_end=True)
             if refusal is not None:
                 # Changes made through db.read would be dropped without a word: the
                 # unit fails instead, and its writes roll back with it.
@@ -167,12 +179,12 @@ class UnitOfWork(UnitCore):
         if self._write is None:
             # Nothing was written: no transaction to finish, no task to spawn.
             self.state = UnitState.COMMITTED if success else UnitState.ROLLED_BACK
-            if success and self.callbacks:
-                await self.shielded(
-                    self.run_outside(self.callbacks.take_ready(include_pending=True))
-                )
-            else:
-                self.callbacks.drop_all()
+            callbacks = self.callbacks
+            if callbacks is not None:
+                ready = callbacks.take_ready(include_pending=success)
+                callbacks.drop_all()
+                if success and ready:
+                    await self.shielded(self.run_outside(ready))
             return
         await self.shielded(self._settle_write(self._write, success, error))
 
@@ -188,21 +200,26 @@ class UnitOfWork(UnitCore):
             # Callbacks of an earlier commit of this unit that has not run them yet
             # (a transaction committed through its own object) still run: their data
             # is committed. Those waiting for this commit are dropped.
-            committed = self.callbacks.take_ready()
-            self.callbacks.drop_all()
+            callbacks = self.callbacks
             self.state = UnitState.ROLLED_BACK
             self.commit_failed = commit
-            if committed:
-                await self.run_outside(committed)
+            if callbacks is not None:
+                committed = callbacks.take_ready()
+                callbacks.drop_all()
+                if committed:
+                    await self.run_outside(committed)
             raise
         self.state = UnitState.COMMITTED if success else UnitState.ROLLED_BACK
+        callbacks = self.callbacks
+        if callbacks is None:
+            return
         if commit or (success and not self.wrote):
-            ready = self.callbacks.take_ready(include_pending=True)
+            ready = callbacks.take_ready(include_pending=True)
         else:
             # commit_on_exit=False: what was registered since the last commit waited
             # for a commit that never came.
-            ready = self.callbacks.take_ready()
-            self.callbacks.drop_all()
+            ready = callbacks.take_ready()
+            callbacks.drop_all()
         if ready:
             await self.run_outside(ready)
 

@@ -3,6 +3,7 @@
 guard rails."""
 
 from .read import ReadSession
+from .replica import ReplicaReadSyncSession
 from .write import WriteSession
 
-__all__ = ["ReadSession", "WriteSession"]
+__all__ = ["ReadSession", "ReplicaReadSyncSession", "WriteSession"]

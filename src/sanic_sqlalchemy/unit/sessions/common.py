@@ -28,7 +28,10 @@ class UnitSession(Session):
         if bound:
             # The hand-written wrappers' call style: execute("… :id", id=1).
             params = {**(params or {}), **{name: kwargs.pop(name) for name in bound}}
-        return self._run(as_statement(statement), params, kwargs)
+        if isinstance(statement, str):
+            # A plain SQL string is taken as text(): its :name parameters are always bound.
+            statement = text(statement)
+        return self._run(statement, params, kwargs)
 
     def scalar(self, statement: Any, params: Any = None, **kwargs: Any) -> Any:
         return self.execute(statement, params, **kwargs).scalar()
@@ -44,11 +47,6 @@ class UnitSession(Session):
 _SESSION_KEYWORDS = frozenset(
     {"execution_options", "bind_arguments", "_parent_execute_state", "_add_event"}
 )
-
-
-def as_statement(statement: Any) -> Any:
-    # A plain SQL string is taken as text(): its :name parameters are always bound.
-    return text(statement) if isinstance(statement, str) else statement
 
 
 def refuse_close(unit: UnitCore, name: str) -> None:

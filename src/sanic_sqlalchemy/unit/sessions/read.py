@@ -22,7 +22,6 @@ from ...engine.backends import refused_as_read_only
 from ...errors import ReadOnlyError, UnitStateError
 from ...insight import attach
 from ...readonly import refusals
-from ...replicas.routing import UNREACHABLE, ReadRoute
 from ..core import UnitCore, has_pending
 from .common import UnitSession, refuse_close
 from .writer import WriterForReading
@@ -31,7 +30,7 @@ if TYPE_CHECKING:
     from sqlalchemy.engine import Connection
 
 
-class _ReadSyncSession(UnitSession):
+class ReadSyncSession(UnitSession):
     """The synchronous half of ``db.read``."""
 
     def _run(self, statement: Any, params: Any, kwargs: dict[str, Any]) -> Any:
@@ -46,7 +45,7 @@ class _ReadSyncSession(UnitSession):
             }
         # The turn is taken before looking at the writer: another task of the unit
         # may be mid-query on the read connection that a rebind would release.
-        with unit.read_gate.hold(writing=False):
+        with unit.read_gate:
             writer = unit.writer_connection
             if unit.read_bound_to is not writer:
                 # The unit began or ended a write transaction since the last read:
@@ -95,11 +94,11 @@ class _ReadSyncSession(UnitSession):
         if write is not None and has_pending(write):
             # In turn with the unit's other reads (asyncio.gather) and after any task
             # still writing: the first read flushes, the others find nothing pending.
-            with unit.read_gate.hold(writing=False), unit.write_gate.hold(writing=False):
+            with unit.read_gate, unit.write_gate:
                 if has_pending(write):
                     write.flush()
         if self._transaction is not None and unit.read_bound_to is not unit.writer_connection:
-            with unit.read_gate.hold(writing=False):
+            with unit.read_gate:
                 transaction = self._transaction
                 if transaction is not None and unit.read_bound_to is not unit.writer_connection:
                     self._keep_held_connection(unit, transaction)
@@ -137,7 +136,7 @@ class _ReadSyncSession(UnitSession):
         unit = self._unit
         unit.check_readable()
         self._before_query(unit)
-        with unit.read_gate.hold(writing=False):
+        with unit.read_gate:
             if unit.writer_connection is not writer:
                 raise UnitStateError(
                     "This db.read connection was the unit's writing connection, whose "
@@ -145,7 +144,7 @@ class _ReadSyncSession(UnitSession):
                     "`await db.read.connection()`, or use db.read.execute()."
                 )
             with (
-                unit.write_gate.hold(writing=False),
+                unit.write_gate,
                 unit.backend.read_inside_write(writer),
             ):
                 try:
@@ -174,9 +173,6 @@ class _ReadSyncSession(UnitSession):
     def _read_on_a_live_connection(
         self, statement: Any, params: Any, kwargs: dict[str, Any]
     ) -> Any:
-        route = self._unit.read_route()
-        if route is not None:
-            return self._read_on_a_replica(route, statement, params, kwargs)
         try:
             return Session.execute(self, statement, params, **kwargs)
         except DBAPIError as error:
@@ -189,42 +185,6 @@ class _ReadSyncSession(UnitSession):
         self._end_transaction()
         return Session.execute(self, statement, params, **kwargs)
 
-    def _read_on_a_replica(
-        self, route: ReadRoute, statement: Any, params: Any, kwargs: dict[str, Any]
-    ) -> Any:
-        # The connection is taken first, on its own: a server that cannot be reached
-        # has run nothing, so the unit moves to another one (or the primary) and no
-        # request fails because one replica is down.
-        retried = False
-        while True:
-            try:
-                self.connection()
-            except UNREACHABLE as error:
-                self._end_transaction()
-                if route.server_failed(error):
-                    continue
-                raise
-            try:
-                result = Session.execute(self, statement, params, **kwargs)
-            except DBAPIError as error:
-                if not error.connection_invalidated or retried:
-                    raise
-                # The server died mid-read: in autocommit on a read-only connection the
-                # read changed nothing, so it runs again (elsewhere if it was a replica).
-                retried = True
-                self._end_transaction()
-                route.server_failed(error)
-                continue
-            route.read_done()
-            return result
-
-    def get_bind(self, mapper: Any = None, *, bind: Any = None, **kwargs: Any) -> Any:
-        if bind is None and not self._unit.wrote:
-            route = self._unit.read_route()
-            if route is not None:
-                return route.bind()
-        return super().get_bind(mapper, bind=bind, **kwargs)
-
     def flush(self, objects: Any = None) -> None:
         if self.new or self.deleted or any(self.is_modified(obj) for obj in self.dirty):
             raise refusals.flush_refused()
@@ -232,7 +192,7 @@ class _ReadSyncSession(UnitSession):
     def rollback(self) -> None:
         # Never roll back on the database: once the unit writes, this session may be
         # reading through the writing connection, whose transaction is not ours.
-        with self._unit.read_gate.hold(writing=False):
+        with self._unit.read_gate:
             self._end_transaction()
         self.expunge_all()
 
@@ -272,7 +232,7 @@ def _translate_read_only(unit: UnitCore, error: DBAPIError) -> None:
 
 
 def _read_on_writer(
-    session: _ReadSyncSession,
+    session: ReadSyncSession,
     statement: Any,
     params: Any,
     kwargs: dict[str, Any],
@@ -287,7 +247,7 @@ def _read_on_writer(
         # already inside the read-only scope.
         return Session.execute(session, statement, params, **kwargs)
     with (
-        unit.write_gate.hold(writing=False),
+        unit.write_gate,
         unit.backend.read_inside_write(writer),
     ):
         unit.reading_on_writer = True
@@ -299,11 +259,11 @@ def _read_on_writer(
             unit.reading_on_writer = False
 
 
-@event.listens_for(_ReadSyncSession, "after_begin")
+@event.listens_for(ReadSyncSession, "after_begin")
 def _on_read_begin(
     session: Session, _transaction: SessionTransaction, connection: Connection
 ) -> None:
-    assert isinstance(session, _ReadSyncSession)
+    assert isinstance(session, ReadSyncSession)
     attach(connection, session._unit.stats)
 
 
@@ -315,8 +275,8 @@ class ReadSession(AsyncSession):
     backend enforces it).  Once the unit has begun writing, queries see its writes.
     """
 
-    sync_session_class = _ReadSyncSession
-    sync_session: _ReadSyncSession
+    sync_session_class = ReadSyncSession
+    sync_session: ReadSyncSession
 
     async def __aexit__(self, type_: Any, value: Any, traceback: Any) -> None:
         # `async with db.read as session:` gives the unit's session; the unit closes it.

@@ -28,14 +28,14 @@ class _WriteSyncSession(UnitSession):
     def _run(self, statement: Any, params: Any, kwargs: dict[str, Any]) -> Any:
         unit = self._unit
         unit.check_writable()
-        with unit.write_gate.hold(writing=True):
+        with unit.write_turn:
             return Session.execute(self, statement, params, **kwargs)
 
     def flush(self, objects: Any = None) -> None:
         unit = self._unit
         unit.check_writable()
         stats = unit.stats
-        with unit.write_gate.hold(writing=True):
+        with unit.write_turn:
             stats.flushing = True
             try:
                 super().flush(objects)
@@ -45,12 +45,12 @@ class _WriteSyncSession(UnitSession):
     def commit(self) -> None:
         unit = self._unit
         unit.check_writable()
-        with unit.write_gate.hold(writing=True):
+        with unit.write_turn:
             super().commit()
 
     def rollback(self) -> None:
         stats = self._unit.stats
-        with self._unit.write_gate.hold(writing=True):
+        with self._unit.write_turn:
             # ROLLBACK (TO SAVEPOINT) is time in the database; a statement timed on
             # its own inside it (a savepoint's) is part of that time, not added to it.
             before, started = stats.write_time, perf_counter()
@@ -109,10 +109,13 @@ def _on_write_commit(session: Session) -> None:
     savepoint = session.get_nested_transaction()
     if savepoint is None:
         unit.stats.committed()
-        callbacks.committed()
-        if unit.writer_connection is not None:
+        if callbacks is not None:
+            callbacks.committed()
+        engines = unit._engines
+        if engines is not None and engines.replicas is not None:
+            # Only with replicas: the position the client's next reads must reach.
             unit.capture_commit_position(unit.writer_connection)
-    else:
+    elif callbacks is not None:
         callbacks.savepoint_released(savepoint, _enclosing_savepoint(savepoint))
 
 
@@ -129,6 +132,8 @@ def _on_write_committing(session: Session, _context: Any = None) -> None:
 def _on_write_rollback(session: Session, previous: SessionTransaction) -> None:
     assert isinstance(session, _WriteSyncSession)
     callbacks = session._unit.callbacks
+    if callbacks is None:
+        return
     if previous.nested:
         callbacks.savepoint_rolled_back(previous)
     elif previous.parent is None:
@@ -143,7 +148,9 @@ def _on_write_end(session: Session, transaction: SessionTransaction) -> None:
         unit.write_ended()
         # A commit made its callbacks ready before this; a transaction that ended any
         # other way (rollback, close, reset, invalidate) threw its data away.
-        unit.callbacks.rolled_back()
+        callbacks = unit.callbacks
+        if callbacks is not None:
+            callbacks.rolled_back()
 
 
 def _enclosing_savepoint(savepoint: SessionTransaction) -> SessionTransaction | None:
@@ -198,7 +205,9 @@ class WriteSession(AsyncSession):
 
     async def rollback(self) -> None:
         await super().rollback()
-        self.sync_session._unit.callbacks.rolled_back()
+        callbacks = self.sync_session._unit.callbacks
+        if callbacks is not None:
+            callbacks.rolled_back()
 
 
 class _UnitTransaction(AsyncSessionTransaction):
