@@ -12,6 +12,12 @@ import aiosqlite  # noqa: F401
 import asyncmy  # noqa: F401
 import asyncpg  # noqa: F401
 import pytest
+
+# The same for SQLAlchemy's dialects: imported again, they register their SQL functions
+# again, which SQLAlchemy warns about (an error under filterwarnings).
+import sqlalchemy.dialects.mysql.asyncmy
+import sqlalchemy.dialects.postgresql.asyncpg
+import sqlalchemy.dialects.sqlite.aiosqlite  # noqa: F401
 from sqlalchemy import text
 
 from sanic_sqlalchemy import Database
