@@ -108,6 +108,7 @@ class UnitCore:
         "read_gate",
         "read_sync",
         "reading_on_writer",
+        "retrying",
         "state",
         "stats",
         "write_gate",
@@ -147,6 +148,9 @@ class UnitCore:
         self.commit_failed = False
         #: What the unit asked of the database, and how long it took.
         self.stats = UnitStats()
+        #: Whether ``@db.retry`` runs this unit: a retried function called inside joins
+        #: it, and ``db.write`` refuses an explicit commit (the retry would repeat it).
+        self.retrying = False
 
     # -- phase ------------------------------------------------------------------
 
@@ -211,6 +215,12 @@ class UnitCore:
             wanted = wanted_position(self._after, replicas.backend, settings.token_ttl)
             route = self._route = ReadRoute(replicas, engines.read, settings, wanted)
         return route
+
+    @property
+    def tokens(self) -> tuple[object, ...]:
+        """The clients' position tokens this unit reads after (``@db.retry`` hands them
+        to each attempt's unit, which replaces this one)."""
+        return self._after
 
     def want(self, tokens: tuple[object, ...]) -> None:
         """Read only from replicas that reached ``tokens`` too (before the first read)."""
