@@ -18,7 +18,6 @@ from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 from ..errors import UnitStateError
 from ..hooks import CallbackCapture, CallbackErrorHook
 from ..insight import UnitStats, attach
-from ..replicas.positions import issue_token
 from ..replicas.probe import commit_position
 from ..replicas.routing import ReadRoute, wanted_position
 from .callbacks import Callback, CallbackQueue, run_callbacks
@@ -211,9 +210,10 @@ class UnitCore:
             replicas = engines.replicas
             if replicas is None:
                 return None
-            settings = engines.settings.replicas
-            wanted = wanted_position(self._after, replicas.backend, settings.token_ttl)
-            route = self._route = ReadRoute(replicas, engines.read, settings, wanted)
+            wanted = wanted_position(self._after, replicas.tokens)
+            route = self._route = ReadRoute(
+                replicas, engines.read, engines.settings.replicas, wanted
+            )
         return route
 
     @property
@@ -244,10 +244,11 @@ class UnitCore:
     def capture_commit_position(self, connection: Connection) -> None:
         """Right after a commit on ``connection``: remember its position as a token."""
         engines = self._engines
-        if engines is None or engines.replicas is None:
+        replicas = None if engines is None else engines.replicas
+        if replicas is None:
             return
         try:
-            position = commit_position(connection, engines.backend.name)
+            position = commit_position(connection, replicas.backend)
         except Exception:
             logger.warning(
                 "could not read the commit's position; the client's next reads may go "
@@ -256,7 +257,7 @@ class UnitCore:
             )
             return
         if position is not None and position.encode():
-            self.commit_token = issue_token(position)
+            self.commit_token = replicas.tokens.issue(position)
 
     # -- callbacks --------------------------------------------------------------
 
