@@ -17,6 +17,7 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 from sanic_sqlalchemy import ConfigurationError, Database, ReadOnlyError
 from sanic_sqlalchemy.errors import ReplicaUnavailableError
+from sanic_sqlalchemy.replicas.positions import parse_position
 from sanic_sqlalchemy.testing import schema
 
 pytestmark = pytest.mark.server
@@ -209,7 +210,7 @@ async def test_a_lagging_replica_leaves_the_rotation_and_comes_back(
         cluster.primary_url,
         read_urls=cluster.replica_urls,
         replica_max_lag=1,
-        token_ttl=1,
+        token_ttl=4,
     )
     try:
         await cluster.pause(0)
@@ -398,10 +399,14 @@ async def test_a_token_beyond_the_primary_does_not_pin_reads(
     """A well-formed token ahead of anything the primary reached is capped at the
     primary's position, so caught-up replicas still serve it."""
     db = Database(cluster.primary_url, read_urls=cluster.replica_urls, replica_wait=2)
-    huge = "FFFFFFF-FFFFFFFF" if cluster.backend == "postgresql" else "0-1-99999999999"
-    token = f"1.{huge}.{int(time.time())}"
+    huge = "FFFFFFF/FFFFFFFF" if cluster.backend == "postgresql" else "0-1-99999999999"
+    beyond = parse_position(huge, cluster.backend)
+    assert beyond is not None
     await cluster.servers.wait_caught_up()
     try:
+        replicas = db.engines.replicas
+        assert replicas is not None
+        token = replicas.tokens.issue(beyond)  # signed: only such a token counts
         async with db.unit(after=token) as unit:
             await db.read.execute(text("SELECT 1"))
             assert unit.read_from != "primary"

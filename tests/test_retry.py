@@ -16,6 +16,7 @@ from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 from sanic_sqlalchemy import ConfigurationError, Database, SanicSQLAlchemyError
+from sanic_sqlalchemy.errors import UnitStateError
 from sanic_sqlalchemy.retry import is_conflict
 from sanic_sqlalchemy.testing import schema
 
@@ -157,6 +158,51 @@ async def test_other_errors_are_not_retried(accounts: Database) -> None:
         await duplicate()
     assert calls == [1]
     assert await _balances(db) == [0, 0]
+
+
+async def test_an_explicit_commit_inside_a_retry_is_refused(accounts: Database) -> None:
+    """``await db.write.commit()`` in a retried function raises ``UnitStateError`` saying
+    why (a conflict after it would make the retry commit its work and run its callbacks
+    a second time): the attempt rolls back, no callback runs, nothing is retried."""
+    db = accounts
+    calls: list[str] = []
+
+    @db.retry
+    async def pay() -> None:
+        calls.append("attempt")
+        await db.write.execute(update(Account).where(Account.id == 1).values(balance=5))
+        db.on_commit(calls.append, "receipt")
+        await db.write.commit()
+
+    with pytest.raises(UnitStateError, match=r"inside @db\.retry: a retry runs the whole"):
+        await pay()
+    assert calls == ["attempt"]
+    assert await _balances(db) == [0, 0]
+    # Savepoints stay allowed: they commit with the attempt.
+
+    @db.retry
+    async def in_a_savepoint() -> None:
+        async with db.write.begin():
+            await db.write.execute(update(Account).where(Account.id == 2).values(balance=7))
+
+    await in_a_savepoint()
+    assert await _balances(db) == [0, 7]
+
+
+async def test_a_retry_commits_each_attempt_with_commit_on_exit_off(url: str) -> None:
+    """With ``commit_on_exit=False`` the retry still owns the transaction: the attempt
+    that returns commits, without an explicit commit (which it refuses)."""
+    db = Database(url, commit_on_exit=False)
+    async with schema(db, Base.metadata):
+
+        @db.retry
+        async def open_account() -> None:
+            db.write.add(Account(id=3, balance=1))
+
+        await open_account()
+        async with db:
+            assert (await db.read.scalars(select(Account.balance))).all() == [1]
+    await db.dispose()
 
 
 async def test_each_call_is_a_unit_of_its_own(accounts: Database) -> None:

@@ -15,6 +15,7 @@ from .engine.engines import Engines
 from .errors import ConfigurationError, EngineNotInitialisedError, NoActiveUnitError
 from .hooks import CallbackErrorHook
 from .insight import UnitStats
+from .replicas.tokens import given_tokens
 from .retry import RetryPolicy, retrying
 from .settings import DEFAULT_PREFIX, Settings
 from .unit import Environment, UnitOfWork, UnitScope, UnitState
@@ -260,22 +261,17 @@ class DatabaseCore:
             outer.admit(unit)
         return unit
 
-    def unit(self, *, after: str | Iterable[str | None] | None = None) -> UnitBlock:
+    def unit(self, *, after: str | bytes | Iterable[str | bytes | None] | None = None) -> UnitBlock:
         """``async with db.unit(after=token):`` — ``async with db:`` whose reads come
-        only from replicas that have reached ``after`` (a ``unit.commit_token``, or
-        several: the furthest counts), else from the primary.
+        only from replicas that have reached ``after`` (a ``unit.commit_token``, as
+        ``str`` or ``bytes``, or several: the furthest counts), else from the primary.
 
-        Invalid or expired tokens are ignored.  Joining a unit that is already open
-        adds the tokens to it, as long as it has not read yet.
+        Invalid, forged or expired tokens are ignored (they come from clients); a value
+        that is not a token at all (``after=123``) raises ``TokenTypeError``.  Joining
+        a unit that is already open adds the tokens to it, as long as it has not read
+        yet.
         """
-        tokens: tuple[object, ...]
-        if after is None:
-            tokens = ()
-        elif isinstance(after, str):
-            tokens = (after,)
-        else:
-            tokens = tuple(after)
-        return UnitBlock(self, tokens)
+        return UnitBlock(self, given_tokens(after))
 
     async def __aenter__(self) -> UnitOfWork:
         current = self.scope.current()

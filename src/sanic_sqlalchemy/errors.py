@@ -10,10 +10,13 @@ Every error the library raises on purpose derives from ``SanicSQLAlchemyError``:
     ├── UnitStateError              a session used after its unit committed, rolled back or closed
     ├── ConcurrentWriteError        db.write used from several tasks at once
     ├── EventLoopMismatchError      engines used from an event loop they were not made for
-    └── ReplicaUnavailableError     no replica can serve reads and the primary may not
+    ├── ReplicaUnavailableError     no replica can serve reads and the primary may not
+    └── TokenTypeError              db.unit(after=...) given something that is not a token
 
-Misuse errors (everything but ``ConfigurationError`` and ``ReadOnlyError``) are also
-``RuntimeError``\\ s, so code that already catches those keeps working.  Errors raised
+Misuse errors (everything but ``ConfigurationError``, ``ReadOnlyError`` and
+``TokenTypeError``) are also ``RuntimeError``\\ s, so code that already catches those
+keeps working; ``TokenTypeError`` is a ``TypeError``, what Python raises for an
+argument of the wrong type.  Errors raised
 by the database itself (an ``IntegrityError`` at commit, say) are SQLAlchemy's and
 reach the caller unchanged, except a write refused by a read-only connection, which
 becomes a ``ReadOnlyError`` chained to the driver's error.
@@ -57,3 +60,9 @@ class EventLoopMismatchError(SanicSQLAlchemyError, RuntimeError):
 class ReplicaUnavailableError(SanicSQLAlchemyError, RuntimeError):
     """No replica can serve a unit's reads and ``DATABASE_REPLICA_FALLBACK=error``
     forbids the primary (in Sanic: 503 with ``Retry-After``)."""
+
+
+class TokenTypeError(SanicSQLAlchemyError, TypeError):
+    """``db.unit(after=...)`` was given something other than position tokens (``str`` or
+    ``bytes``, a list of them, or None).  A client's malformed token is never an error:
+    it is ignored."""

@@ -6,6 +6,12 @@ Conflicts are serialization failures and deadlocks: PostgreSQL's SQLSTATE 40001 
 writes are rolled back and its on-commit callbacks dropped before the next begins; the
 waits between attempts grow exponentially, capped, with full jitter so that the
 transactions that collided do not collide again in step.
+
+An attempt's unit replaces the unit the call was made in (a request's, a
+``db.unit(after=...)`` block's): it reads after the same clients' position tokens.  It
+commits when the function returns, whatever ``commit_on_exit`` says, and ``db.write``
+refuses an explicit commit inside it: a commit before a conflict would stand, and the
+next attempt would make it again.
 """
 
 from __future__ import annotations
@@ -95,8 +101,9 @@ def _is_conflict_of_driver(error: BaseException | None) -> bool:
     return bool(arguments) and arguments[0] in CONFLICT_MYSQL_ERRORS
 
 
-#: Opens a new unit of work, not yet current anywhere (``Database.open_unit``).
-UnitOpener = Callable[[], UnitOfWork]
+#: Opens a new unit of work that reads after the given clients' position tokens, not yet
+#: current anywhere (``Database.open_unit``).
+UnitOpener = Callable[[tuple[object, ...]], UnitOfWork]
 
 
 def retrying(
@@ -144,11 +151,17 @@ async def run_with_retries(
             "and its own unit would not see them. Call it before writing (in Sanic: "
             "decorate the handler itself), or outside the unit."
         )
+    # The client's position (the request's tokens, or db.unit(after=...)'s) holds for
+    # every attempt: each reads only from replicas that have the client's last write.
+    tokens = () if outer is None else outer.tokens
     attempt = 0
     while True:
         attempt += 1
-        unit = open_unit()
+        unit = open_unit(tokens)
         unit.retrying = True
+        # The retry owns the transaction: the attempt commits when the function returns
+        # (an explicit commit is refused), with commit_on_exit=False too.
+        unit.commits_on_exit = True
         token = scope.enter(unit)
         try:
             result = await _attempt(unit, func, args, kwargs)

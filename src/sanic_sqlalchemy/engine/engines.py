@@ -18,6 +18,7 @@ from ..insight import StatementWatch
 from ..readonly import ReadGuard
 from ..replicas.probe import connect_options, probe_engine
 from ..replicas.router import Replica, ReplicaSet
+from ..replicas.tokens import TokenCodec, cluster_tag
 from ..settings import Settings, pool_accepts_size
 from .backends import Backend, Role, backend_for, refused_as_read_only
 from .liveness import install_liveness
@@ -51,9 +52,14 @@ class Engines:
             Replica(url, self._create(Role.READ, url), probe_engine(backend.url(url), backend.name))
             for url in settings.read_urls
         ]
-        return ReplicaSet(
-            backend.name, backend.url(settings.url), replicas, settings.replicas.max_lag
+        names = settings.replicas
+        tokens = TokenCodec(
+            backend=backend.name,
+            tag=cluster_tag(settings.url),
+            secret=names.token_secret,
+            ttl=names.token_ttl,
         )
+        return ReplicaSet(backend.name, backend.url(settings.url), replicas, names.max_lag, tokens)
 
     def _create(self, role: Role, url: URL | None = None) -> AsyncEngine:
         settings = self.settings

@@ -5,30 +5,22 @@ A position says how far a server's data goes: PostgreSQL's WAL position (an LSN,
 domain).  A replica can serve a client once its replayed position has reached the
 position of the client's last commit.
 
-A token is what a client carries (cookie or header): the position and when it was
-issued, ``1.<position>.<issued>``.  Tokens come from the outside, so parsing one never
-raises and never lets anything but digits, hex and separators through: a malformed,
-oversized, expired or future-dated token is no token.
+A position's ``encode()`` is the form a client's token carries (``tokens.py`` signs
+it): nothing but digits, hex and separators, none of which a cookie value would need
+quoting for.
 """
 
 from __future__ import annotations
 
 import re
-import time
 from abc import ABC, abstractmethod
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-
-#: Longer tokens are ignored unread.
-MAX_TOKEN_LENGTH = 512
-#: Seconds a token's issue time may lie in the future (clocks of several workers).
-CLOCK_SKEW = 5.0
 
 # The server writes 16/B374D848; tokens write 16-B374D848 (no character a cookie
 # value would need quoting for).
 _LSN = re.compile(r"([0-9A-Fa-f]{1,8})[/-]([0-9A-Fa-f]{1,8})")
 _GTID = re.compile(r"(\d{1,10})-(\d{1,10})-(\d{1,20})")
-_TOKEN = re.compile(r"1\.([0-9A-Fa-f_\-]{1,400})\.(\d{1,12})")
 
 
 class Position(ABC):
@@ -147,34 +139,6 @@ def latest(positions: Iterable[Position | None]) -> Position | None:
                     merged[domain] = (server, sequence)
             found = GTIDPosition(merged)
     return found
-
-
-def issue_token(position: Position, now: float | None = None) -> str:
-    """The token for a commit at ``position``, issued now."""
-    issued = int(time.time() if now is None else now)
-    return f"1.{position.encode()}.{issued}"
-
-
-def read_token(
-    token: object, backend: str, ttl: float, now: float | None = None
-) -> Position | None:
-    """The position a client's token asks for, or None for anything but a valid,
-    unexpired token of ``backend`` (``postgresql`` or ``mysql``)."""
-    if not isinstance(token, str) or not token or len(token) > MAX_TOKEN_LENGTH:
-        return None
-    match = _TOKEN.fullmatch(token.strip())
-    if match is None:
-        return None
-    issued = int(match.group(2))
-    current = time.time() if now is None else now
-    if issued > current + CLOCK_SKEW or issued < current - ttl:
-        return None
-    text = match.group(1)
-    if backend == "postgresql":
-        return LSN.parse(text)
-    if backend == "mysql":
-        return GTIDPosition.parse(text)
-    return None
 
 
 def parse_position(text: str | None, backend: str) -> Position | None:

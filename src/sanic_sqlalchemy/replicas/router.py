@@ -2,9 +2,13 @@
 
 A background probe asks every server how far it is about once a second.  Lag is
 measured by positions, not by replay timestamps (an idle primary makes those look old):
-the probe keeps a short history of the primary's positions, and a replica's lag is how
-long ago the primary first had data the replica still lacks; a replica that has every
-position the primary reported lags by nothing.
+the probe keeps a short history of the primary's positions, each with the time the probe
+that first saw it *asked* (not when the answer came), and a replica's lag is how long
+ago the primary first had data the replica still lacks; a replica that has every
+position the primary reported lags by nothing.  The probe asks the primary every
+``PROBE_INTERVAL`` seconds from the start of the previous probe, so a commit is first
+seen at most about that long after it was made: the token TTL's margin over the lag
+limit (``settings.TOKEN_TTL_MARGIN``) covers it.
 
 Units are spread round robin over the usable replicas: every replica serves the same
 data, units are short and reads give their connection back after each statement, so
@@ -38,6 +42,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from ..settings import public_url
 from .positions import Position
 from .probe import position_of, probe_engine
+from .tokens import TokenCodec
 
 logger = logging.getLogger("sanic_sqlalchemy")
 
@@ -87,6 +92,8 @@ class ReplicaSet:
     primary_url: URL
     replicas: Sequence[Replica]
     max_lag: float
+    #: Issues and reads the clients' position tokens of this database.
+    tokens: TokenCodec
     primary_probe: AsyncEngine = field(init=False)
     primary_position: Position | None = field(default=None, init=False)
     #: When the probe that found ``primary_position`` asked (monotonic clock).
@@ -132,9 +139,13 @@ class ReplicaSet:
             await replica.probe.dispose()
 
     async def _probe_forever(self) -> None:
+        # A probe every PROBE_INTERVAL from the start of the last one (not from its
+        # end): the gap between two questions to the primary bounds how late a commit
+        # is first seen, which the token TTL's margin must cover.
         while True:
+            started = time.monotonic()
             await self.refresh(patience=PROBE_INTERVAL)
-            await asyncio.sleep(PROBE_INTERVAL)
+            await asyncio.sleep(max(0.0, started + PROBE_INTERVAL - time.monotonic()))
 
     async def refresh(self, patience: float = REFRESH_PATIENCE) -> None:
         """Ask the servers that can answer how far they are, now.
@@ -188,7 +199,6 @@ class ReplicaSet:
     def _note_primary(self, position: Position | None, asked_at: float) -> None:
         if position is None or asked_at < self._primary_asked_at:
             return  # an answer to an older question than the one already noted
-        now = time.monotonic()
         self.primary_position = position
         self._primary_asked_at = asked_at
         history = self._history
@@ -197,8 +207,10 @@ class ReplicaSet:
             or not history[-1][1].covers(position)
             or not position.covers(history[-1][1])
         ):
-            history.append((now, position))
-        horizon = now - 2 * self.max_lag - 10 * PROBE_INTERVAL
+            # Seen as of the question: the primary had it by then at the latest (the
+            # answer's arrival would make a replica lacking it look fresher).
+            history.append((asked_at, position))
+        horizon = time.monotonic() - 2 * self.max_lag - 10 * PROBE_INTERVAL
         while len(history) > 1 and history[0][0] < horizon:
             history.popleft()
 

@@ -22,8 +22,9 @@ from sqlalchemy.util import await_only
 
 from ..errors import ReplicaUnavailableError
 from ..settings import ReplicaFallback, ReplicaSettings
-from .positions import Position, latest, read_token
+from .positions import Position, latest
 from .router import Replica, ReplicaSet
+from .tokens import TokenCodec
 
 logger = logging.getLogger("sanic_sqlalchemy")
 
@@ -31,9 +32,10 @@ logger = logging.getLogger("sanic_sqlalchemy")
 UNREACHABLE = (DBAPIError, OSError, asyncio.TimeoutError, PoolTimeoutError)
 
 
-def wanted_position(tokens: Iterable[object], backend: str, ttl: float) -> Position | None:
-    """The furthest position asked for by ``tokens`` (invalid ones are ignored)."""
-    return latest(read_token(token, backend, ttl) for token in tokens)
+def wanted_position(tokens: Iterable[object], codec: TokenCodec) -> Position | None:
+    """The furthest position asked for by ``tokens`` (invalid, unsigned, forged and
+    expired ones are ignored)."""
+    return latest(codec.read(token) for token in tokens)
 
 
 class ReadRoute:

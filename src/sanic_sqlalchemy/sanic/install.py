@@ -12,7 +12,8 @@ from sanic import Request, Sanic
 from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 
 from ..database import DatabaseCore
-from ..errors import ReplicaUnavailableError
+from ..errors import ConfigurationError, ReplicaUnavailableError
+from ..settings import token_name_clash
 from .handlers import is_wrapped, wrap_handler
 from .injection import install_injection
 from .request import INFORMED, request_unit, unit_request_class
@@ -47,6 +48,7 @@ def install(db: DatabaseCore, app: Sanic[Any, Any]) -> None:
         databases = app.request_class._sanic_sqlalchemy_databases  # type: ignore[attr-defined]
         assert databases is not None
         _install_app_hooks(app)
+    check_token_names(db, databases)
     if db in databases:
         return
     databases.append(db)
@@ -60,6 +62,8 @@ def install(db: DatabaseCore, app: Sanic[Any, Any]) -> None:
     db.scope.provider = functools.partial(request_unit, db)
 
     async def start_engines(_app: Sanic[Any, Any]) -> None:
+        # Again at start: a database may have been configured anew since init_app.
+        check_token_names(db, databases)
         servers = _servers.get(db, 0)
         engines = db._engines
         if servers and engines is not None and engines.loop is asyncio.get_running_loop():
@@ -83,6 +87,28 @@ def install(db: DatabaseCore, app: Sanic[Any, Any]) -> None:
 
     app.register_listener(start_engines, "before_server_start", priority=_PRIORITY)
     app.register_listener(dispose_engines, "after_server_stop", priority=_PRIORITY)
+
+
+def check_token_names(db: DatabaseCore, databases: list[DatabaseCore]) -> None:
+    """Raise ``ConfigurationError`` when ``db`` and another database of the same app
+    both have replicas and would carry their clients' positions under one cookie or
+    header name: the response would hold only one of the two tokens, and the client's
+    next request could read from a replica that misses its own write."""
+    for other in databases:
+        if other is db:
+            continue
+        clash = token_name_clash(other.settings, db.settings)
+        if clash is None:
+            continue
+        prefix = db.config_prefix
+        raise ConfigurationError(
+            f"{prefix}TOKEN_COOKIE, {prefix}TOKEN_HEADER: the databases of "
+            f"{other.config_prefix}URL and {prefix}URL both have replicas and would both "
+            f"send {clash} to carry their clients' commit positions; one token would "
+            "replace the other and a client could miss its own write. Give each its "
+            f"own names: set {prefix}TOKEN_COOKIE and {prefix}TOKEN_HEADER (databases "
+            "with different config prefixes get names of their own by default)."
+        )
 
 
 def _install_app_hooks(app: Sanic[Any, Any]) -> None:

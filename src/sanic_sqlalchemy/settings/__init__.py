@@ -5,21 +5,27 @@ bad; ``model`` builds the frozen ``Settings`` from explicit arguments, then
 from .model import (
     CONFIG_KEYS,
     DEFAULT_PREFIX,
+    TOKEN_TTL_MARGIN,
     InsightSettings,
     ReplicaFallback,
     ReplicaSettings,
     Settings,
+    default_token_names,
+    token_name_clash,
 )
 from .values import backend_of, pool_accepts_size, public_url
 
 __all__ = [
     "CONFIG_KEYS",
     "DEFAULT_PREFIX",
+    "TOKEN_TTL_MARGIN",
     "InsightSettings",
     "ReplicaFallback",
     "ReplicaSettings",
     "Settings",
     "backend_of",
+    "default_token_names",
     "pool_accepts_size",
     "public_url",
+    "token_name_clash",
 ]

@@ -8,6 +8,7 @@ never rendered into a log line or an error message.
 from __future__ import annotations
 
 import re
+import secrets
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import Enum
@@ -47,6 +48,7 @@ CONFIG_KEYS: Mapping[str, str] = {
     "DATABASE_TOKEN_COOKIE": "token_cookie",
     "DATABASE_TOKEN_HEADER": "token_header",
     "DATABASE_TOKEN_TTL": "token_ttl",
+    "DATABASE_TOKEN_SECRET": "token_secret",
     "DATABASE_SERVER_TIMING": "server_timing",
     "DATABASE_SLOW_QUERY_MS": "slow_query_ms",
     "DATABASE_SLOW_QUERY_PARAMS": "slow_query_params",
@@ -64,6 +66,21 @@ DEFAULT_POOL_TIMEOUT = 10.0
 #: MySQL and MariaDB drop connections idle longer than ``wait_timeout``; proxies
 #: and firewalls often do so much sooner.
 DEFAULT_MYSQL_POOL_RECYCLE = 3600
+
+
+#: Seconds a token's TTL must exceed the replica lag limit by.  Lag is measured from the
+#: first probe of the primary that saw a commit: the probe asks about once a second
+#: (``replicas.router.PROBE_INTERVAL``) and may wait up to as long again for the
+#: primary's answer before asking anew, so a replica's measured lag can fall short of
+#: its true lag by up to two seconds; one more second covers the clocks of several
+#: servers (a token issued on one and read on another).  A token that expires before
+#: every replica still missing its write has left the rotation sends reads to one.
+TOKEN_TTL_MARGIN = 3.0
+#: Bytes of a token secret, at least (``DATABASE_TOKEN_SECRET``).
+MIN_TOKEN_SECRET_BYTES = 16
+#: The secret that signs tokens when ``DATABASE_TOKEN_SECRET`` is not set: made once per
+#: process, so tokens are honoured only by the process that issued them.
+_PROCESS_SECRET = secrets.token_bytes(32)
 
 
 class ReplicaFallback(Enum):
@@ -84,8 +101,14 @@ class ReplicaSettings:
     wait: float = 0.0
     token_cookie: str = "db_position"
     token_header: str = "X-DB-Position"
-    #: Seconds a client's position token is honoured; at least ``max_lag``.
+    #: Seconds a client's position token is honoured; at least ``max_lag`` plus
+    #: ``TOKEN_TTL_MARGIN``.
     token_ttl: float = 60.0
+    #: The key that signs tokens (``DATABASE_TOKEN_SECRET``, else made per process).
+    token_secret: bytes = field(default=_PROCESS_SECRET, repr=False)
+    #: Whether ``token_secret`` was configured (False: made for this process only, so
+    #: several workers or servers would refuse each other's tokens).
+    token_secret_configured: bool = False
 
 
 @dataclass(frozen=True)
@@ -256,13 +279,15 @@ def _replica_settings(
     defaults = ReplicaSettings()
     max_lag = float_value(*raw["replica_max_lag"]) if "replica_max_lag" in raw else defaults.max_lag
     ttl = float_value(*raw["token_ttl"]) if "token_ttl" in raw else defaults.token_ttl
-    if ttl < max_lag:
+    if ttl < max_lag + TOKEN_TTL_MARGIN:
         key = raw["token_ttl"][0] if "token_ttl" in raw else raw["replica_max_lag"][0]
         raise ConfigurationError(
-            f"{key}: the token TTL ({ttl:g} s) may not be shorter than the replica lag "
-            f"limit ({max_lag:g} s): a client's write could still be missing on a replica "
-            f"that is in the rotation after its token expired. Raise {prefix}TOKEN_TTL or "
-            f"lower {prefix}REPLICA_MAX_LAG."
+            f"{key}: the token TTL ({ttl:g} s) must exceed the replica lag limit "
+            f"({max_lag:g} s) by {TOKEN_TTL_MARGIN:g} s at least: once a client's token "
+            "expires, a replica still missing its write must have left the rotation, "
+            "and a replica's lag is known only to about a probe interval (plus the "
+            f"clocks of several servers). Set {prefix}TOKEN_TTL to "
+            f"{max_lag + TOKEN_TTL_MARGIN:g} or more, or lower {prefix}REPLICA_MAX_LAG."
         )
     fallback = defaults.fallback
     if "replica_fallback" in raw:
@@ -277,11 +302,57 @@ def _replica_settings(
     if "replica_wait" in raw:
         key, value = raw["replica_wait"]
         wait = 0.0 if str(value).strip() in ("0", "0.0") else float_value(key, value)
+    cookie, header = default_token_names(prefix)
+    secret = _token_secret(raw)
     return ReplicaSettings(
         max_lag=max_lag,
         fallback=fallback,
         wait=wait,
-        token_cookie=name_value(raw, "token_cookie", _COOKIE_NAME, defaults.token_cookie),
-        token_header=name_value(raw, "token_header", _HEADER_NAME, defaults.token_header),
+        token_cookie=name_value(raw, "token_cookie", _COOKIE_NAME, cookie),
+        token_header=name_value(raw, "token_header", _HEADER_NAME, header),
         token_ttl=ttl,
+        token_secret=_PROCESS_SECRET if secret is None else secret,
+        token_secret_configured=secret is not None,
     )
+
+
+def _token_secret(raw: Mapping[str, tuple[str, Any]]) -> bytes | None:
+    if "token_secret" not in raw:
+        return None
+    key, value = raw["token_secret"]
+    secret = value.encode() if isinstance(value, str) else value
+    if not isinstance(secret, bytes) or len(secret.strip()) < MIN_TOKEN_SECRET_BYTES:
+        raise ConfigurationError(
+            f"{key}: expected a secret of {MIN_TOKEN_SECRET_BYTES} characters or more, "
+            "the same in every worker and server of the application (it signs the "
+            'position tokens clients carry); make one with `python -c "import secrets; '
+            'print(secrets.token_urlsafe(32))"`.'
+        )
+    return secret
+
+
+def default_token_names(prefix: str) -> tuple[str, str]:
+    """The token cookie and header of the database whose keys start with ``prefix``:
+    ``db_position`` and ``X-DB-Position`` for ``DATABASE_``, and names of its own for
+    any other prefix (``analytics_db_position`` and ``X-Analytics-DB-Position`` for
+    ``ANALYTICS_DATABASE_``), so that two databases of one app never share one."""
+    if prefix == DEFAULT_PREFIX:
+        return ReplicaSettings.token_cookie, ReplicaSettings.token_header
+    words = [word for word in prefix.removesuffix(DEFAULT_PREFIX).split("_") if word]
+    return (
+        "_".join(word.lower() for word in words) + "_db_position",
+        "X-" + "-".join(word.capitalize() for word in words) + "-DB-Position",
+    )
+
+
+def token_name_clash(first: Settings, second: Settings) -> str | None:
+    """What two databases of one app with replicas would share (a cookie or header
+    name), or None: one's token would replace the other's in the client."""
+    if not (first.read_urls and second.read_urls):
+        return None
+    a, b = first.replicas, second.replicas
+    if a.token_cookie == b.token_cookie:
+        return f"the cookie {a.token_cookie!r}"
+    if a.token_header.lower() == b.token_header.lower():
+        return f"the header {a.token_header!r}"
+    return None

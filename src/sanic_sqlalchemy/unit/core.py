@@ -18,7 +18,6 @@ from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 from ..errors import UnitStateError
 from ..hooks import CallbackCapture, CallbackErrorHook
 from ..insight import UnitStats, attach
-from ..replicas.positions import issue_token
 from ..replicas.probe import commit_position
 from ..replicas.routing import ReadRoute, wanted_position
 from .callbacks import Callback, CallbackQueue, run_callbacks
@@ -109,6 +108,7 @@ class UnitCore:
         "read_gate",
         "read_sync",
         "reading_on_writer",
+        "retrying",
         "state",
         "stats",
         "write_gate",
@@ -152,6 +152,9 @@ class UnitCore:
         self.commit_failed = False
         #: What the unit asked of the database, and how long it took.
         self.stats = UnitStats()
+        #: Whether ``@db.retry`` runs this unit: a retried function called inside joins
+        #: it, and ``db.write`` refuses an explicit commit (the retry would repeat it).
+        self.retrying = False
 
     # -- phase ------------------------------------------------------------------
 
@@ -212,10 +215,17 @@ class UnitCore:
             replicas = engines.replicas
             if replicas is None:
                 return None
-            settings = engines.settings.replicas
-            wanted = wanted_position(self._after, replicas.backend, settings.token_ttl)
-            route = self._route = ReadRoute(replicas, engines.read, settings, wanted)
+            wanted = wanted_position(self._after, replicas.tokens)
+            route = self._route = ReadRoute(
+                replicas, engines.read, engines.settings.replicas, wanted
+            )
         return route
+
+    @property
+    def tokens(self) -> tuple[object, ...]:
+        """The clients' position tokens this unit reads after (``@db.retry`` hands them
+        to each attempt's unit, which replaces this one)."""
+        return self._after
 
     def want(self, tokens: tuple[object, ...]) -> None:
         """Read only from replicas that reached ``tokens`` too (before the first read)."""
@@ -239,10 +249,11 @@ class UnitCore:
     def capture_commit_position(self, connection: Connection | None) -> None:
         """Right after a commit on ``connection``: remember its position as a token."""
         engines = self._engines
-        if engines is None or engines.replicas is None or connection is None:
+        replicas = None if engines is None else engines.replicas
+        if replicas is None or connection is None:
             return
         try:
-            position = commit_position(connection, engines.backend.name)
+            position = commit_position(connection, replicas.backend)
         except Exception:
             logger.warning(
                 "could not read the commit's position; the client's next reads may go "
@@ -251,7 +262,7 @@ class UnitCore:
             )
             return
         if position is not None and position.encode():
-            self.commit_token = issue_token(position)
+            self.commit_token = replicas.tokens.issue(position)
 
     # -- callbacks --------------------------------------------------------------
 

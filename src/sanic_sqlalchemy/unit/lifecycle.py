@@ -67,7 +67,7 @@ def _close_logged(session: Session) -> None:
 class UnitOfWork(UnitCore):
     """One request's (or one ``async with db:`` block's) database work."""
 
-    __slots__ = ("_env", "_read", "_write", "depth", "retrying", "token")
+    __slots__ = ("_env", "_read", "_write", "depth", "token")
 
     def __init__(self, env: Environment, after: tuple[object, ...] = ()) -> None:
         super().__init__(env, after)
@@ -78,9 +78,6 @@ class UnitOfWork(UnitCore):
         self.depth = 0
         #: Restores the previous current unit when the unit ends.
         self.token: Token[Any] | None = None
-        #: Whether ``@db.retry`` runs this unit (a retried function called inside
-        #: joins it instead of opening its own).
-        self.retrying = False
 
     @property
     def write_session(self) -> WriteSession | None:

@@ -14,12 +14,23 @@ from sqlalchemy import event
 from sqlalchemy.ext.asyncio import AsyncSession, AsyncSessionTransaction
 from sqlalchemy.orm import InstanceState, Session, SessionTransaction
 
+from ...errors import UnitStateError
 from .common import UnitSession, refuse_close
 
 if TYPE_CHECKING:
     from sqlalchemy.engine import Connection
 
 _O = TypeVar("_O", bound=object)
+
+#: Why ``await db.write.commit()`` is refused in a unit that ``@db.retry`` runs.
+RETRIED_COMMIT = (
+    "await db.write.commit() inside @db.retry: a retry runs the whole function again "
+    "in a new unit, so work committed before a conflict would stay committed and be "
+    "done (and its on-commit callbacks run) a second time. Remove the commit: the "
+    "attempt commits when the function returns (use `await db.write.flush()` for "
+    "generated ids, `async with db.write.begin():` for a savepoint), or retry only the "
+    "part after it."
+)
 
 
 class _WriteSyncSession(UnitSession):
@@ -164,7 +175,8 @@ class WriteSession(AsyncSession):
     """``db.write``: an ``AsyncSession`` whose work commits when the unit succeeds.
 
     An explicit ``await db.write.commit()`` runs the callbacks registered before it
-    right after it succeeds; ``await db.write.rollback()`` drops them.
+    right after it succeeds (inside ``@db.retry`` it raises ``UnitStateError``: the
+    retry commits each attempt itself); ``await db.write.rollback()`` drops them.
     """
 
     sync_session_class = _WriteSyncSession
@@ -197,6 +209,8 @@ class WriteSession(AsyncSession):
         # COMMIT is in flight waits for its outcome, so that a transaction that did
         # commit also runs its callbacks; the cancellation is re-raised afterwards.
         unit = self.sync_session._unit
+        if unit.retrying:
+            raise UnitStateError(RETRIED_COMMIT)
         await unit.shielded(self._commit_then_callbacks())
 
     async def _commit_then_callbacks(self) -> None:
