@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from time import perf_counter
+from typing import Any
 
 
 class UnitStats:
@@ -67,6 +69,25 @@ class UnitStats:
         self.read_time += other.read_time
         self.write_time += other.write_time
         self.connection_wait += other.connection_wait
+
+    def flushed(self, flush: Callable[[Any], None], objects: Any) -> None:
+        """Run ``flush(objects)``: its statements are the ORM's (row by row where the
+        backend cannot batch), not repeats of the application's."""
+        self.flushing = True
+        try:
+            flush(objects)
+        finally:
+            self.flushing = False
+
+    def rolled_back(self, rollback: Callable[[], None]) -> None:
+        """Run ``rollback()``, its time counted as writing: ``ROLLBACK (TO SAVEPOINT)`` is
+        time in the database, and a statement timed on its own inside it (a savepoint's)
+        is part of that time, not added to it."""
+        before, started = self.write_time, perf_counter()
+        try:
+            rollback()
+        finally:
+            self.write_time = before + (perf_counter() - started)
 
     def mark(self) -> None:
         """Note the time: a commit is starting, or the flush before it just ended."""

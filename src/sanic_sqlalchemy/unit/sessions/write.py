@@ -7,7 +7,6 @@ transaction (a released savepoint hands its callbacks on, a rolled-back one drop
 
 from __future__ import annotations
 
-from time import perf_counter
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from sqlalchemy import event
@@ -45,13 +44,8 @@ class _WriteSyncSession(UnitSession):
     def flush(self, objects: Any = None) -> None:
         unit = self._unit
         unit.check_writable()
-        stats = unit.stats
         with unit.write_turn:
-            stats.flushing = True
-            try:
-                super().flush(objects)
-            finally:
-                stats.flushing = False
+            unit.stats.flushed(super().flush, objects)
 
     def commit(self) -> None:
         unit = self._unit
@@ -60,15 +54,8 @@ class _WriteSyncSession(UnitSession):
             super().commit()
 
     def rollback(self) -> None:
-        stats = self._unit.stats
         with self._unit.write_turn:
-            # ROLLBACK (TO SAVEPOINT) is time in the database; a statement timed on
-            # its own inside it (a savepoint's) is part of that time, not added to it.
-            before, started = stats.write_time, perf_counter()
-            try:
-                super().rollback()
-            finally:
-                stats.write_time = before + (perf_counter() - started)
+            self._unit.stats.rolled_back(super().rollback)
 
     # A session held past its unit's commit (an injected handler parameter, a local
     # variable) refuses new work as ``db.write`` does then, instead of taking changes
