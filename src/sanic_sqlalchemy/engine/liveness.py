@@ -51,7 +51,7 @@ def install_liveness(engine: AsyncEngine, backend: Backend, role: Role) -> None:
             try:
                 alive = dialect.do_ping(dbapi_connection)
             except dialect.loaded_dbapi.Error as error:
-                if dialect.is_disconnect(error, dbapi_connection, None):
+                if dialect.is_disconnect(error, dbapi_connection, None) or backend.is_lost(error):
                     raise DisconnectionError("connection did not answer a ping") from error
                 raise
             if not alive:

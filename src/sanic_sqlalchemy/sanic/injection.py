@@ -48,7 +48,7 @@ def install_injection(app: Sanic[Any, Any]) -> None:
 async def _register_sessions(app: Sanic[Any, Any]) -> None:
     # Sanic sets app._ext when it loads sanic-ext, at the latest when the server starts
     # (before any listener), unless it is not installed or AUTO_EXTEND is off.
-    ext = getattr(app, "_ext", None)
+    ext: Any = getattr(app, "_ext", None)
     registry = getattr(ext, "_injection_registry", None) if ext is not None else None
     if registry is None:
         _refuse_without_injection(app, ext)

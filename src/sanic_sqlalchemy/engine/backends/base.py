@@ -58,6 +58,11 @@ class Backend:
         """True when the connection is known dead without asking the server."""
         return False
 
+    def is_lost(self, error: BaseException) -> bool:
+        """True when the driver error means the connection is gone, where the dialect's
+        own ``is_disconnect`` does not see it."""
+        return False
+
     def is_unsafe_for(self, role: Role, driver_connection: Any) -> bool:
         """True when a pooled connection left its expected state (read-only, idle)."""
         return False
