@@ -13,6 +13,7 @@ from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 
 from ..database import DatabaseCore
 from ..errors import ReplicaUnavailableError
+from .debug import watch_commit_flushes
 from .handlers import is_wrapped, wrap_handler
 from .injection import install_injection
 from .request import request_unit, unit_request_class
@@ -53,7 +54,10 @@ def install(db: DatabaseCore, app: Sanic[Any, Any]) -> None:
     _apps_of.setdefault(db, []).append(databases)
     db.scope.provider = functools.partial(request_unit, db)
 
-    async def start_engines(_app: Sanic[Any, Any]) -> None:
+    async def start_engines(app: Sanic[Any, Any]) -> None:
+        if app.debug:
+            # Decided at start-up: a production server installs nothing.
+            watch_commit_flushes(db.write_session_class.sync_session_class)
         servers = _servers.get(db, 0)
         engines = db._engines
         if servers and engines is not None and engines.loop is asyncio.get_running_loop():
