@@ -18,8 +18,16 @@ from .base import (
     Role,
     cancelled_driver,
     leave_savepoint,
+    leftover_description,
     merge_connect_args,
     scope_statement,
+)
+
+_POSTGRESQL_LEFTOVER = (
+    "SELECT (SELECT string_agg(DISTINCT 'advisory lock ' || objid::text, ', ') FROM pg_locks "
+    "WHERE pid = pg_backend_pid() AND locktype = 'advisory'), "
+    "(SELECT string_agg(name, ', ') FROM pg_settings WHERE source = 'session'), "
+    "(SELECT string_agg(channel, ', ') FROM pg_listening_channels() AS channel)"
 )
 
 
@@ -51,6 +59,18 @@ class PostgreSQL(Backend):
 
     def is_dead(self, driver_connection: Any) -> bool:
         return bool(driver_connection.is_closed())
+
+    checks_leftover_state = True
+
+    def leftover_state(self, dbapi_connection: Any) -> str | None:
+        # Neither is reported to the client (ParameterStatus covers a fixed handful of
+        # settings, none of the dangerous ones): both views are local to the backend,
+        # pg_settings' source 'session' is exactly "changed by SET or set_config in
+        # this session" (start-up packet settings are 'client').
+        return leftover_description(dbapi_connection, _POSTGRESQL_LEFTOVER)
+
+    def terminate(self, driver_connection: Any) -> None:
+        driver_connection.terminate()
 
     def is_lost(self, error: BaseException) -> bool:
         return _is_protocol_lost(error)
