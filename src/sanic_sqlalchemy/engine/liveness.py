@@ -74,9 +74,10 @@ def install_leftover_check(engine: AsyncEngine, backend: Backend) -> None:
     (a PL/pgSQL function may take a lock) are where a miss would hide: whatever the
     guard missed must not reach the next unit.  Only those units pay, one round trip at
     check-in (``benchmarks/leftover_check.py``); ORM and Core statements built from known
-    constructs never do.  A connection found holding something is closed at once, so
-    the server releases what it held, and the pool opens a new one when it is next
-    needed.
+    constructs never do.  Settings are reset in that round trip where the server allows
+    it (PostgreSQL); a connection found holding a lock (or, on MySQL, a changed setting)
+    is closed at once, with a warning, so that the server releases it, and the pool
+    opens a new one when it is next needed.
     """
     if not backend.checks_leftover_state:
         return

@@ -63,10 +63,11 @@ class Backend:
     checks_leftover_state = False
 
     def leftover_state(self, dbapi_connection: Any) -> str | None:
-        """What a read connection still holds after its unit (session locks, settings
-        changed in the session), in words, or ``None``: one round trip, run in the
-        pool's check-in (SQLAlchemy's greenlet) after a statement the read guard could
-        not be sure of."""
+        """What a read connection still holds after its unit that only closing it can
+        undo (session locks; on MySQL a changed setting), in words, or ``None``, having
+        undone what can be undone in the same round trip (PostgreSQL: ``RESET ALL``,
+        ``UNLISTEN *``).  Run in the pool's check-in (SQLAlchemy's greenlet) after a
+        statement the read guard could not be sure of."""
         return None
 
     def terminate(self, driver_connection: Any) -> None:

@@ -10,6 +10,7 @@ from sqlalchemy import event
 from sqlalchemy.engine import Connection, ExceptionContext
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.util import await_only
 
 from ...settings import Settings
 from .base import (
@@ -18,16 +19,19 @@ from .base import (
     Role,
     cancelled_driver,
     leave_savepoint,
-    leftover_description,
     merge_connect_args,
     scope_statement,
 )
 
-_POSTGRESQL_LEFTOVER = (
-    "SELECT (SELECT string_agg(DISTINCT 'advisory lock ' || objid::text, ', ') FROM pg_locks "
-    "WHERE pid = pg_backend_pid() AND locktype = 'advisory'), "
-    "(SELECT string_agg(name, ', ') FROM pg_settings WHERE source = 'session'), "
-    "(SELECT string_agg(channel, ', ') FROM pg_listening_channels() AS channel)"
+_LOCKS_HELD = "sanic_sqlalchemy: advisory locks held"
+#: One simple-protocol round trip after a unit the read guard was not sure of: settings
+#: changed in the session and LISTENs are undone (RESET ALL keeps what the start-up packet
+#: set, default_transaction_read_only included), and held advisory locks are reported.
+#: Reading pg_settings instead would cost about 0.7 ms of server time per check.
+_POSTGRESQL_RESET = (
+    "RESET ALL; UNLISTEN *; "
+    "DO $$BEGIN IF EXISTS (SELECT FROM pg_locks WHERE pid = pg_backend_pid() "
+    "AND locktype = 'advisory') THEN RAISE EXCEPTION '" + _LOCKS_HELD + "'; END IF; END$$"
 )
 
 
@@ -63,11 +67,15 @@ class PostgreSQL(Backend):
     checks_leftover_state = True
 
     def leftover_state(self, dbapi_connection: Any) -> str | None:
-        # Neither is reported to the client (ParameterStatus covers a fixed handful of
-        # settings, none of the dangerous ones): both views are local to the backend,
-        # pg_settings' source 'session' is exactly "changed by SET or set_config in
-        # this session" (start-up packet settings are 'client').
-        return leftover_description(dbapi_connection, _POSTGRESQL_LEFTOVER)
+        # The client hears of neither for free (ParameterStatus covers a fixed handful of
+        # settings, none of the dangerous ones), so the server is asked, once.
+        try:
+            await_only(dbapi_connection.driver_connection.execute(_POSTGRESQL_RESET))
+        except Exception as error:
+            if getattr(error, "sqlstate", None) == "P0001" and _LOCKS_HELD in str(error):
+                return "advisory locks (pg_advisory_lock)"
+            raise
+        return None
 
     def terminate(self, driver_connection: Any) -> None:
         driver_connection.terminate()
