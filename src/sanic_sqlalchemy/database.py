@@ -7,7 +7,7 @@ import asyncio
 import functools
 import itertools
 import re
-from collections.abc import Awaitable, Callable, Coroutine, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Coroutine, Iterable
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar, overload
 
@@ -105,33 +105,16 @@ class DatabaseCore:
         self.environment.commit_on_exit = settings.commit_on_exit
 
     def configure_from(
-        self,
-        config: Mapping[str, Any] | None = None,
-        *,
-        config_prefix: str | None = None,
-        **given: Any,
+        self, config: Any, *, config_prefix: str | None = None, **given: Any
     ) -> None:
-        """Configure the database without a web framework: build the settings from
-        ``given`` (``None`` values ignored), then the ``Database(...)`` call, then
-        ``config`` (a mapping such as ``app.config`` or ``os.environ``, read under the
-        prefix); a missing or bad setting raises ``ConfigurationError`` naming its key.
-
-        This is how tests, scripts and workers that build no app give a module-level
-        ``Database()`` its URL: ``db.configure_from(url="sqlite+aiosqlite:///t.db")``
-        (``init_app`` calls it with ``app.config``).  Engines already made keep the
-        settings they were made with until ``await db.dispose()``.
-        """
+        """Build the settings from ``given`` (``None`` values ignored), then the
+        ``Database(...)`` call, then ``config`` (a mapping such as ``app.config``); a
+        missing or bad setting raises ``ConfigurationError`` naming its key."""
         if config_prefix is not None:
             self.config_prefix = _prefix(config_prefix)
         explicit = dict(self._explicit)
         explicit.update({key: value for key, value in given.items() if value is not None})
         self.configure(Settings.build(explicit, config, self.config_prefix))
-
-    @property
-    def configured(self) -> bool:
-        """Whether a URL is known (from ``Database(url)``, ``configure_from`` or
-        ``init_app``)."""
-        return self._settings is not None
 
     @property
     def on_callback_error(self) -> CallbackErrorHook | None:
@@ -149,9 +132,8 @@ class DatabaseCore:
             prefix = self.config_prefix
             raise EngineNotInitialisedError(
                 "No database URL is configured yet: pass one to Database(url), call "
-                f"db.init_app(app) (which reads {prefix}URL from app.config), set "
-                f"SANIC_{prefix}URL before the app starts, or, without an app (tests, "
-                "scripts), call db.configure_from(url=...)."
+                f"db.init_app(app) (which reads {prefix}URL from app.config), or set "
+                f"SANIC_{prefix}URL before the app starts."
             )
         return self._settings
 
@@ -187,23 +169,14 @@ class DatabaseCore:
         async with self.engine.begin() as connection:
             await connection.run_sync(metadata.drop_all, **kwargs)
 
-    def replace_engines(self, engines: Engines | None) -> Engines | None:
-        """Use ``engines`` from now on (``None``: made again on first use) and return the
-        ones used so far, disposing neither (the test kit serves a server in a loop of
-        its own beside the test's engines)."""
-        previous, self._engines = self._engines, engines
-        return previous
-
     async def start(self) -> None:
         """Create the engines in the running loop (Sanic calls this at server start).
 
-        While a test isolates the database (a rolled-back test), the test kit decides
-        instead: a server in the test's loop keeps the test's engines, so that its
-        units join the test's transaction.
+        Inside a rolled-back test the test's engines are kept: the server's units join
+        the test's transaction.
         """
-        isolation = self.environment.isolation
-        if isolation is not None:
-            await isolation.server_starting()
+        if self.environment.outer is not None and self._engines is not None:
+            self._engines.check_loop()
             return
         if self._engines is not None:
             await self.dispose()
@@ -216,13 +189,11 @@ class DatabaseCore:
         """Close every pooled connection; the next unit creates fresh engines.
 
         A second call while a disposal is under way (a worker told to stop twice)
-        waits for that disposal instead of returning before it is done.  While a test
-        isolates the database, the test kit decides instead: a server the test stops
-        must not take the test's connection with it.
+        waits for that disposal instead of returning before it is done.  Inside a
+        rolled-back test the engines are kept until the test ends: a server the test
+        stops must not take the test's connection with it.
         """
-        isolation = self.environment.isolation
-        if isolation is not None:
-            await isolation.server_stopped()
+        if self.environment.outer is not None:
             return
         engines, self._engines = self._engines, None
         if engines is not None:
@@ -242,12 +213,7 @@ class DatabaseCore:
         """A new unit of work, not yet current anywhere (see ``async with db``)."""
         if self._settings is None:
             self.settings  # noqa: B018 (raises EngineNotInitialisedError, naming the fix)
-        outer = self.environment.outer
-        unit = UnitOfWork(self.environment, after)
-        if outer is not None:
-            # A rolled-back test: units take turns on its one connection.
-            outer.admit(unit)
-        return unit
+        return UnitOfWork(self.environment, after)
 
     def unit(self, *, after: str | Iterable[str | None] | None = None) -> UnitBlock:
         """``async with db.unit(after=token):`` — ``async with db:`` whose reads come
@@ -303,7 +269,9 @@ class DatabaseCore:
         """The open unit of the running task; ``NoActiveUnitError`` if there is none."""
         unit = self.scope.current()
         if unit is None:
-            raise NoActiveUnitError(_NO_UNIT.format(name=name))
+            explain = self.scope.why_none
+            why = explain() if explain is not None else None
+            raise NoActiveUnitError((why or _NO_UNIT).format(name=name))
         return unit
 
     @property

@@ -41,16 +41,3 @@ class CallbackCapture(Protocol):
 
     def ready(self, callbacks: Sequence[RegisteredCallback], /) -> bool:
         """``callbacks`` are committed and about to run; return whether to run them."""
-
-
-class ServerIsolation(Protocol):
-    """Told when a server starts and stops in the process while a test isolates a
-    ``Database`` (the test kit's rolled-back tests), in place of creating and disposing
-    the engines: a server in the test's own loop joins the test's transaction; one in a
-    loop of its own (sanic-testing's synchronous client) needs a transaction there."""
-
-    async def server_starting(self) -> None:
-        """A server of this process is starting in the running loop."""
-
-    async def server_stopped(self) -> None:
-        """A server of this process has stopped in the running loop."""

@@ -16,26 +16,13 @@ from ..errors import ReplicaUnavailableError
 from .debug import watch_commit_flushes
 from .handlers import is_wrapped, wrap_handler
 from .injection import install_injection
-from .request import request_unit, unit_request_class
+from .request import request_unit, unit_request_class, why_no_request_unit
 from .responses import no_replica, pool_exhausted
 from .units import UNITS_ON_CONNECTION, Units, end_units
 
 _PRIORITY = 1_000_000
 #: How many running servers of this process use each Database's engines.
 _servers: weakref.WeakKeyDictionary[DatabaseCore, int] = weakref.WeakKeyDictionary()
-#: The database lists of the apps each Database is installed on (shared with the app).
-_apps_of: weakref.WeakKeyDictionary[DatabaseCore, list[list[DatabaseCore]]] = (
-    weakref.WeakKeyDictionary()
-)
-
-
-def installed_beside(db: DatabaseCore) -> list[DatabaseCore]:
-    """``db`` and every Database installed on an app that ``db`` is installed on, in
-    order of installation (the test kit rolls all of them back together)."""
-    found = {db: None}
-    for databases in _apps_of.get(db, ()):
-        found.update(dict.fromkeys(databases))
-    return list(found)
 
 
 def install(db: DatabaseCore, app: Sanic[Any, Any]) -> None:
@@ -51,8 +38,8 @@ def install(db: DatabaseCore, app: Sanic[Any, Any]) -> None:
     if db in databases:
         return
     databases.append(db)
-    _apps_of.setdefault(db, []).append(databases)
     db.scope.provider = functools.partial(request_unit, db)
+    db.scope.why_none = why_no_request_unit
 
     async def start_engines(app: Sanic[Any, Any]) -> None:
         if app.debug:

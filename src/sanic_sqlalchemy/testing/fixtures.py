@@ -12,19 +12,12 @@ from .isolation import emptied, rolled_back
 
 
 @pytest_asyncio.fixture
-async def rolled_back_db(
-    sanic_sqlalchemy_database: Database, sanic_sqlalchemy_databases: list[Database]
-) -> AsyncIterator[Database]:
-    """The database, every unit of the test joined into one transaction rolled back
-    after; so are the units of every other database the application uses
-    (``sanic_sqlalchemy_databases``), each in a transaction of its own."""
+async def rolled_back_db(sanic_sqlalchemy_database: Database) -> AsyncIterator[Database]:
+    """The database, every unit of the test joined into one transaction rolled back after."""
     db = sanic_sqlalchemy_database
-    try:
-        async with rolled_back(db, *sanic_sqlalchemy_databases):
-            yield db
-    finally:
-        for each in dict.fromkeys([db, *sanic_sqlalchemy_databases]):
-            await each.dispose()
+    async with rolled_back(db):
+        yield db
+    await db.dispose()
 
 
 @pytest_asyncio.fixture

@@ -1,23 +1,16 @@
 """The pytest plugin (entry point ``pytest11``): inert until a project names its database.
 
-Point it at the application's ``Database`` with ini options::
+Point it at the application's ``Database`` with an ini option::
 
     [tool.pytest.ini_options]
     sanic_sqlalchemy_database = "myapp.db:db"
-    sanic_sqlalchemy_databases = ["myapp.db:analytics"]       # the others, if any
-    sanic_sqlalchemy_url = "${TEST_DATABASE_URL}"             # without an app
     sanic_sqlalchemy_metadata = "myapp.models:Base.metadata"   # for ``transactional_db``
 
 or by overriding the fixtures ``sanic_sqlalchemy_database`` (and
-``sanic_sqlalchemy_databases``, ``sanic_sqlalchemy_metadata``) in a ``conftest.py``.
-``sanic_sqlalchemy_url`` (environment variables expanded) is given to the database when
-it has no URL yet: tests that build no app need no ``init_app``.  ``rolled_back_db``
-rolls back every database of ``sanic_sqlalchemy_databases``: the main one, the ones
-the ini option names, and every one installed on a Sanic app beside them.  The
-asynchronous fixtures (``rolled_back_db``, ``transactional_db``) need pytest-asyncio;
-they are registered only when it is installed.  The others are helpers bound to the
-database: ``capture_on_commit(execute=False)``, ``assert_num_queries(n)``,
-``assert_max_queries(n)``.
+``sanic_sqlalchemy_metadata``) in a ``conftest.py``.  The asynchronous fixtures
+(``rolled_back_db``, ``transactional_db``) need pytest-asyncio; they are registered
+only when it is installed.  The others are helpers bound to the database:
+``capture_on_commit(execute=False)``, ``assert_num_queries(n)``, ``assert_max_queries(n)``.
 """
 
 from __future__ import annotations
@@ -25,7 +18,6 @@ from __future__ import annotations
 import contextlib
 import functools
 import importlib
-import os
 from collections.abc import Callable
 from typing import Any
 
@@ -33,7 +25,6 @@ import pytest
 
 from ..database import DatabaseCore as Database
 from ..errors import ConfigurationError
-from ..sanic.install import installed_beside
 from .isolation import (
     CapturedCallback,
     QueryCount,
@@ -43,22 +34,11 @@ from .isolation import (
 )
 
 _DATABASE = "sanic_sqlalchemy_database"
-_DATABASES = "sanic_sqlalchemy_databases"
-_URL = "sanic_sqlalchemy_url"
 _METADATA = "sanic_sqlalchemy_metadata"
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
     parser.addini(_DATABASE, "the application's Database, as module:attribute", default="")
-    parser.addini(
-        _DATABASES,
-        "the application's other Databases (module:attribute, one a line), rolled back too",
-        type="linelist",
-        default=[],
-    )
-    parser.addini(
-        _URL, "the URL given to the Database when it has none ($VARS expanded)", default=""
-    )
     parser.addini(_METADATA, "the MetaData that transactional_db empties (module:attr)", default="")
 
 
@@ -84,17 +64,9 @@ def load(spec: str, key: str) -> Any:
     return target
 
 
-def _database(spec: str, key: str) -> Database:
-    db = load(spec, key)
-    if not isinstance(db, Database):
-        raise ConfigurationError(f"{key}: {spec!r} is a {type(db).__name__}, not a Database")
-    return db
-
-
 @pytest.fixture
 def sanic_sqlalchemy_database(request: pytest.FixtureRequest) -> Database:
-    """The application's ``Database``, from the ``sanic_sqlalchemy_database`` ini option;
-    given ``sanic_sqlalchemy_url`` when it has no URL yet."""
+    """The application's ``Database``, from the ``sanic_sqlalchemy_database`` ini option."""
     spec = request.config.getini(_DATABASE)
     if not spec:
         raise ConfigurationError(
@@ -102,30 +74,10 @@ def sanic_sqlalchemy_database(request: pytest.FixtureRequest) -> Database:
             "'myapp.db:db' in the pytest configuration, or override the fixture "
             "sanic_sqlalchemy_database in conftest.py."
         )
-    db = _database(spec, _DATABASE)
-    url = os.path.expandvars(request.config.getini(_URL))
-    if url and not db.configured:
-        if "$" in url:
-            raise ConfigurationError(
-                f"{_URL}: {url!r} names an environment variable that is not set."
-            )
-        db.configure_from(url=url)
+    db = load(spec, _DATABASE)
+    if not isinstance(db, Database):
+        raise ConfigurationError(f"{_DATABASE}: {spec!r} is a {type(db).__name__}, not a Database")
     return db
-
-
-@pytest.fixture
-def sanic_sqlalchemy_databases(
-    request: pytest.FixtureRequest, sanic_sqlalchemy_database: Database
-) -> list[Database]:
-    """Every ``Database`` the application uses, the main one first: it, the ones the
-    ``sanic_sqlalchemy_databases`` ini option names, and every one installed on a Sanic
-    app beside any of these (``db.init_app(app)``)."""
-    named = [sanic_sqlalchemy_database]
-    named += [_database(spec, _DATABASES) for spec in request.config.getini(_DATABASES)]
-    found: dict[Database, None] = {}
-    for db in named:
-        found.update(dict.fromkeys(installed_beside(db)))
-    return list(dict.fromkeys([*named, *found]))
 
 
 @pytest.fixture

@@ -84,10 +84,7 @@ class CheckoutCounter:
 
 @dataclass
 class StatementLog:
-    """Records the SQL sent through every engine a unit of ``db`` can use, as
-    ``(role, statement)`` pairs: ``"write"``, ``"read"`` (the primary's read pool) and
-    ``"replica"`` (a replica's pool; replicas serve most reads when configured).
-    Replica probes are not recorded: they are the library's, not a unit's.
+    """Records the SQL sent through the engines of ``db``: ``(role, statement)`` pairs.
 
     ``BEGIN``, ``COMMIT`` and ``ROLLBACK`` of the write engine go through the driver's
     transaction methods, which this log records as such; the read engine runs in
@@ -100,12 +97,8 @@ class StatementLog:
 
     def __post_init__(self) -> None:
         self._listeners: list[tuple[Any, str, Any]] = []
-        engines = self.db.engines
-        self._listen("write", engines.write)
-        self._listen("read", engines.read)
-        if engines.replicas is not None:
-            for replica in engines.replicas.replicas:
-                self._listen("replica", replica.engine)
+        for role, engine in (("write", self.db.engines.write), ("read", self.db.engines.read)):
+            self._listen(role, engine)
 
     def _listen(self, role: str, engine: AsyncEngine) -> None:
         def on_execute(_conn: Any, _cursor: Any, statement: str, *_rest: Any) -> None:

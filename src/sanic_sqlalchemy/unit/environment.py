@@ -2,19 +2,15 @@
 
 A ``Database`` makes one ``Environment`` and hands it to every unit it opens; units
 never see the ``Database`` itself.  The test kit changes only what is meant for it here:
-``outer`` (a rolled-back test's connection, which every unit joins), ``capture`` and
-``isolation`` (what a server start and stop do meanwhile).
+``outer`` (a rolled-back test's connection, which every unit joins) and ``capture``.
 """
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from ..errors import UnitStateError
-from ..hooks import CallbackCapture, CallbackErrorHook, ServerIsolation
-from .core import UnitCore, UnitState
+from ..hooks import CallbackCapture, CallbackErrorHook
 from .scope import UnitScope
 from .sessions import ReadSession, WriteSession
 
@@ -30,45 +26,11 @@ class OuterTransaction:
     (the test kit's rolled-back tests): both sessions are bound to it, and a unit's
     commit releases a savepoint."""
 
-    __slots__ = ("connection", "open_units", "sync")
+    __slots__ = ("connection", "sync")
 
     def __init__(self, connection: AsyncConnection) -> None:
         self.connection = connection
         self.sync: Connection = connection.sync_connection  # type: ignore[assignment]
-        #: The units joined so far that may still be working on the connection.
-        self.open_units: list[UnitCore] = []
-
-    def admit(self, unit: UnitCore) -> None:
-        """Let ``unit`` join the connection, or raise ``UnitStateError`` when a unit of
-        another task is still active on it.
-
-        Units on one connection can only take turns: two at once interleave their
-        statements (asyncpg: "another operation is in progress") and their savepoints
-        (one's release ends the other's: "SAVEPOINT … does not exist").  A unit of the
-        same task (nested, or a request answered inline) is inside the one before it.
-        """
-        task = asyncio.current_task()
-        active = [
-            other
-            for other in self.open_units
-            if other.state is UnitState.ACTIVE
-            and other.owner is not None
-            and not other.owner.done()
-        ]
-        for other in active:
-            if other.owner is not task:
-                raise UnitStateError(
-                    "A unit of work was opened while another unit of this rolled-back "
-                    "test is still open in another task (asyncio.gather over units, or a "
-                    "task started inside a unit): every unit of a rolled-back test joins "
-                    "the test's one connection, where units cannot run at the same time "
-                    "(their statements and savepoints would interleave). Run the units "
-                    "one after the other, or test concurrency with the transactional_db "
-                    "fixture (real commits, each unit on a connection of its own, tables "
-                    "emptied afterwards)."
-                )
-        active.append(unit)
-        self.open_units = active
 
 
 class Environment:
@@ -78,7 +40,6 @@ class Environment:
         "_engines",
         "capture",
         "commit_on_exit",
-        "isolation",
         "on_callback_error",
         "outer",
         "outer_sync",
@@ -108,9 +69,6 @@ class Environment:
         self.capture: CallbackCapture | None = None
         self.outer: OuterTransaction | None = None
         self.outer_sync: Connection | None = None
-        #: What a server start and stop do instead of making and disposing engines
-        #: while a test isolates the database (tests only).
-        self.isolation: ServerIsolation | None = None
 
     def engines(self) -> Engines:
         """The engines of the running event loop (created on first use)."""
