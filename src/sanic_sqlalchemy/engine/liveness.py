@@ -94,9 +94,9 @@ def install_leftover_check(engine: AsyncEngine, backend: Backend) -> None:
         leftover = backend.leftover_state(dbapi_connection)
         if leftover is not None:
             logger.warning(
-                "a read connection came back from its unit still holding %s (a statement "
-                "sent through db.read took or changed it); the connection is closed so "
-                "that the server releases it, and never handed out again",
+                "a read connection came back from its unit with %s (a statement sent "
+                "through db.read took or changed it); the connection is closed, so that "
+                "the server releases what it held, and never handed out again",
                 leftover,
             )
             backend.terminate(driver)

@@ -67,10 +67,15 @@ class PostgreSQL(Backend):
     checks_leftover_state = True
 
     def leftover_state(self, dbapi_connection: Any) -> str | None:
-        # The client hears of neither for free (ParameterStatus covers a fixed handful of
-        # settings, none of the dangerous ones), so the server is asked, once.
+        driver = dbapi_connection.driver_connection
+        if self.read_only_lost(driver):
+            # Reported for free (ParameterStatus); RESET ALL would restore it, but a
+            # connection that was read-write is never reused (``liveness``).
+            return "its read-only mode switched off"
+        # The client hears of locks and of most settings only by asking (ParameterStatus
+        # covers a fixed handful, none of the dangerous ones): the server is asked, once.
         try:
-            await_only(dbapi_connection.driver_connection.execute(_POSTGRESQL_RESET))
+            await_only(driver.execute(_POSTGRESQL_RESET))
         except Exception as error:
             if getattr(error, "sqlstate", None) == "P0001" and _LOCKS_HELD in str(error):
                 return "advisory locks (pg_advisory_lock)"
