@@ -154,10 +154,10 @@ async def serve() -> AsyncIterator[Callable[[Sanic[Any, Any]], Any]]:
     """``await serve(app)`` starts ``app`` in this loop; everything stops at teardown."""
     running: list[tuple[Any, Served]] = []
 
-    async def start(app: Sanic[Any, Any]) -> Served:
+    async def start(app: Sanic[Any, Any], **options: Any) -> Served:
         port = free_port()
         server = await app.create_server(
-            host="127.0.0.1", port=port, return_asyncio_server=True, access_log=False
+            host="127.0.0.1", port=port, return_asyncio_server=True, access_log=False, **options
         )
         assert server is not None
         await server.startup()

@@ -533,3 +533,54 @@ async def test_websocket_handlers_open_their_own_units(db: Database, serve: Any)
         await ws.send("1")
         assert await ws.recv() == "saved 1"
         assert await count_users(db) == 1
+
+
+async def test_request_middleware_of_a_websocket_says_why_it_has_no_unit(
+    db: Database, serve: Any
+) -> None:
+    """Request middleware runs for websocket upgrades too, which get no request unit: its
+    ``NoActiveUnitError`` says so and how to open one, and ``async with db:`` there works."""
+    from websockets.asyncio.client import connect
+    from websockets.exceptions import InvalidStatus
+
+    app = make_app("websocket_middleware")
+    errors: list[str] = []
+
+    @app.on_request
+    async def load_user(request: Request) -> None:
+        if request.path == "/wrapped":
+            async with db:
+                request.ctx.users = await count_users_in_unit(db)
+            return
+        try:
+            await db.read.execute(select(User.id))
+        except NoActiveUnitError as error:
+            errors.append(str(error))
+            raise
+
+    @app.websocket("/ws")
+    async def feed(_request: Request, ws: Any) -> None:
+        await ws.send("open")
+
+    @app.websocket("/wrapped")
+    async def wrapped(request: Request, ws: Any) -> None:
+        await ws.send(f"users {request.ctx.users}")
+
+    db.init_app(app)
+    served = await serve(app)
+    with pytest.raises(InvalidStatus) as raised:
+        async with connect(served.url.replace("http", "ws") + "/ws"):
+            pass
+    assert raised.value.response.status_code == 500
+    [message] = errors
+    assert message.startswith(
+        "db.read was used in a websocket request (its request middleware or its handler), "
+        "which gets no request unit of work"
+    ), message
+    assert "async with db:" in message
+    async with connect(served.url.replace("http", "ws") + "/wrapped") as ws:
+        assert await ws.recv() == "users 0"
+
+
+async def count_users_in_unit(db: Database) -> int:
+    return len((await db.read.execute(select(User.id))).all())

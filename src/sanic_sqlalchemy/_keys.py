@@ -22,3 +22,8 @@ OVERHEAD_OPTION: Final = "sanic_sqlalchemy_overhead"
 #: SQLite, so that code outside the test's units (DDL at server start) is not locked out
 #: before the test writes.
 DEFERRED_BEGIN: Final = "sanic_sqlalchemy_deferred_begin"
+
+#: ``record_info`` key of a pooled read connection that ran a statement the read guard
+#: could not be sure of (SQL text, a function it does not know): the connection is
+#: checked for session locks and changed settings before it goes back to the pool.
+UNVERIFIED_READ: Final = "sanic_sqlalchemy_unverified_read"

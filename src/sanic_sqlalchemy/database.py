@@ -310,7 +310,9 @@ class DatabaseCore:
         """The open unit of the running task; ``NoActiveUnitError`` if there is none."""
         unit = self.scope.current()
         if unit is None:
-            raise NoActiveUnitError(_NO_UNIT.format(name=name))
+            explain = self.scope.why_none
+            why = explain() if explain is not None else None
+            raise NoActiveUnitError((why or _NO_UNIT).format(name=name))
         return unit
 
     @property

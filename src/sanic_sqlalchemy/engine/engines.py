@@ -21,7 +21,7 @@ from ..replicas.router import Replica, ReplicaSet
 from ..replicas.tokens import TokenCodec, cluster_tag
 from ..settings import Settings, pool_accepts_size
 from .backends import Backend, Role, backend_for, refused_as_read_only
-from .liveness import install_liveness
+from .liveness import install_leftover_check, install_liveness
 
 logger = logging.getLogger("sanic_sqlalchemy")
 
@@ -88,6 +88,7 @@ class Engines:
         guard = ReadGuard(self.backend)
         if role is Role.READ:
             guard.install_on_read_engine(engine)
+            install_leftover_check(engine, self.backend)
             event.listen(engine.sync_engine, "handle_error", self._translate_refused_write)
         else:
             guard.install_on_write_engine(engine)

@@ -9,15 +9,19 @@ restart, ``pg_terminate_backend``, ``KILL``) is replaced before a request sees i
 
 from __future__ import annotations
 
+import logging
 import time
 from typing import Any
 
 from sqlalchemy import event
 from sqlalchemy.exc import DisconnectionError
 from sqlalchemy.ext.asyncio import AsyncEngine
-from sqlalchemy.pool import ConnectionPoolEntry, PoolProxiedConnection
+from sqlalchemy.pool import ConnectionPoolEntry, PoolProxiedConnection, PoolResetState
 
+from .._keys import UNVERIFIED_READ
 from .backends import Backend, Role
+
+logger = logging.getLogger("sanic_sqlalchemy")
 
 #: A connection checked out within this many seconds is trusted without a ping.
 LIVENESS_WINDOW = 1.0
@@ -51,7 +55,7 @@ def install_liveness(engine: AsyncEngine, backend: Backend, role: Role) -> None:
             try:
                 alive = dialect.do_ping(dbapi_connection)
             except dialect.loaded_dbapi.Error as error:
-                if dialect.is_disconnect(error, dbapi_connection, None):
+                if dialect.is_disconnect(error, dbapi_connection, None) or backend.is_lost(error):
                     raise DisconnectionError("connection did not answer a ping") from error
                 raise
             if not alive:
@@ -59,3 +63,42 @@ def install_liveness(engine: AsyncEngine, backend: Backend, role: Role) -> None:
 
     event.listen(engine.sync_engine.pool, "connect", mark_connected)
     event.listen(engine.sync_engine.pool, "checkout", on_checkout)
+
+
+def install_leftover_check(engine: AsyncEngine, backend: Backend) -> None:
+    """Check, as it goes back to the pool, each read connection of ``engine`` that ran a
+    statement the read guard was not sure of (``readonly.guard``), and close it when it
+    still holds a session lock or a changed setting.
+
+    The guard reads SQL as the server does, but SQL text and functions it does not know
+    (a PL/pgSQL function may take a lock) are where a miss would hide: whatever the
+    guard missed must not reach the next unit.  Only those units pay, one round trip at
+    check-in (``benchmarks/leftover_check.py``); ORM and Core statements built from known
+    constructs never do.  Settings are reset in that round trip where the server allows
+    it (PostgreSQL); a connection found holding a lock (or, on MySQL, a changed setting)
+    is closed at once, with a warning, so that the server releases it, and the pool
+    opens a new one when it is next needed.
+    """
+    if not backend.checks_leftover_state:
+        return
+
+    def on_reset(dbapi_connection: Any, record: ConnectionPoolEntry, state: PoolResetState) -> None:
+        info = record.record_info
+        if info is None or not info.pop(UNVERIFIED_READ, False):
+            return
+        if state.terminate_only or not state.asyncio_safe:
+            return  # being closed anyway
+        driver = dbapi_connection.driver_connection
+        if backend.is_dead(driver):
+            return
+        leftover = backend.leftover_state(dbapi_connection)
+        if leftover is not None:
+            logger.warning(
+                "a read connection came back from its unit with %s (a statement sent "
+                "through db.read took or changed it); the connection is closed, so that "
+                "the server releases what it held, and never handed out again",
+                leftover,
+            )
+            backend.terminate(driver)
+
+    event.listen(engine.sync_engine.pool, "reset", on_reset)

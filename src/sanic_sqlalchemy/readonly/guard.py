@@ -16,8 +16,12 @@ import re
 from typing import TYPE_CHECKING, Any, Protocol
 
 from sqlalchemy import event
+from sqlalchemy.sql import visitors
+from sqlalchemy.sql.elements import ColumnClause, TextClause
+from sqlalchemy.sql.functions import Function, GenericFunction
+from sqlalchemy.sql.selectable import TextualSelect
 
-from .._keys import READ_OPTION
+from .._keys import READ_OPTION, UNVERIFIED_READ
 from .lexer import Dialect
 from .policy import refusal
 from .refusals import read_only_lost, refused
@@ -43,6 +47,28 @@ _VERDICT = "_sanic_sqlalchemy_read_refusal"
 _POSTCOMPILE = re.compile(r"__\[POSTCOMPILE_[\w~]*\]")
 #: Set on a read connection once a statement ran on it since its checkout.
 _RAN = "_sanic_sqlalchemy_ran"
+#: Verdicts of accepted queries (compared by identity: a refusal's reason is never them).
+_SURE = "sure"
+_UNSURE = "unsure"
+
+
+def _built_by_sqlalchemy(compiled: Any) -> bool:
+    """Whether SQLAlchemy wrote every word of ``compiled`` from constructs whose meaning
+    it knows: no SQL text (``text()``, ``literal_column()``, a textual select) and no
+    function outside SQLAlchemy's known ones (``func.my_function()`` may run anything,
+    ``func.count()`` does not).  Only such statements are certainly what the lexer read;
+    for the others the connection is checked after the unit (``engine.liveness``)."""
+    statement = getattr(compiled, "statement", None)
+    if statement is None:
+        return False
+    for element in visitors.iterate(statement):
+        if isinstance(element, (TextClause, TextualSelect)):
+            return False
+        if isinstance(element, ColumnClause) and element.is_literal and element.name != "*":
+            return False
+        if isinstance(element, Function) and not isinstance(element, GenericFunction):
+            return False
+    return True
 
 
 class ReadGuard:
@@ -52,27 +78,43 @@ class ReadGuard:
         self._backend = backend
         self._dialect = Dialect(backend.name)
 
-    def check(self, statement: str, context: Any) -> None:
-        """Raise ``ReadOnlyError`` unless ``statement`` may run on the read path."""
+    def check(self, statement: str, context: Any) -> bool:
+        """Raise ``ReadOnlyError`` unless ``statement`` may run on the read path; return
+        whether the guard is sure of it (see ``_built_by_sqlalchemy``)."""
         compiled = getattr(context, "compiled", None)
         if compiled is None:
             reason = refusal(statement, self._dialect)
-        else:
-            # The verdict kept on the compiled statement: "" for a query, None not yet.
-            reason = getattr(compiled, _VERDICT, None)
-            if reason is None:
-                reason = refusal(_POSTCOMPILE.sub("NULL", compiled.string), self._dialect) or ""
-                setattr(compiled, _VERDICT, reason)
-        if reason:
-            raise refused(reason)
+            if reason:
+                raise refused(reason)
+            return False
+        # The verdict kept on the compiled statement: _SURE or _UNSURE for a query, the
+        # reason of a refusal, None not yet judged.
+        verdict = getattr(compiled, _VERDICT, None)
+        if verdict is None:
+            verdict = refusal(_POSTCOMPILE.sub("NULL", compiled.string), self._dialect) or (
+                _SURE if _built_by_sqlalchemy(compiled) else _UNSURE
+            )
+            setattr(compiled, _VERDICT, verdict)
+        if verdict is _SURE:
+            return True
+        if verdict is _UNSURE:
+            return False
+        raise refused(verdict)
 
     def install_on_read_engine(self, engine: AsyncEngine) -> None:
         """Check every statement of ``engine``, whose connections only ever read."""
         backend = self._backend
 
         def guard(_cursor: Any, statement: str, _parameters: Any, context: Any) -> bool:
-            self.check(statement, context)
             connection = context.root_connection
+            if not self.check(statement, context):
+                # Text the lexer read, or a function it does not know: the connection
+                # is checked for session locks and settings before it is pooled again.
+                # (record_info, not info: the dialect's first connect runs on an ad-hoc
+                # proxy, which has only that one.)
+                info = connection.connection.record_info
+                if info is not None:
+                    info[UNVERIFIED_READ] = True
             if not getattr(connection, _RAN, False):
                 # The first statement since the pool handed the connection out, which it
                 # checked then (``engine.liveness``): nothing has run on it since.

@@ -13,10 +13,14 @@ without it the one listener below finds nothing to do.
 from __future__ import annotations
 
 import functools
+import importlib
 import inspect
 import typing
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
+
+from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm import Session
 
 from ..database import DatabaseCore
 from ..errors import ConfigurationError, NoActiveUnitError
@@ -44,8 +48,10 @@ def install_injection(app: Sanic[Any, Any]) -> None:
 async def _register_sessions(app: Sanic[Any, Any]) -> None:
     # Sanic sets app._ext when it loads sanic-ext, at the latest when the server starts
     # (before any listener), unless it is not installed or AUTO_EXTEND is off.
-    ext = getattr(app, "_ext", None)
-    if ext is None or getattr(ext, "_injection_registry", None) is None:
+    ext: Any = getattr(app, "_ext", None)
+    registry = getattr(ext, "_injection_registry", None) if ext is not None else None
+    if registry is None:
+        _refuse_without_injection(app, ext)
         return
     databases: list[DatabaseCore] = getattr(app.request_class, "_sanic_sqlalchemy_databases", [])
     givers: _Givers = {ReadSession: [], WriteSession: []}
@@ -74,8 +80,70 @@ async def _register_sessions(app: Sanic[Any, Any]) -> None:
             problem = _problem(cls, givers.get(cls, []), givers)
             if problem is not None:
                 raise ConfigurationError(f"{where}: {problem}")
+        for param, cls in _sqlalchemy_session_parameters(handler):
+            if cls not in registry:
+                raise ConfigurationError(_plain_session_refusal(name, param, cls))
     for cls, dbs in givers.items():
         ext.add_dependency(cls, _constructor(cls, dbs, givers))
+
+
+def _refuse_without_injection(app: Sanic[Any, Any], ext: Any) -> None:
+    """Refuse, at server start, a handler that asks for a session nothing would give.
+
+    Without sanic-ext's injection Sanic calls the handler without the parameter: a
+    ``TypeError`` (a 500) on every request, or ``None`` when it has a default.
+    """
+    for name, handler, _websocket in _handlers(app):
+        for param, cls in _sqlalchemy_session_parameters(handler):
+            raise ConfigurationError(
+                _plain_session_refusal(name, param, cls)
+                + f" Injecting a session needs sanic-ext, which {_why_no_injection(app, ext)}"
+            )
+        for param, cls in _session_parameters(handler):
+            raise ConfigurationError(
+                f"The handler {name!r} (parameter {param}: {cls.__name__}) asks for an "
+                f"injected session, which needs sanic-ext, and sanic-ext "
+                f"{_why_no_injection(app, ext)} Without it Sanic would call the handler "
+                "without the session (a TypeError on every request, or the parameter's "
+                "default). Either make sanic-ext load, or drop the parameter and use "
+                "db.read / db.write, which need no injection."
+            )
+
+
+def _why_no_injection(app: Sanic[Any, Any], ext: Any) -> str:
+    """Why sanic-ext's injection is not there, as the end of a sentence."""
+    if ext is not None:
+        return (
+            "is loaded without its injection extension: keep sanic-ext's injection "
+            "enabled (it is by default)."
+        )
+    if not app.config.get("AUTO_EXTEND", True):
+        return (
+            "is not loaded because the app's AUTO_EXTEND setting is False: set it to True, "
+            "or call app.extend() before the server starts."
+        )
+    try:
+        importlib.import_module("sanic_ext")
+    except ModuleNotFoundError as error:
+        if error.name == "sanic_ext":
+            return "is not installed: pip install sanic-ext (or sanic[ext])."
+        return (
+            f"is installed but cannot be imported ({error}), so Sanic skips it: install "
+            f"{error.name!r}."
+        )
+    except ImportError as error:
+        return f"is installed but cannot be imported ({error}), so Sanic skips it."
+    return "was not loaded into this app: call app.extend() before the server starts."
+
+
+def _plain_session_refusal(name: str, param: str, cls: type) -> str:
+    return (
+        f"The handler {name!r} (parameter {param}: {cls.__name__}) asks for a SQLAlchemy "
+        f"{cls.__name__}, which nothing gives (sanic-sqlalchemy injects its own session "
+        "classes only, and no dependency is registered for it), so every request would "
+        "fail. Annotate it with WriteSession (the request's db.write) or ReadSession "
+        "(its db.read), from sanic_sqlalchemy."
+    )
 
 
 def _constructor(cls: type, dbs: list[DatabaseCore], givers: _Givers) -> Callable[[], Any]:
@@ -160,15 +228,28 @@ def _handlers(app: Sanic[Any, Any]) -> Iterator[tuple[str, Any, bool]]:
         yield route.name, handler, websocket
 
 
-def _session_parameters(handler: Any) -> Iterator[tuple[str, type]]:
+def _annotated(handler: Any) -> Iterator[tuple[str, type]]:
+    """The parameters of ``handler`` annotated with a class, as sanic-ext reads them."""
     try:
         hints = typing.get_type_hints(handler)
     except Exception:  # not inspectable: sanic-ext injects nothing there either
         return
     for param, annotation in hints.items():
-        if (
-            param != "return"
-            and isinstance(annotation, type)
-            and issubclass(annotation, (ReadSession, WriteSession))
+        if param != "return" and isinstance(annotation, type):
+            yield param, annotation
+
+
+def _session_parameters(handler: Any) -> Iterator[tuple[str, type]]:
+    for param, annotation in _annotated(handler):
+        if issubclass(annotation, (ReadSession, WriteSession)):
+            yield param, annotation
+
+
+def _sqlalchemy_session_parameters(handler: Any) -> Iterator[tuple[str, type]]:
+    """Parameters annotated with SQLAlchemy's own session classes (``AsyncSession``,
+    ``Session``), which apps that injected their sessions with sanic-ext have."""
+    for param, annotation in _annotated(handler):
+        if issubclass(annotation, (AsyncSession, Session)) and not issubclass(
+            annotation, (ReadSession, WriteSession)
         ):
             yield param, annotation

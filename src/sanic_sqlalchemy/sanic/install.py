@@ -14,9 +14,10 @@ from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 from ..database import DatabaseCore
 from ..errors import ConfigurationError, ReplicaUnavailableError
 from ..settings import token_name_clash
+from .debug import watch_commit_flushes
 from .handlers import is_wrapped, wrap_handler
 from .injection import install_injection
-from .request import INFORMED, request_unit, unit_request_class
+from .request import INFORMED, request_unit, unit_request_class, why_no_request_unit
 from .responses import no_replica, pool_exhausted
 from .units import UNITS_ON_CONNECTION, Units, end_units
 
@@ -60,10 +61,14 @@ def install(db: DatabaseCore, app: Sanic[Any, Any]) -> None:
     setattr(app.request_class, INFORMED, informed)
     _apps_of.setdefault(db, []).append(databases)
     db.scope.provider = functools.partial(request_unit, db)
+    db.scope.why_none = why_no_request_unit
 
-    async def start_engines(_app: Sanic[Any, Any]) -> None:
+    async def start_engines(app: Sanic[Any, Any]) -> None:
         # Again at start: a database may have been configured anew since init_app.
         check_token_names(db, databases)
+        if app.debug:
+            # Decided at start-up: a production server installs nothing.
+            watch_commit_flushes(db.write_session_class.sync_session_class)
         servers = _servers.get(db, 0)
         engines = db._engines
         if servers and engines is not None and engines.loop is asyncio.get_running_loop():

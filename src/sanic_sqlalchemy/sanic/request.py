@@ -107,6 +107,30 @@ def request_unit(db: DatabaseCore) -> UnitOfWork | None:
     return unit
 
 
+#: Why a websocket request has no unit (``NoActiveUnitError``), with ``{name}`` to fill.
+_WEBSOCKET_NO_UNIT = (
+    "{name} was used in a websocket request (its request middleware or its handler), "
+    "which gets no request unit of work: its unit would hold a transaction (and a "
+    "connection) for as long as the websocket lives. Open a unit around what needs the "
+    "database, in request middleware as in the handler:\n\n"
+    "    async with db:\n"
+    "        user = await db.read.get(User, user_id)\n"
+)
+
+
+def why_no_request_unit() -> str | None:
+    """Why the current request has no unit, when it is a websocket request (for the
+    ``NoActiveUnitError`` message; called only on that error's path)."""
+    try:
+        request: Any = Request.get_current()
+    except SanicException:
+        return None
+    route = request.route
+    if route is None or not hasattr(route.handler, "is_websocket"):
+        return None
+    return _WEBSOCKET_NO_UNIT
+
+
 def _position_tokens(request: Any, db: DatabaseCore) -> tuple[object, ...]:
     """The commit positions the client brought back (cookie, header), with replicas."""
     settings = db.settings

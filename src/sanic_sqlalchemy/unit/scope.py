@@ -29,12 +29,15 @@ OUTSIDE: Final = _Outside()
 class UnitScope(Generic[U]):
     """Which unit is current for one ``Database`` in the running context."""
 
-    __slots__ = ("_var", "provider")
+    __slots__ = ("_var", "provider", "why_none")
 
     def __init__(self, name: str) -> None:
         self._var: ContextVar[U | _Outside | None] = ContextVar(name, default=None)
         #: Supplies the unit when none is set here (the Sanic request's unit).
         self.provider: Callable[[], U | None] | None = None
+        #: Says why the provider gives no unit here, for the error that reports it
+        #: (a websocket request gets none); called only on that error's path.
+        self.why_none: Callable[[], str | None] | None = None
 
     def current(self) -> U | None:
         value = self._var.get()

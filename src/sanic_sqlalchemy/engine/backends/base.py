@@ -59,6 +59,28 @@ class Backend:
         """True when the connection is known dead without asking the server."""
         return False
 
+    #: Whether ``leftover_state`` can tell anything (SQLite keeps no session state that
+    #: outlives a unit and another connection would notice).
+    checks_leftover_state = False
+
+    def leftover_state(self, dbapi_connection: Any) -> str | None:
+        """What a read connection still holds after its unit that only closing it can
+        undo (session locks; on MySQL a changed setting), in words, or ``None``, having
+        undone what can be undone in the same round trip (PostgreSQL: ``RESET ALL``,
+        ``UNLISTEN *``).  Run in the pool's check-in (SQLAlchemy's greenlet) after a
+        statement the read guard could not be sure of."""
+        return None
+
+    def terminate(self, driver_connection: Any) -> None:
+        """Close ``driver_connection`` at once, without a round trip: the server ends
+        its session, and whatever the session held with it."""
+        driver_connection.close()
+
+    def is_lost(self, error: BaseException) -> bool:
+        """True when the driver error means the connection is gone, where the dialect's
+        own ``is_disconnect`` does not see it."""
+        return False
+
     def is_unsafe_for(self, role: Role, driver_connection: Any) -> bool:
         """True when a pooled connection left its expected state (read-only, idle)."""
         return False
@@ -117,3 +139,16 @@ def refused_as_read_only(backend: Backend, error: DBAPIError) -> ReadOnlyError |
     if not backend.is_read_only_violation(error.orig):
         return None
     return server_refused()
+
+
+def leftover_description(dbapi_connection: Any, query: str) -> str | None:
+    """Run ``query`` (one row of texts, ``NULL`` for nothing) on the pool's DBAPI
+    connection and join what it found, or ``None``."""
+    cursor = dbapi_connection.cursor()
+    try:
+        cursor.execute(query)
+        row = cursor.fetchone()
+    finally:
+        cursor.close()
+    found = [str(value) for value in row or () if value]
+    return "; ".join(found) or None

@@ -15,7 +15,7 @@ from sqlalchemy.pool import PoolResetState
 
 from ...errors import ConfigurationError
 from ...settings import Settings
-from .base import Backend, Role, cancelled_driver
+from .base import Backend, Role, cancelled_driver, leftover_description
 
 logger = logging.getLogger("sanic_sqlalchemy")
 
@@ -78,6 +78,20 @@ class MySQL(Backend):
         # (a SET of any kind, a USE, a PREPARE): on a read connection, none ever should.
         status = getattr(driver_connection, "server_status", _SESSION_STATE_CHANGED)
         return bool(status & _SESSION_STATE_CHANGED)
+
+    checks_leftover_state = True
+
+    def leftover_state(self, dbapi_connection: Any) -> str | None:
+        # A changed setting or variable already shows in every reply (session state
+        # tracking, read_only_lost); named locks (GET_LOCK) do not. RELEASE_ALL_LOCKS()
+        # says how many the session held, and releases them in the same round trip.
+        if self.read_only_lost(dbapi_connection.driver_connection):
+            # Read before the query below, whose reply clears the flag.
+            return "a changed session setting or variable"
+        return leftover_description(
+            dbapi_connection,
+            "SELECT CASE WHEN RELEASE_ALL_LOCKS() > 0 THEN 'named locks (GET_LOCK)' END",
+        )
 
     def cleanup(self) -> None:
         for interrupter in self._interrupters:

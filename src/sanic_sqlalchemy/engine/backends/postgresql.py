@@ -8,7 +8,9 @@ from typing import Any
 
 from sqlalchemy import event
 from sqlalchemy.engine import Connection, ExceptionContext
+from sqlalchemy.exc import OperationalError
 from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.util import await_only
 
 from ...settings import Settings
 from .base import (
@@ -19,6 +21,17 @@ from .base import (
     leave_savepoint,
     merge_connect_args,
     scope_statement,
+)
+
+_LOCKS_HELD = "sanic_sqlalchemy: advisory locks held"
+#: One simple-protocol round trip after a unit the read guard was not sure of: settings
+#: changed in the session and LISTENs are undone (RESET ALL keeps what the start-up packet
+#: set, default_transaction_read_only included), and held advisory locks are reported.
+#: Reading pg_settings instead would cost about 0.7 ms of server time per check.
+_POSTGRESQL_RESET = (
+    "RESET ALL; UNLISTEN *; "
+    "DO $$BEGIN IF EXISTS (SELECT FROM pg_locks WHERE pid = pg_backend_pid() "
+    "AND locktype = 'advisory') THEN RAISE EXCEPTION '" + _LOCKS_HELD + "'; END IF; END$$"
 )
 
 
@@ -41,6 +54,7 @@ class PostgreSQL(Backend):
         return options
 
     def install(self, engine: AsyncEngine, role: Role) -> None:
+        event.listen(engine.sync_engine, "handle_error", _postgresql_protocol_lost)
         if role is Role.READ:
             event.listen(engine.sync_engine, "handle_error", _postgresql_keep_cancelled_read)
 
@@ -49,6 +63,30 @@ class PostgreSQL(Backend):
 
     def is_dead(self, driver_connection: Any) -> bool:
         return bool(driver_connection.is_closed())
+
+    checks_leftover_state = True
+
+    def leftover_state(self, dbapi_connection: Any) -> str | None:
+        driver = dbapi_connection.driver_connection
+        if self.read_only_lost(driver):
+            # Reported for free (ParameterStatus); RESET ALL would restore it, but a
+            # connection that was read-write is never reused (``liveness``).
+            return "its read-only mode switched off"
+        # The client hears of locks and of most settings only by asking (ParameterStatus
+        # covers a fixed handful, none of the dangerous ones): the server is asked, once.
+        try:
+            await_only(driver.execute(_POSTGRESQL_RESET))
+        except Exception as error:
+            if getattr(error, "sqlstate", None) == "P0001" and _LOCKS_HELD in str(error):
+                return "advisory locks (pg_advisory_lock)"
+            raise
+        return None
+
+    def terminate(self, driver_connection: Any) -> None:
+        driver_connection.terminate()
+
+    def is_lost(self, error: BaseException) -> bool:
+        return _is_protocol_lost(error)
 
     def is_unsafe_for(self, role: Role, driver_connection: Any) -> bool:
         if driver_connection.is_in_transaction():
@@ -90,3 +128,41 @@ def _postgresql_keep_cancelled_read(context: ExceptionContext) -> None:
     if driver is None or driver.is_closed() or driver.is_in_transaction():
         return
     context.is_disconnect = False
+
+
+def _is_protocol_lost(error: BaseException | None) -> bool:
+    """Whether ``error`` is asyncpg refusing a command because its connection already
+    received the server's last words.
+
+    When the server ends a session (a fast or immediate stop, ``pg_terminate_backend``)
+    it sends a FATAL error and closes the socket.  An idle asyncpg connection that has
+    read the error but not yet the end of the stream is not "closed" yet, but its
+    protocol waits forever for the end of an operation that never started, so its next
+    command fails with ``InternalClientError: cannot switch to state N; another
+    operation (2) is in progress`` (or ``… protocol is in the "failed" state``).  It is a
+    lost connection, and must be handled as one: discarded, and the read retried.
+    """
+    # SQLAlchemy's adapted error reads "<class '…InternalClientError'>: cannot switch …".
+    return type(error).__name__ == "InternalClientError" and "cannot switch to state" in str(error)
+
+
+def _postgresql_protocol_lost(context: ExceptionContext) -> None:
+    """Report a connection whose protocol was ended by the server (``_is_protocol_lost``)
+    as the lost connection it is: SQLAlchemy invalidates it, a read in autocommit runs
+    again on a fresh one, and the caller sees an ``OperationalError`` that says the
+    connection was lost, not asyncpg's "another operation is in progress", which reads
+    like two tasks sharing a connection."""
+    original = context.original_exception
+    if not _is_protocol_lost(original):
+        return
+    context.is_disconnect = True
+    dbapi = context.dialect.loaded_dbapi
+    lost = dbapi.InterfaceError(
+        "connection was closed in the middle of operation: the server ended the session "
+        "(a stop or restart, or pg_terminate_backend) while it was idle in the pool; "
+        f"asyncpg reported: {original}",
+        original,
+    )
+    raise OperationalError(
+        context.statement, context.parameters, lost, connection_invalidated=True
+    ) from original
