@@ -46,12 +46,7 @@ def wrap_handler(handler: Callable[..., Any]) -> Callable[..., Any]:
             try:
                 response = await handler(request, *args, **kwargs)
             except BaseException as error:
-                if request._sqla_phase is HANDLING:
-                    request._sqla_phase = HANDLED
-                await _after_handler(request, cancelled=not isinstance(error, Exception))
-                if cancelled_by_hang_up(request, error):
-                    return await answer_nobody(request)
-                raise
+                return await _handler_failed(request, error)
             phase = request._sqla_phase
             if phase is HANDLING:
                 request._sqla_phase = HANDLED
@@ -83,16 +78,23 @@ async def _run_handler(
         if inspect.isawaitable(response):
             response = await response
     except BaseException as error:
-        if request._sqla_phase is HANDLING:
-            request._sqla_phase = HANDLED
-        await _after_handler(request, cancelled=not isinstance(error, Exception))
-        if cancelled_by_hang_up(request, error):
-            return await answer_nobody(request)
-        raise
+        return await _handler_failed(request, error)
     if request._sqla_phase is HANDLING:
         request._sqla_phase = HANDLED
     await _after_handler(request, cancelled=False)
     return response
+
+
+async def _handler_failed(request: Any, error: BaseException) -> Any:
+    """The handler raised ``error``: end the units if nothing will answer (cancelled, or
+    streaming), then re-raise it; a cancellation for a client's hang-up is answered
+    quietly instead."""
+    if request._sqla_phase is HANDLING:
+        request._sqla_phase = HANDLED
+    await _after_handler(request, cancelled=not isinstance(error, Exception))
+    if cancelled_by_hang_up(request, error):
+        return await answer_nobody(request)
+    raise error
 
 
 class _UnitPartial(functools.partial[Any]):
