@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import os
 import random
 import signal
@@ -15,6 +16,7 @@ import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
+import httpx
 import pytest
 from sqlalchemy import select, update
 
@@ -22,6 +24,7 @@ from sanic_sqlalchemy.testing import schema
 
 from .apps import task_worker
 from .apps.task_worker import Base, KillOrder, KillReceipt
+from .conftest import free_port
 
 SCRIPT = Path(task_worker.__file__)
 KILLS = 24
@@ -143,3 +146,72 @@ async def test_two_dispatchers_run_each_task_once(
     sys.stdout.write(f"\ntwo dispatchers: {len(numbers)} effects, {duplicates} duplicate starts\n")
     assert numbers == list(range(total))
     assert await db.tasks.counts() == {"pending": 0, "running": 0, "dead": 0}
+
+
+@pytest.mark.backends("postgresql")
+async def test_sigterm_lets_runs_finish_within_grace_and_hands_back_the_rest(
+    url: str, tmp_path: Path, worker_db: None
+) -> None:
+    """``sanic`` stopped with SIGTERM: a task that ends within the graceful-shutdown
+    time commits, a longer one is handed back without counting an attempt."""
+    port = free_port()
+    environment = {key: value for key, value in os.environ.items() if not key.startswith("SANIC_")}
+    environment.update(
+        {
+            "SANIC_DATABASE_URL": url,
+            "SANIC_GRACEFUL_SHUTDOWN_TIMEOUT": "1.5",
+            "PYTHONPATH": _env(url, tmp_path)["PYTHONPATH"],
+        }
+    )
+    log = (tmp_path / "server.log").open("wb")
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "sanic",
+        "tests.apps.task_app:app",
+        "--single-process",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--no-access-logs",
+        "--no-motd",
+        cwd=SCRIPT.parent.parent.parent,
+        env=environment,
+        stdout=log,
+        stderr=log,
+        start_new_session=True,
+    )
+    db = task_worker.db
+    try:
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=5) as client:
+            for _ in range(400):
+                with contextlib.suppress(httpx.TransportError):
+                    if (await client.get("/")).status_code == 200:
+                        break
+                await asyncio.sleep(0.05)
+            assert (await client.post("/defer/1?seconds=0.5")).status_code == 201
+            assert (await client.post("/defer/2?seconds=60")).status_code == 201
+        for _ in range(100):
+            if (await db.tasks.counts())["running"] == 2:
+                break
+            await asyncio.sleep(0.05)
+        assert (await db.tasks.counts())["running"] == 2
+        stopping = time.monotonic()
+        process.send_signal(signal.SIGTERM)
+        assert await asyncio.wait_for(process.wait(), 15) == 0
+        assert time.monotonic() - stopping < 10
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGKILL)
+        await process.wait()
+        log.close()
+    output = (tmp_path / "server.log").read_text(errors="replace")
+    assert "Traceback" not in output, output
+    table = db.tasks.table
+    async with db:
+        numbers = (await db.read.scalars(select(KillReceipt.order_id))).all()
+    async with db.engines.write.connect() as connection:
+        rows = (await connection.execute(select(table.c.state, table.c.attempts))).all()
+    assert numbers == [1]
+    assert [(row.state, row.attempts) for row in rows] == [("pending", 0)]
