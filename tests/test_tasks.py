@@ -24,7 +24,7 @@ from sanic_sqlalchemy import (
 from sanic_sqlalchemy.errors import TaskArgumentError, TaskNotFoundError
 from sanic_sqlalchemy.tasks import dispatcher, sql
 from sanic_sqlalchemy.tasks.runner import DONE, LOST, run_claimed
-from sanic_sqlalchemy.testing import StatementLog, checked_out, schema
+from sanic_sqlalchemy.testing import StatementLog, checked_out, rolled_back, schema
 
 
 class Base(DeclarativeBase):
@@ -440,3 +440,21 @@ async def test_with_replicas_a_run_reads_after_the_deferring_commit(url: str) ->
         assert position is not None and position.covers(replicas.tokens.read(token))
         assert await receipts(database) == [1, 2]
     await database.dispose()
+
+
+async def test_in_a_rolled_back_test_tasks_are_rows_of_its_transaction(db: Database) -> None:
+    """The test kit: deferred tasks are stored in the test's transaction, where
+    ``run_pending`` runs them; nothing is left once the test rolls back."""
+    db.tasks.run_after_commit = True  # stays off in a rolled-back test anyway
+    receipt = add_receipt_task(db)
+    async with rolled_back(db):
+        async with db:
+            receipt.defer(1)
+        assert await db.tasks.counts() == {"pending": 1, "running": 0, "dead": 0}
+        assert await db.tasks.run_pending() == 1
+        assert await receipts(db) == [1]
+        assert await db.tasks.counts() == {"pending": 0, "running": 0, "dead": 0}
+        async with db:
+            receipt.defer(2)
+    assert await receipts(db) == []
+    assert await db.tasks.counts() == {"pending": 0, "running": 0, "dead": 0}

@@ -4,10 +4,12 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
+from contextlib import AbstractAsyncContextManager
 from typing import TYPE_CHECKING, Any, Protocol
 
 if TYPE_CHECKING:
     from sqlalchemy import Table
+    from sqlalchemy.ext.asyncio import AsyncConnection
 
     from ..engine.engines import Engines
     from ..settings import Settings
@@ -62,3 +64,6 @@ class TaskHost(Protocol):
 
     async def claim(self, limit: int, ids: list[str] | None = None) -> list[Claimed]:
         """Claim up to ``limit`` due tasks, in a transaction of its own."""
+
+    def transaction(self) -> AbstractAsyncContextManager[AsyncConnection]:
+        """A transaction for the tasks table's own statements."""

@@ -9,13 +9,15 @@ table (``counts``, ``dead``, ``requeue``).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import uuid
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Any, ParamSpec, TypeVar, overload
 
 from sqlalchemy import MetaData, Table, func, select
+from sqlalchemy.ext.asyncio import AsyncConnection
 
 from ..errors import TaskNotFoundError, UnitStateError
 from ..replicas.probe import position_of
@@ -215,19 +217,32 @@ class TaskRegistry:
         async with self.db.engines.write.begin() as connection:
             await connection.run_sync(self.metadata.drop_all)
 
+    @contextlib.asynccontextmanager
+    async def transaction(self) -> AsyncIterator[AsyncConnection]:
+        """A transaction for the tasks table's own statements: on the write pool, or,
+        in the test kit's rolled-back tests, a savepoint of the test's connection
+        (where the tasks its units deferred are)."""
+        joined = self.db.joined
+        if joined is None:
+            async with self.db.engines.write.begin() as connection:
+                yield connection
+        else:
+            async with joined.begin_nested():
+                yield joined
+
     # -- looking after it -------------------------------------------------------
 
     async def counts(self) -> dict[str, int]:
         """How many tasks wait (``pending``), run (``running``) or are ``dead``."""
         counts = {PENDING: 0, RUNNING: 0, DEAD: 0}
-        async with self.db.engines.write.connect() as connection:
+        async with self.transaction() as connection:
             for state, count in await connection.execute(counts_statement(self.table)):
                 counts[state] = count
         return counts
 
     async def dead(self) -> list[DeadTask]:
         """The tasks out of attempts, oldest first, each with its last error."""
-        async with self.db.engines.write.connect() as connection:
+        async with self.transaction() as connection:
             rows = (await connection.execute(dead_statement(self.table))).all()
         dead = []
         for row in rows:
@@ -238,7 +253,7 @@ class TaskRegistry:
     async def requeue(self, task_id: str) -> None:
         """Give dead task ``task_id`` its attempts back: it runs again (as attempt 1)."""
         engines = self.db.engines
-        async with engines.write.begin() as connection:
+        async with self.transaction() as connection:
             result = await connection.execute(requeue_statement(self.table, task_id))
             if result.rowcount != 1:
                 raise TaskNotFoundError(
@@ -260,9 +275,8 @@ class TaskRegistry:
 
     async def claim(self, limit: int, ids: list[str] | None = None) -> list[Claimed]:
         """Claim up to ``limit`` due tasks (among ``ids``), in a transaction of its own."""
-        engines = self.db.engines
-        async with engines.write.begin() as connection:
-            return await claim(connection, self.table, engines.backend.name, limit, ids)
+        async with self.transaction() as connection:
+            return await claim(connection, self.table, self.db.engines.backend.name, limit, ids)
 
     async def position_token(self) -> tuple[object, ...]:
         """With replicas, a token of the primary's position now, which every task
@@ -292,7 +306,7 @@ class TaskRegistry:
                 ran += 1
 
     async def _hand_back(self, claims: list[Claimed]) -> None:
-        async with self.db.engines.write.begin() as connection:
+        async with self.transaction() as connection:
             await connection.execute(hand_back_statement(self.table, claims))
 
     async def work(self, *, concurrency: int | None = None, grace: float = 30.0) -> None:

@@ -152,6 +152,6 @@ async def _record_failure(
     statement = failed_statement(registry.table, claimed, dead=dead, delay=delay, error=error)
     # Should this fail (the database is down), the error propagates to the run's
     # tracker, which logs it; the task runs again once its claim expires.
-    async with registry.db.engines.write.begin() as connection:
+    async with registry.transaction() as connection:
         await connection.execute(statement)
     return DEAD if dead else RETRY
