@@ -458,3 +458,23 @@ async def test_in_a_rolled_back_test_tasks_are_rows_of_its_transaction(db: Datab
             receipt.defer(2)
     assert await receipts(db) == []
     assert await db.tasks.counts() == {"pending": 0, "running": 0, "dead": 0}
+
+
+@pytest.mark.backends("postgresql")
+async def test_postgresql_wakes_dispatchers_only_for_tasks_nobody_runs_yet(db: Database) -> None:
+    """The insert notifies the dispatchers when the committing process will not run the
+    due tasks itself; a commit whose tasks run here, or that are delayed, wakes none."""
+    receipt = add_receipt_task(db)
+    log = StatementLog(db)
+    async with db:
+        receipt.defer(1)  # the fast path is off: a dispatcher must run it
+    db.tasks.run_after_commit = True
+    async with db:
+        receipt.defer(2)  # run right here after the commit
+    async with db:
+        receipt.configure(delay=60).defer(3)
+    log.detach()
+    table = db.tasks.table.name
+    inserts = [s for _, s in log.statements if f"INSERT INTO {table}" in s]
+    assert ["pg_notify" in s for s in inserts] == [True, False, False]
+    await db.tasks.stop(5)

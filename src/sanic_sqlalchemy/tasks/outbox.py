@@ -38,12 +38,20 @@ CommitHandler = Callable[[list[str], "str | None"], None]
 class Outbox:
     """One unit's deferred tasks (``unit.outbox``; see ``hooks.TaskOutbox``)."""
 
-    __slots__ = ("_backend", "_committed", "_entries", "_table")
+    __slots__ = ("_backend", "_committed", "_entries", "_runs_here", "_table")
 
-    def __init__(self, table: Table, backend: str, committed: CommitHandler) -> None:
+    def __init__(
+        self,
+        table: Table,
+        backend: str,
+        committed: CommitHandler,
+        runs_here: Callable[[], bool],
+    ) -> None:
         self._table = table
         self._backend = backend
         self._committed = committed
+        #: Whether this process will run the due tasks right after the commit.
+        self._runs_here = runs_here
         self._entries: dict[str, Deferred] = {}
 
     def add(self, entry: Deferred) -> str:
@@ -56,7 +64,10 @@ class Outbox:
         entries = self._entries
         if entries:
             rows = [entry.row for entry in entries.values()]
-            statement = insert_statement(self._table, self._backend, rows)
+            # Dispatchers need waking only for due tasks this process will not run at
+            # once; delayed ones they find at a poll when they fall due.
+            wake = any(entry.immediate for entry in entries.values()) and not self._runs_here()
+            statement = insert_statement(self._table, self._backend, rows, wake=wake)
             session.connection().execute(statement).close()
 
     def committed(self, commit_token: str | None) -> None:

@@ -166,7 +166,9 @@ class TaskRegistry:
         session._autobegin_t()
         outbox = getattr(unit, "outbox", None)
         if not isinstance(outbox, Outbox):
-            outbox = unit.outbox = Outbox(self.table, unit.backend.name, self._after_commit)
+            outbox = unit.outbox = Outbox(
+                self.table, unit.backend.name, self._after_commit, self._runs_here
+            )
         options = task.options
         now = now_ms()
         row = {
@@ -358,13 +360,17 @@ class TaskRegistry:
         runs = self._runs
         return self._dispatcher is not None or bool(runs is not None and runs.active)
 
+    def _runs_here(self) -> bool:
+        """Whether this process would run tasks due at a commit right after it."""
+        if self._stopping or not self.run_after_commit or self.db.joined is not None:
+            return False
+        runs = self._runs
+        # Busy: a dispatcher runs them, rather than this process's pool running dry.
+        return len(self._spawned) + (0 if runs is None else len(runs.active)) < self.limit
+
     def _after_commit(self, ids: list[str], commit_token: str | None) -> None:
         # Called in the commit's greenlet, right after COMMIT succeeded.
-        if self._stopping or not self.run_after_commit or self.db.joined is not None:
-            return
-        runs = self._runs
-        if len(self._spawned) + (0 if runs is None else len(runs.active)) >= self.limit:
-            # Busy: a dispatcher runs them, rather than this process's pool running dry.
+        if not self._runs_here():
             return
         loop = asyncio.get_running_loop()
         after = () if commit_token is None else (commit_token,)

@@ -2,7 +2,9 @@
 
 * Store: one multi-row ``INSERT`` per unit that ignores a task whose id is already
   stored (a keyed task waiting to run); on PostgreSQL the same statement calls
-  ``pg_notify`` (delivered at commit), which wakes the dispatchers at once.
+  ``pg_notify`` (delivered at commit), which wakes the dispatchers at once, unless the
+  committing process is about to run every due task itself (then waking every
+  dispatcher of every worker would only have them look for nothing).
 * Claim: due tasks (``pending`` and ``run_at`` passed) and tasks whose claim expired
   (``running`` and ``lease_until`` passed), oldest first, marked ``running`` with a new
   claim and one more attempt.  PostgreSQL and MariaDB lock the picked rows with
@@ -58,10 +60,13 @@ class Claimed:
     error: str | None
 
 
-def insert_statement(table: Table, backend: str, rows: Sequence[dict[str, Any]]) -> Executable:
-    """One statement storing ``rows``, skipping ids already stored (keyed tasks)."""
+def insert_statement(
+    table: Table, backend: str, rows: Sequence[dict[str, Any]], *, wake: bool = True
+) -> Executable:
+    """One statement storing ``rows``, skipping ids already stored (keyed tasks); on
+    PostgreSQL with ``wake``, it also wakes the dispatchers when it commits."""
     c = table.c
-    if backend == "postgresql":
+    if backend == "postgresql" and wake:
         stored = (
             pg_insert(table)
             .values(list(rows))
@@ -71,6 +76,8 @@ def insert_statement(table: Table, backend: str, rows: Sequence[dict[str, Any]])
         )
         # One statement still: the notification is sent when the transaction commits.
         return select(func.pg_notify(table.name, cast(func.count(), String))).select_from(stored)
+    if backend == "postgresql":
+        return pg_insert(table).values(list(rows)).on_conflict_do_nothing(index_elements=[c.id])
     if backend == "mysql":
         statement = mysql_insert(table).values(list(rows))
         # A no-op on a duplicate id (INSERT IGNORE would also hide other errors).
