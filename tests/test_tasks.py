@@ -478,3 +478,12 @@ async def test_postgresql_wakes_dispatchers_only_for_tasks_nobody_runs_yet(db: D
     inserts = [s for _, s in log.statements if f"INSERT INTO {table}" in s]
     assert ["pg_notify" in s for s in inserts] == [True, False, False]
     await db.tasks.stop(5)
+
+
+async def test_thousands_of_tasks_in_one_unit(db: Database) -> None:
+    """More tasks than one statement can carry parameters for are stored in several."""
+    receipt = add_receipt_task(db)
+    async with db:
+        for n in range(2500):
+            receipt.defer(n)
+    assert await db.tasks.counts() == {"pending": 2500, "running": 0, "dead": 0}

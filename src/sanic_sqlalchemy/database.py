@@ -234,10 +234,12 @@ class DatabaseCore:
     async def dispose(self) -> None:
         """Close every pooled connection; the next unit creates fresh engines.
 
-        A second call while a disposal is under way (a worker told to stop twice)
-        waits for that disposal instead of returning before it is done.  While a test
-        isolates the database, the test kit decides instead: a server the test stops
-        must not take the test's connection with it.
+        Durable-task runs of this process get ``TASKS_GRACE`` seconds to finish first;
+        the rest are handed back (run again later, no attempt counted).  A second call
+        while a disposal is under way (a worker told to stop twice) waits for that
+        disposal instead of returning before it is done.  While a test isolates the
+        database, the test kit decides instead: a server the test stops must not take
+        the test's connection with it.
         """
         isolation = self.environment.isolation
         if isolation is not None:

@@ -2,9 +2,10 @@
 
 Deferring costs no round trip: the call is kept here, tagged with the savepoint open at
 the time, like an on-commit callback.  Right before the unit's transaction commits,
-every task still kept is stored with one statement on ``db.write``'s connection, in
-that transaction; a savepoint that rolls back drops its tasks, a released one hands
-them to the enclosing one, and a transaction that ends without committing drops all.
+every task still kept is stored with one statement (per ``ROWS_PER_STATEMENT`` tasks)
+on ``db.write``'s connection, in that transaction; a savepoint that rolls back drops
+its tasks, a released one hands them to the enclosing one, and a transaction that ends
+without committing drops all.
 After the commit, the process runs the tasks that are due at once (the fast path).
 """
 
@@ -30,6 +31,10 @@ class Deferred:
     #: Due at the commit (no ``delay``): the committing process runs it at once.
     immediate: bool
 
+
+#: Tasks stored per statement: one statement for a unit's tasks up to this many (a
+#: statement's bound parameters are limited: 32,767 with asyncpg, 12 per task here).
+ROWS_PER_STATEMENT = 1000
 
 #: Told the ids of the tasks a commit stored that are due now, and the commit's position.
 CommitHandler = Callable[[list[str], "str | None"], None]
@@ -67,8 +72,11 @@ class Outbox:
             # Dispatchers need waking only for due tasks this process will not run at
             # once; delayed ones they find at a poll when they fall due.
             wake = any(entry.immediate for entry in entries.values()) and not self._runs_here()
-            statement = insert_statement(self._table, self._backend, rows, wake=wake)
-            session.connection().execute(statement).close()
+            connection = session.connection()
+            for start in range(0, len(rows), ROWS_PER_STATEMENT):
+                chunk = rows[start : start + ROWS_PER_STATEMENT]
+                statement = insert_statement(self._table, self._backend, chunk, wake=wake)
+                connection.execute(statement).close()
 
     def committed(self, commit_token: str | None) -> None:
         entries, self._entries = self._entries, {}
