@@ -20,6 +20,7 @@ CONTRACT = {
     "ReadSession",
     "SanicSQLAlchemyError",
     "WriteSession",
+    "current_task",
 }
 
 

@@ -24,6 +24,7 @@ LAYERS: list[set[str]] = [
     {"engine"},
     {"unit"},
     {"retry"},
+    {"tasks"},
     {"database"},
     {"sanic"},
     {"testing", "cli", "__init__"},

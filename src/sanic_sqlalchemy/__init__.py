@@ -14,6 +14,7 @@ from .errors import (
     SanicSQLAlchemyError,
 )
 from .sanic import Database
+from .tasks import current_task
 from .unit.sessions import ReadSession, WriteSession
 
 __all__ = [
@@ -25,4 +26,5 @@ __all__ = [
     "ReadSession",
     "SanicSQLAlchemyError",
     "WriteSession",
+    "current_task",
 ]

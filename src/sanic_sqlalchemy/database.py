@@ -18,6 +18,7 @@ from .insight import UnitStats
 from .replicas.tokens import given_tokens
 from .retry import RetryPolicy, retrying
 from .settings import DEFAULT_PREFIX, Settings
+from .tasks import TaskRegistry
 from .unit import Environment, UnitOfWork, UnitScope, UnitState
 from .unit.outcome import error_commits
 from .unit.sessions import ReadSession, WriteSession
@@ -30,6 +31,8 @@ P = ParamSpec("P")
 T = TypeVar("T")
 _S = TypeVar("_S", ReadSession, WriteSession)
 _ids = itertools.count(1)
+#: Seconds ``dispose()`` lets task runs of this process finish before handing them back.
+TASKS_GRACE = 10.0
 
 _NO_UNIT = (
     "{name} was used outside a unit of work. Use it inside a Sanic request handler "
@@ -95,6 +98,10 @@ class DatabaseCore:
             on_callback_error=on_callback_error,
         )
         self._settings: Settings | None = None
+        #: Durable tasks: ``@db.task``, the tasks table, running and looking after them.
+        self.tasks = TaskRegistry(self)
+        #: ``@db.task``: see ``TaskRegistry.task`` and the README's "Durable tasks".
+        self.task = self.tasks.task
         if url is not None:
             self.configure(Settings.build(self._explicit, prefix=self.config_prefix))
 
@@ -227,15 +234,20 @@ class DatabaseCore:
     async def dispose(self) -> None:
         """Close every pooled connection; the next unit creates fresh engines.
 
-        A second call while a disposal is under way (a worker told to stop twice)
-        waits for that disposal instead of returning before it is done.  While a test
-        isolates the database, the test kit decides instead: a server the test stops
-        must not take the test's connection with it.
+        Durable-task runs of this process get ``TASKS_GRACE`` seconds to finish first;
+        the rest are handed back (run again later, no attempt counted).  A second call
+        while a disposal is under way (a worker told to stop twice) waits for that
+        disposal instead of returning before it is done.  While a test isolates the
+        database, the test kit decides instead: a server the test stops must not take
+        the test's connection with it.
         """
         isolation = self.environment.isolation
         if isolation is not None:
             await isolation.server_stopped()
             return
+        if self.tasks.running:
+            # Runs of this process need the engines to finish or be handed back.
+            await self.tasks.stop(TASKS_GRACE)
         engines, self._engines = self._engines, None
         if engines is not None:
             self._disposing = asyncio.ensure_future(engines.dispose())

@@ -11,12 +11,18 @@ Every error the library raises on purpose derives from ``SanicSQLAlchemyError``:
     ├── ConcurrentWriteError        db.write used from several tasks at once
     ├── EventLoopMismatchError      engines used from an event loop they were not made for
     ├── ReplicaUnavailableError     no replica can serve reads and the primary may not
-    └── TokenTypeError              db.unit(after=...) given something that is not a token
+    ├── TokenTypeError              db.unit(after=...) given something that is not a token
+    ├── TaskArgumentError           a task deferred with an argument JSON cannot carry
+    ├── TaskNotFoundError           db.tasks.requeue(id) of no dead task
+    ├── UnknownTaskError            a stored task names no function this process registered
+    └── ClaimLostError              a task's run lost its claim to another run (rolled back)
 
-Misuse errors (everything but ``ConfigurationError``, ``ReadOnlyError`` and
-``TokenTypeError``) are also ``RuntimeError``\\ s, so code that already catches those
-keeps working; ``TokenTypeError`` is a ``TypeError``, what Python raises for an
-argument of the wrong type.  Errors raised
+Misuse errors (everything but ``ConfigurationError``, ``ReadOnlyError``,
+``TokenTypeError``, ``TaskArgumentError`` and the two lookup errors) are also
+``RuntimeError``\\ s, so code that already catches those keeps working;
+``TokenTypeError`` and ``TaskArgumentError`` are ``TypeError``\\ s, what Python raises
+for an argument of the wrong type; ``TaskNotFoundError`` and ``UnknownTaskError`` are
+``LookupError``\\ s.  Errors raised
 by the database itself (an ``IntegrityError`` at commit, say) are SQLAlchemy's and
 reach the caller unchanged, except a write refused by a read-only connection, which
 becomes a ``ReadOnlyError`` chained to the driver's error.
@@ -66,3 +72,22 @@ class TokenTypeError(SanicSQLAlchemyError, TypeError):
     """``db.unit(after=...)`` was given something other than position tokens (``str`` or
     ``bytes``, a list of them, or None).  A client's malformed token is never an error:
     it is ignored."""
+
+
+class TaskArgumentError(SanicSQLAlchemyError, TypeError):
+    """``task.defer(...)`` was given an argument that does not survive a JSON round trip
+    (a task's call is stored as JSON with the unit's commit); the message names it."""
+
+
+class TaskNotFoundError(SanicSQLAlchemyError, LookupError):
+    """``db.tasks.requeue(id)`` named no dead task (unknown, done, or not dead)."""
+
+
+class UnknownTaskError(SanicSQLAlchemyError, LookupError):
+    """A stored task names a function that no ``@db.task`` registered in the process
+    running it (the module that defines it was not imported there)."""
+
+
+class ClaimLostError(SanicSQLAlchemyError, RuntimeError):
+    """A task's run found at its commit that its claim had expired and another run had
+    taken the task over: the run's writes roll back, and the other run's count."""

@@ -54,3 +54,25 @@ class ServerIsolation(Protocol):
 
     async def server_stopped(self) -> None:
         """A server of this process has stopped in the running loop."""
+
+
+class TaskOutbox(Protocol):
+    """The tasks one unit deferred (``tasks.outbox.Outbox``), told by ``db.write`` how
+    its transaction goes: they are stored with its commit and follow its savepoints
+    as on-commit callbacks do."""
+
+    def before_commit(self, session: Any, /) -> None:
+        """The unit's transaction (not a savepoint) is about to commit on ``session``
+        (the write session's synchronous half): store the tasks, in one statement."""
+
+    def committed(self, commit_token: str | None, /) -> None:
+        """That commit succeeded (``commit_token``: its position, with replicas)."""
+
+    def savepoint_released(self, savepoint: object, parent: object | None, /) -> None:
+        """A savepoint's tasks now belong to the enclosing one (``None``: the unit)."""
+
+    def savepoint_rolled_back(self, savepoint: object, /) -> None:
+        """Drop the tasks deferred inside a savepoint that rolled back."""
+
+    def rolled_back(self) -> None:
+        """The transaction ended without committing: drop every task not stored."""

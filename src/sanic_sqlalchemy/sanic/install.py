@@ -90,7 +90,18 @@ def install(db: DatabaseCore, app: Sanic[Any, Any]) -> None:
         _servers.pop(db, None)
         await db.dispose()
 
+    async def start_tasks(app: Sanic[Any, Any]) -> None:
+        # Decided here, at start: a database without tasks gets no dispatcher, and no
+        # request pays anything for tasks either way.
+        db.tasks.start()
+
+    async def stop_tasks(app: Sanic[Any, Any]) -> None:
+        # Stop claiming; runs get Sanic's graceful-shutdown time, then are handed back.
+        await db.tasks.stop(float(app.config.GRACEFUL_SHUTDOWN_TIMEOUT))
+
     app.register_listener(start_engines, "before_server_start", priority=_PRIORITY)
+    app.register_listener(start_tasks, "after_server_start", priority=-_PRIORITY)
+    app.register_listener(stop_tasks, "before_server_stop", priority=_PRIORITY)
     app.register_listener(dispose_engines, "after_server_stop", priority=_PRIORITY)
 
 

@@ -10,6 +10,7 @@ from .model import (
     ReplicaFallback,
     ReplicaSettings,
     Settings,
+    TasksSettings,
     default_token_names,
     token_name_clash,
 )
@@ -23,6 +24,7 @@ __all__ = [
     "ReplicaFallback",
     "ReplicaSettings",
     "Settings",
+    "TasksSettings",
     "backend_of",
     "default_token_names",
     "pool_accepts_size",

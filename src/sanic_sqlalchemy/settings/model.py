@@ -53,6 +53,8 @@ CONFIG_KEYS: Mapping[str, str] = {
     "DATABASE_SLOW_QUERY_MS": "slow_query_ms",
     "DATABASE_SLOW_QUERY_PARAMS": "slow_query_params",
     "DATABASE_REPEATED_QUERY_WARN": "repeated_query_warn",
+    "DATABASE_TASKS_TABLE": "tasks_table",
+    "DATABASE_TASKS_POLL": "tasks_poll",
 }
 _KEY_FOR = {keyword: key for key, keyword in CONFIG_KEYS.items()}
 #: The prefix of the keys in ``CONFIG_KEYS``; ``Database(config_prefix=...)`` replaces it.
@@ -133,6 +135,22 @@ class InsightSettings:
 
 
 @dataclass(frozen=True)
+class TasksSettings:
+    """Where durable tasks are stored and how often a dispatcher looks for due ones."""
+
+    #: The table of deferred tasks (``DATABASE_TASKS_TABLE``).
+    table: str = "sanic_sqlalchemy_tasks"
+    #: Seconds between a dispatcher's looks for due tasks (``DATABASE_TASKS_POLL``);
+    #: PostgreSQL wakes it at once through LISTEN/NOTIFY as well.
+    poll: float = 1.0
+
+
+#: A table name every backend takes unquoted: letters, digits, underscores (at most 63
+#: characters, PostgreSQL's limit).
+_TABLE_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,62}")
+
+
+@dataclass(frozen=True)
 class Settings:
     """Everything needed to build the engines of one ``Database``."""
 
@@ -148,6 +166,7 @@ class Settings:
     multi_statements: bool = False
     replicas: ReplicaSettings = field(default_factory=ReplicaSettings)
     insight: InsightSettings = field(default_factory=InsightSettings)
+    tasks: TasksSettings = field(default_factory=TasksSettings)
     engine_options: Mapping[str, Any] = field(default_factory=dict)
 
     @property
@@ -229,6 +248,7 @@ class Settings:
             multi_statements=_multi_statements(raw, backend),
             replicas=_replica_settings(raw, backend, read_urls, prefix),
             insight=_insight_settings(raw, prefix),
+            tasks=_tasks_settings(raw),
             engine_options=engine_options,
         )
         return settings
@@ -245,6 +265,22 @@ def _multi_statements(raw: Mapping[str, tuple[str, Any]], backend: str) -> bool:
             "call. Remove the setting."
         )
     return enabled
+
+
+def _tasks_settings(raw: Mapping[str, tuple[str, Any]]) -> TasksSettings:
+    defaults = TasksSettings()
+    table = defaults.table
+    if "tasks_table" in raw:
+        key, value = raw["tasks_table"]
+        if not isinstance(value, str) or not _TABLE_NAME.fullmatch(value):
+            raise ConfigurationError(
+                f"{key}: expected a table name of letters, digits and underscores (at "
+                f"most 63, not starting with a digit), such as {defaults.table!r}; "
+                f"got {value!r}."
+            )
+        table = value
+    poll = float_value(*raw["tasks_poll"]) if "tasks_poll" in raw else defaults.poll
+    return TasksSettings(table=table, poll=poll)
 
 
 def _insight_settings(raw: Mapping[str, tuple[str, Any]], prefix: str) -> InsightSettings:

@@ -16,7 +16,7 @@ from enum import Enum
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 from ..errors import UnitStateError
-from ..hooks import CallbackCapture, CallbackErrorHook
+from ..hooks import CallbackCapture, CallbackErrorHook, TaskOutbox
 from ..insight import UnitStats, attach
 from ..replicas.probe import commit_position
 from ..replicas.routing import ReadRoute, wanted_position
@@ -103,6 +103,7 @@ class UnitCore:
         "commit_failed",
         "commit_token",
         "commits_on_exit",
+        "outbox",
         "owner",
         "read_bound_to",
         "read_gate",
@@ -117,6 +118,9 @@ class UnitCore:
         "writer_connection",
         "wrote",
     )
+
+    #: The durable tasks deferred in this unit: set by the first ``defer`` only.
+    outbox: TaskOutbox
 
     def __init__(self, needs: UnitNeeds, after: tuple[object, ...] = ()) -> None:
         self._needs = needs
@@ -133,6 +137,7 @@ class UnitCore:
         self.owner = asyncio.current_task()
         #: The on-commit queue, made by the first ``db.on_commit`` (most units have none).
         self.callbacks: CallbackQueue | None = None
+        # ``outbox`` is left unset: a unit of a database without tasks never pays for it.
         self.read_gate = Gate()
         self.write_gate = Gate()
         #: ``with unit.write_turn:`` holds db.write's connection to write.

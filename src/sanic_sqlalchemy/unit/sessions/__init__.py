@@ -4,6 +4,12 @@ guard rails."""
 
 from .read import ReadSession
 from .replica import ReplicaReadSyncSession
-from .write import WriteSession
+from .write import WriteSession, stores_tasks, with_task_outbox
 
-__all__ = ["ReadSession", "ReplicaReadSyncSession", "WriteSession"]
+__all__ = [
+    "ReadSession",
+    "ReplicaReadSyncSession",
+    "WriteSession",
+    "stores_tasks",
+    "with_task_outbox",
+]

@@ -14,6 +14,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, AsyncSessionTransaction
 from sqlalchemy.orm import InstanceState, Session, SessionTransaction
 
 from ...errors import UnitStateError
+from ...hooks import TaskOutbox
 from .common import UnitSession, refuse_close
 
 if TYPE_CHECKING:
@@ -228,3 +229,80 @@ class _UnitTransaction(AsyncSessionTransaction):
     async def _then_callbacks(self, ending: Any) -> None:
         await ending
         await self.session.sync_session._unit.run_ready_callbacks()  # type: ignore[attr-defined]
+
+
+class _TaskWriteSyncSession(_WriteSyncSession):
+    """The synchronous half of ``db.write`` in a database with durable tasks: it also
+    stores the unit's deferred tasks with its commit (``hooks.TaskOutbox``), and they
+    follow its savepoints as callbacks do.  A database gets it once a task is
+    registered (``with_task_outbox``), so that others pay nothing for tasks."""
+
+
+@event.listens_for(_TaskWriteSyncSession, "before_commit")
+def _store_tasks(session: Session) -> None:
+    assert isinstance(session, _TaskWriteSyncSession)
+    outbox: TaskOutbox | None = getattr(session._unit, "outbox", None)
+    if outbox is not None and session.get_nested_transaction() is None:
+        # The unit's own commit (not a savepoint's): its tasks are stored now, in its
+        # transaction.
+        outbox.before_commit(session)
+
+
+@event.listens_for(_TaskWriteSyncSession, "after_commit")
+def _tasks_committed(session: Session) -> None:
+    # After the base class's listener, which captured the commit's position.
+    assert isinstance(session, _TaskWriteSyncSession)
+    unit = session._unit
+    outbox: TaskOutbox | None = getattr(unit, "outbox", None)
+    if outbox is None:
+        return
+    savepoint = session.get_nested_transaction()
+    if savepoint is None:
+        outbox.committed(unit.commit_token)
+    else:
+        outbox.savepoint_released(savepoint, _enclosing_savepoint(savepoint))
+
+
+@event.listens_for(_TaskWriteSyncSession, "after_soft_rollback")
+def _tasks_rolled_back(session: Session, previous: SessionTransaction) -> None:
+    assert isinstance(session, _TaskWriteSyncSession)
+    outbox: TaskOutbox | None = getattr(session._unit, "outbox", None)
+    if outbox is None:
+        return
+    if previous.nested:
+        outbox.savepoint_rolled_back(previous)
+    elif previous.parent is None:
+        outbox.rolled_back()
+
+
+@event.listens_for(_TaskWriteSyncSession, "after_transaction_end")
+def _tasks_ended(session: Session, transaction: SessionTransaction) -> None:
+    # Committed tasks were handed on at after_commit; a transaction that ended any
+    # other way (rollback, close, reset, invalidate) stored none.
+    assert isinstance(session, _TaskWriteSyncSession)
+    if transaction.parent is None:
+        outbox: TaskOutbox | None = getattr(session._unit, "outbox", None)
+        if outbox is not None:
+            outbox.rolled_back()
+
+
+def with_task_outbox(cls: type[WriteSession]) -> type[WriteSession]:
+    """``cls`` (a ``WriteSession`` class) with a synchronous half that stores deferred
+    tasks: decided once, when a database registers its first task."""
+    sync: type[Session] = cls.sync_session_class
+    if issubclass(sync, _TaskWriteSyncSession):
+        return cls
+    if sync is not _WriteSyncSession:
+        # A session class of the application's own: its behaviour, plus the tasks'.
+        sync = type(sync.__name__, (sync, _TaskWriteSyncSession), {})
+    else:
+        sync = _TaskWriteSyncSession
+    made: type[WriteSession] = type(
+        cls.__name__, (cls,), {"sync_session_class": sync, "__module__": cls.__module__}
+    )
+    return made
+
+
+def stores_tasks(session: Session) -> bool:
+    """Whether ``session`` (db.write's synchronous half) stores deferred tasks."""
+    return isinstance(session, _TaskWriteSyncSession)

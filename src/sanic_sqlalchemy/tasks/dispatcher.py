@@ -1,0 +1,155 @@
+"""The runs under way in a process, and the dispatcher loop that starts them.
+
+``Runs`` holds every run of one event loop (fast path, dispatcher, ``run_pending``):
+it renews their claims every ``HEARTBEAT`` seconds, so that only a run whose process
+died or hangs is taken over, and at a stop it lets them finish within the grace time,
+cancels the rest and hands their tasks back (no attempt counted).
+
+``dispatch`` claims due tasks up to its concurrency and starts them, then waits for a
+notification (PostgreSQL), a free slot or the poll interval, until it is cancelled.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Collection
+from typing import TYPE_CHECKING
+
+from .listen import Listener
+from .runner import run_claimed
+from .sql import HEARTBEAT, Claimed, hand_back_statement, renew_statement
+
+if TYPE_CHECKING:
+    from .host import TaskHost
+
+logger = logging.getLogger("sanic_sqlalchemy")
+
+
+class Runs:
+    """The runs of one event loop, their claims kept alive."""
+
+    def __init__(self, registry: TaskHost) -> None:
+        self._registry = registry
+        self.loop = asyncio.get_running_loop()
+        #: Each run's asyncio task and the claim it holds.
+        self.active: dict[asyncio.Task[str], Claimed] = {}
+        #: Set whenever a run ends (a dispatcher at full concurrency waits for it).
+        self.finished = asyncio.Event()
+        self._beating: asyncio.Task[None] | None = None
+
+    def start(self, claimed: Claimed, after: tuple[object, ...] = ()) -> asyncio.Task[str]:
+        """Run ``claimed`` in a task of its own, outside any unit."""
+        registry = self._registry
+        context = registry.db.scope.outside()
+        task = context.run(self.loop.create_task, run_claimed(registry, claimed, after))
+        self.active[task] = claimed
+        task.add_done_callback(self._ended)
+        if self._beating is None or self._beating.done():
+            self._beating = self.loop.create_task(self._beat())
+        return task
+
+    def _ended(self, task: asyncio.Task[str]) -> None:
+        claimed = self.active.pop(task, None)
+        self.finished.set()
+        if task.cancelled() or claimed is None:
+            return
+        error = task.exception()
+        if error is not None:
+            logger.error(
+                "task %s (%s): its run could not record how it ended; it runs again once "
+                "its claim expires",
+                claimed.id,
+                claimed.name,
+                exc_info=error,
+            )
+
+    async def _beat(self) -> None:
+        registry = self._registry
+        while self.active:
+            await asyncio.sleep(HEARTBEAT)
+            claims = list(self.active.values())
+            if not claims or registry.db.joined is not None:
+                # In a rolled-back test the runs use the test's one connection, which
+                # a beat must not share with them (and which cannot die alone).
+                continue
+            try:
+                async with registry.transaction() as connection:
+                    await connection.execute(renew_statement(registry.table, claims))
+            except Exception:
+                # Told, and tried again at the next beat: the claims last LEASE seconds,
+                # several beats.
+                logger.warning("renewing the claims of running tasks failed", exc_info=True)
+
+    async def stop(self, grace: float) -> None:
+        """Let the runs finish within ``grace`` seconds, then cancel the rest and hand
+        their tasks back."""
+        running = set(self.active)
+        if running and grace > 0:
+            await asyncio.wait(running, timeout=grace)
+        left = {task: claimed for task, claimed in self.active.items() if not task.done()}
+        for task in left:
+            task.cancel()
+        if left:
+            await asyncio.wait(left)
+        stopped = [claimed for task, claimed in left.items() if task.cancelled()]
+        if stopped:
+            registry = self._registry
+            async with registry.transaction() as connection:
+                await connection.execute(hand_back_statement(registry.table, stopped))
+            logger.info("handed %d unfinished task(s) back at stop", len(stopped))
+        beating, self._beating = self._beating, None
+        if beating is not None and not self.active:
+            beating.cancel()
+            await asyncio.gather(beating, return_exceptions=True)
+
+
+async def dispatch(registry: TaskHost, runs: Runs, concurrency: int, poll: float) -> None:
+    """Claim and start due tasks until cancelled (the caller then stops the runs)."""
+    wake = asyncio.Event()
+    listener: Listener | None = None
+    engines = registry.db.engines
+    if engines.backend.name == "postgresql":
+        settings = engines.settings
+        listener = Listener(settings, engines.backend.url(settings.url), registry.table.name, wake)
+    try:
+        while True:
+            if listener is not None and not listener.listening:
+                try:
+                    await listener.open()
+                except Exception:
+                    logger.warning(
+                        "LISTEN for new tasks failed; polling every %g s meanwhile",
+                        poll,
+                        exc_info=True,
+                    )
+            runs.finished.clear()
+            free = concurrency - len(runs.active)
+            claimed: list[Claimed] = []
+            if free > 0:
+                wake.clear()
+                try:
+                    claimed = await registry.claim(free)
+                except Exception:
+                    logger.error(
+                        "claiming due tasks failed; trying again in %g s", poll, exc_info=True
+                    )
+                for one in claimed:
+                    runs.start(one)
+                if claimed and len(claimed) == free:
+                    continue  # more may be due: look again once a slot is free
+                await _first_of((wake,), poll)
+            else:
+                await _first_of((runs.finished,), poll)
+    finally:
+        if listener is not None:
+            await listener.close()
+
+
+async def _first_of(events: Collection[asyncio.Event], timeout: float) -> None:
+    waits = [asyncio.ensure_future(event.wait()) for event in events]
+    try:
+        await asyncio.wait(waits, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for wait in waits:
+            wait.cancel()

@@ -1,0 +1,393 @@
+"""``db.tasks``: the tasks a database knows, where they are stored, and running them.
+
+Registering (``@db.task``), deferring (through the unit's outbox), the table
+(``create_table``, ``metadata``), running (``run_pending``, ``work``, the fast path
+after a commit, the dispatcher a Sanic worker starts and stops) and looking after the
+table (``counts``, ``dead``, ``requeue``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import uuid
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from typing import Any, ParamSpec, TypeVar, overload
+
+from sqlalchemy import MetaData, Table, func, select
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from ..errors import TaskNotFoundError, UnitStateError
+from ..replicas.probe import position_of
+from ..settings import TasksSettings
+from ..unit.sessions import stores_tasks, with_task_outbox
+from .decorator import Task, TaskOptions
+from .dispatcher import Runs, dispatch
+from .host import TaskDatabase
+from .outbox import Deferred, Outbox
+from .payload import decode, encode
+from .sql import (
+    Claimed,
+    claim,
+    counts_statement,
+    dead_statement,
+    hand_back_statement,
+    now_ms,
+    requeue_statement,
+)
+from .table import DEAD, PENDING, RUNNING, task_table
+
+logger = logging.getLogger("sanic_sqlalchemy")
+P = ParamSpec("P")
+T = TypeVar("T")
+
+#: Claimed at once by ``run_pending`` (and run one after the other).
+_BATCH = 20
+
+
+@dataclass(frozen=True, slots=True)
+class DeadTask:
+    """A task out of attempts (``db.tasks.dead()``)."""
+
+    id: str
+    name: str
+    args: list[Any]
+    kwargs: dict[str, Any]
+    attempts: int
+    #: The last error, with its traceback.
+    error: str | None
+
+
+class TaskRegistry:
+    """``db.tasks``: the durable tasks of one ``Database``."""
+
+    def __init__(self, db: TaskDatabase) -> None:
+        self.db = db
+        #: Every ``@db.task`` of this database, by name.
+        self.registered: dict[str, Task[Any, Any]] = {}
+        #: Whether the committing process runs its due tasks right after the commit
+        #: (tests that look at the table before anything runs turn it off).
+        self.run_after_commit = True
+        #: How many tasks one dispatcher runs at once (None: half the pool size).
+        self.concurrency: int | None = None
+        #: Retry options for a stored task whose function this process does not know.
+        self.default_options = TaskOptions(name="unknown")
+        self._tables: dict[str, Table] = {}
+        self._runs: Runs | None = None
+        self._dispatcher: asyncio.Task[None] | None = None
+        self._spawned: set[asyncio.Task[None]] = set()
+        self._stopping = False
+        self._stop_grace = 0.0
+
+    # -- registering and deferring -----------------------------------------------
+
+    @overload
+    def task(self, func: Callable[P, T], /) -> Task[P, T]: ...
+
+    @overload
+    def task(
+        self,
+        *,
+        name: str | None = None,
+        max_attempts: int = 5,
+        queue: str = "default",
+        timeout: float | None = None,
+        backoff: float = 1.0,
+        max_backoff: float = 300.0,
+    ) -> Callable[[Callable[P, T]], Task[P, T]]: ...
+
+    def task(
+        self,
+        func: Callable[..., Any] | None = None,
+        *,
+        name: str | None = None,
+        max_attempts: int = 5,
+        queue: str = "default",
+        timeout: float | None = None,
+        backoff: float = 1.0,
+        max_backoff: float = 300.0,
+    ) -> Any:
+        """``@db.task`` / ``@db.task(name=..., max_attempts=5, queue="default",
+        timeout=None, backoff=1.0, max_backoff=300.0)`` on a sync or async function:
+        still callable as before, and ``.defer(*args)`` inside a unit stores the call
+        with the unit's commit; it runs after, at least once, its database effects
+        exactly once.  ``name`` defaults to ``module.qualname``; a task is found by
+        its name when it runs, in whichever process."""
+
+        def register(function: Callable[..., Any]) -> Task[Any, Any]:
+            options = TaskOptions(
+                name=name or f"{function.__module__}.{function.__qualname__}",
+                max_attempts=max_attempts,
+                queue=queue,
+                timeout=timeout,
+                backoff=backoff,
+                max_backoff=max_backoff,
+            )
+            task: Task[Any, Any] = Task(self, function, options)
+            known = self.registered.get(options.name)
+            if known is not None and known.func is not function:
+                logger.warning(
+                    "task %r registered again by another function; the last one runs",
+                    options.name,
+                )
+            self.registered[options.name] = task
+            # From now on this database's db.write stores deferred tasks at its commit
+            # (decided here, once: a database without tasks pays nothing for them).
+            environment = self.db.environment
+            environment.write_session_class = with_task_outbox(environment.write_session_class)
+            return task
+
+        return register if func is None else register(func)
+
+    def defer(
+        self,
+        task: Task[Any, Any],
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        *,
+        delay: float,
+        key: str | None,
+    ) -> str:
+        """Keep ``task``'s call in the current unit for its commit; return its id."""
+        unit = self.db.current_unit(f"{task.name}.defer()")
+        payload = encode(task.name, args, kwargs)
+        session = unit.write.sync_session  # UnitStateError once the unit settled
+        if not stores_tasks(session):
+            raise UnitStateError(
+                f"{task.name}.defer(): this unit's db.write was made before the first "
+                "@db.task of its database was registered, so it cannot store tasks. "
+                "Define tasks at import time (in modules imported before any unit "
+                "opens), not inside a unit."
+            )
+        # The transaction begins now (no round trip): the unit's end then commits it,
+        # storing the tasks, even if nothing else is written.
+        session._autobegin_t()
+        outbox = getattr(unit, "outbox", None)
+        if not isinstance(outbox, Outbox):
+            outbox = unit.outbox = Outbox(
+                self.table, unit.backend.name, self._after_commit, self._runs_here
+            )
+        options = task.options
+        now = now_ms()
+        row = {
+            "id": task.keyed_id(key) if key is not None else str(uuid.uuid4()),
+            "name": options.name,
+            "queue": options.queue,
+            "payload": payload,
+            "state": PENDING,
+            "attempts": 0,
+            "max_attempts": options.max_attempts,
+            "run_at": now + int(delay * 1000),
+            "lease_until": None,
+            "claim": None,
+            "created_at": now,
+            "error": None,
+        }
+        return outbox.add(Deferred(row, session.get_nested_transaction(), delay == 0))
+
+    # -- the table --------------------------------------------------------------
+
+    @property
+    def settings(self) -> TasksSettings:
+        db = self.db
+        return db.settings.tasks if db.configured else TasksSettings()
+
+    @property
+    def table(self) -> Table:
+        """The tasks table (named by ``DATABASE_TASKS_TABLE``)."""
+        name = self.settings.table
+        table = self._tables.get(name)
+        if table is None:
+            table = self._tables[name] = task_table(name)
+        return table
+
+    @property
+    def metadata(self) -> MetaData:
+        """The ``MetaData`` holding the tasks table: add it to Alembic's
+        ``target_metadata`` (``[Base.metadata, db.tasks.metadata]``)."""
+        return self.table.metadata
+
+    async def create_table(self) -> None:
+        """Create the tasks table if it does not exist (quick start; Alembic otherwise)."""
+        async with self.db.engines.write.begin() as connection:
+            await connection.run_sync(self.metadata.create_all)
+
+    async def drop_table(self) -> None:
+        """Drop the tasks table if it exists, with every task in it."""
+        async with self.db.engines.write.begin() as connection:
+            await connection.run_sync(self.metadata.drop_all)
+
+    @contextlib.asynccontextmanager
+    async def transaction(self) -> AsyncIterator[AsyncConnection]:
+        """A transaction for the tasks table's own statements: on the write pool, or,
+        in the test kit's rolled-back tests, a savepoint of the test's connection
+        (where the tasks its units deferred are)."""
+        joined = self.db.joined
+        if joined is None:
+            async with self.db.engines.write.begin() as connection:
+                yield connection
+        else:
+            async with joined.begin_nested():
+                yield joined
+
+    # -- looking after it -------------------------------------------------------
+
+    async def counts(self) -> dict[str, int]:
+        """How many tasks wait (``pending``), run (``running``) or are ``dead``."""
+        counts = {PENDING: 0, RUNNING: 0, DEAD: 0}
+        async with self.transaction() as connection:
+            for state, count in await connection.execute(counts_statement(self.table)):
+                counts[state] = count
+        return counts
+
+    async def dead(self) -> list[DeadTask]:
+        """The tasks out of attempts, oldest first, each with its last error."""
+        async with self.transaction() as connection:
+            rows = (await connection.execute(dead_statement(self.table))).all()
+        dead = []
+        for row in rows:
+            args, kwargs = decode(row.payload)
+            dead.append(DeadTask(row.id, row.name, args, kwargs, row.attempts, row.error))
+        return dead
+
+    async def requeue(self, task_id: str) -> None:
+        """Give dead task ``task_id`` its attempts back: it runs again (as attempt 1)."""
+        engines = self.db.engines
+        async with self.transaction() as connection:
+            result = await connection.execute(requeue_statement(self.table, task_id))
+            if result.rowcount != 1:
+                raise TaskNotFoundError(
+                    f"db.tasks.requeue({task_id!r}): no dead task has this id (it ran, "
+                    "is still waiting or running, or never existed); db.tasks.dead() "
+                    "lists the dead ones."
+                )
+            if engines.backend.name == "postgresql":
+                await connection.execute(select(func.pg_notify(self.table.name, "requeue")))
+
+    # -- running ------------------------------------------------------------------
+
+    def runs(self) -> Runs:
+        """The runs of the running event loop."""
+        runs = self._runs
+        if runs is None or runs.loop is not asyncio.get_running_loop():
+            runs = self._runs = Runs(self)
+        return runs
+
+    async def claim(self, limit: int, ids: list[str] | None = None) -> list[Claimed]:
+        """Claim up to ``limit`` due tasks (among ``ids``), in a transaction of its own."""
+        async with self.transaction() as connection:
+            return await claim(connection, self.table, self.db.engines.backend.name, limit, ids)
+
+    async def position_token(self) -> tuple[object, ...]:
+        """With replicas, a token of the primary's position now, which every task
+        claimed by now was committed before; without, nothing to wait for."""
+        replicas = self.db.engines.replicas
+        if replicas is None:
+            return ()
+        position = await position_of(replicas.primary_probe, replicas.backend, primary=True)
+        return () if position is None else (replicas.tokens.issue(position),)
+
+    async def run_pending(self) -> int:
+        """Run the tasks due now, here, one after the other; return how many ran
+        (successful or not).  Safe beside running dispatchers: each task is claimed."""
+        runs = self.runs()
+        ran = 0
+        while True:
+            batch = await self.claim(_BATCH)
+            if not batch:
+                return ran
+            for index, claimed in enumerate(batch):
+                try:
+                    await runs.start(claimed)
+                except BaseException:
+                    if index + 1 < len(batch):
+                        await self._hand_back(batch[index + 1 :])
+                    raise
+                ran += 1
+
+    async def _hand_back(self, claims: list[Claimed]) -> None:
+        async with self.transaction() as connection:
+            await connection.execute(hand_back_statement(self.table, claims))
+
+    async def work(self, *, concurrency: int | None = None, grace: float = 30.0) -> None:
+        """The dispatcher: run due tasks as they come, until cancelled; then let the
+        runs finish within ``grace`` seconds and hand the rest back."""
+        try:
+            await dispatch(self, self.runs(), concurrency or self.limit, self.settings.poll)
+        finally:
+            # Stopped by stop(grace): that grace (Sanic's graceful-shutdown time) counts.
+            await self.runs().stop(self._stop_grace if self._stopping else grace)
+
+    @property
+    def limit(self) -> int:
+        """How many runs a process starts at once: ``concurrency``, by default half the
+        pool (requests keep the other half)."""
+        return self.concurrency or max(1, self.db.settings.pool_size // 2)
+
+    def start(self) -> None:
+        """Start a dispatcher in the running loop (a Sanic worker at start-up), if this
+        database has tasks and none runs yet."""
+        if not self.registered or self._dispatcher is not None or self.db.joined is not None:
+            return
+        self._stopping = False
+        context = self.db.scope.outside()
+        loop = asyncio.get_running_loop()
+        self._dispatcher = context.run(loop.create_task, self.work())
+
+    async def stop(self, grace: float) -> None:
+        """Stop claiming; let runs finish within ``grace`` seconds, hand back the rest."""
+        self._stopping = True
+        self._stop_grace = grace
+        try:
+            dispatcher, self._dispatcher = self._dispatcher, None
+            if self._spawned:
+                await asyncio.gather(*self._spawned, return_exceptions=True)
+            if dispatcher is not None:
+                dispatcher.cancel()
+                # Its end stops the runs (within grace) and raises the cancellation.
+                await asyncio.gather(dispatcher, return_exceptions=True)
+            runs = self._runs
+            if runs is not None and runs.loop is asyncio.get_running_loop():
+                await runs.stop(grace)
+        finally:
+            self._stopping = False
+
+    @property
+    def running(self) -> bool:
+        """Whether a dispatcher or any run is under way in this process."""
+        runs = self._runs
+        return self._dispatcher is not None or bool(runs is not None and runs.active)
+
+    def _runs_here(self) -> bool:
+        """Whether this process would run tasks due at a commit right after it."""
+        if self._stopping or not self.run_after_commit or self.db.joined is not None:
+            return False
+        runs = self._runs
+        # Busy: a dispatcher runs them, rather than this process's pool running dry.
+        return len(self._spawned) + (0 if runs is None else len(runs.active)) < self.limit
+
+    def _after_commit(self, ids: list[str], commit_token: str | None) -> None:
+        # Called in the commit's greenlet, right after COMMIT succeeded.
+        if not self._runs_here():
+            return
+        loop = asyncio.get_running_loop()
+        after = () if commit_token is None else (commit_token,)
+        context = self.db.scope.outside()
+        spawned = context.run(loop.create_task, self._run_committed(ids, after))
+        self._spawned.add(spawned)
+        spawned.add_done_callback(self._spawned.discard)
+
+    async def _run_committed(self, ids: list[str], after: tuple[object, ...]) -> None:
+        try:
+            claimed = await self.claim(len(ids), ids)
+        except Exception:
+            logger.warning(
+                "claiming the tasks a commit just stored failed; a dispatcher runs them",
+                exc_info=True,
+            )
+            return
+        runs = self.runs()
+        for one in claimed:
+            runs.start(one, after)

@@ -1,0 +1,157 @@
+"""One run of a claimed task: in a unit of its own, done in the same transaction.
+
+The run's unit reads only from servers that reached the deferring unit's commit (the
+commit's own position on the fast path, else the primary's position when the run
+began, which is later).  When the function returns, the run deletes its task's row,
+naming its claim, and commits that with the function's writes: the database effects
+of a task happen once, and a run whose claim was taken over deletes nothing, raises
+``ClaimLostError`` and rolls back.  A run that raises, times out or names no
+registered function is put back to wait (capped exponential backoff, full jitter) or,
+out of attempts, marked dead with the error and its traceback.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import logging
+import random
+import traceback
+from typing import TYPE_CHECKING, Any, cast
+
+from ..errors import ClaimLostError, UnknownTaskError
+from .context import TaskInfo, enter_task
+from .payload import decode
+from .sql import Claimed, done_statement, failed_statement
+
+if TYPE_CHECKING:
+    from sqlalchemy.engine import CursorResult
+
+    from .decorator import Task
+    from .host import TaskHost
+
+logger = logging.getLogger("sanic_sqlalchemy")
+
+#: What a run ended with.
+DONE, RETRY, DEAD, LOST = "done", "retry", "dead", "lost"
+
+
+async def run_claimed(registry: TaskHost, claimed: Claimed, after: tuple[object, ...] = ()) -> str:
+    """Run ``claimed`` to its end (``DONE``, ``RETRY``, ``DEAD`` or ``LOST``); a
+    cancellation (a stop) propagates, leaving the task to be handed back."""
+    enter_task(TaskInfo(claimed.id, claimed.name, claimed.attempts, claimed.max_attempts))
+    task = registry.registered.get(claimed.name)
+    if claimed.attempts > claimed.max_attempts:
+        # Taken over from a run that died (or hung) on the last allowed attempt.
+        note = (
+            f"the process running attempt {claimed.max_attempts} of {claimed.max_attempts} "
+            "died or hung (its claim expired)"
+        )
+        error = f"{claimed.error}\n{note}" if claimed.error else note
+        return await _record_failure(registry, claimed, task, error, dead=True)
+    try:
+        if task is None:
+            raise UnknownTaskError(
+                f"no function is registered as task {claimed.name!r} in this process: "
+                "import the module that defines it (with its @db.task) before running "
+                "the dispatcher, or keep the task's name when renaming its function "
+                "(@db.task(name=...))."
+            )
+        args, kwargs = decode(claimed.payload)
+        if not after:
+            after = await registry.position_token()
+        await _in_unit(registry, task, claimed, args, kwargs, after)
+    except ClaimLostError:
+        logger.warning(
+            "task %s (%s): its claim expired and another run took it over; this run's "
+            "writes were rolled back",
+            claimed.id,
+            claimed.name,
+        )
+        return LOST
+    except Exception as failure:
+        text = "".join(traceback.format_exception(type(failure), failure, failure.__traceback__))
+        dead = claimed.attempts >= claimed.max_attempts
+        logger.log(
+            logging.ERROR if dead else logging.WARNING,
+            "task %s (%s) failed on attempt %d of %d%s",
+            claimed.id,
+            claimed.name,
+            claimed.attempts,
+            claimed.max_attempts,
+            "; it is dead (db.tasks.requeue(id) runs it again)" if dead else "; it will retry",
+            exc_info=failure,
+        )
+        return await _record_failure(registry, claimed, task, text, dead=dead)
+    return DONE
+
+
+async def _in_unit(
+    registry: TaskHost,
+    task: Task[Any, Any],
+    claimed: Claimed,
+    args: list[Any],
+    kwargs: dict[str, Any],
+    after: tuple[object, ...],
+) -> None:
+    db = registry.db
+    unit = db.open_unit(after)
+    # As in @db.retry: the run commits when the function returns (an explicit commit,
+    # which would commit before the task is marked done, is refused), and a retried
+    # function called inside joins the run's unit.
+    unit.retrying = True
+    unit.commits_on_exit = True
+    token = db.scope.enter(unit)
+    try:
+        try:
+            timeout = task.options.timeout
+            if timeout is None:
+                await _call(task, args, kwargs)
+            else:
+                await asyncio.wait_for(_call(task, args, kwargs), timeout)
+            done = await unit.write.execute(done_statement(registry.table, claimed))
+            if cast("CursorResult[Any]", done).rowcount != 1:
+                raise ClaimLostError(
+                    f"task {claimed.id} ({claimed.name}): the run's claim expired and "
+                    "another run took the task over, so this run's writes roll back. A "
+                    "run must renew its claim every few seconds: keep the event loop "
+                    "free (run blocking work in a thread) or split the task."
+                )
+        except BaseException as error:
+            await unit.end(False, error)
+            raise
+        await unit.end(True)
+    finally:
+        db.scope.leave(token)
+
+
+async def _call(task: Task[Any, Any], args: list[Any], kwargs: dict[str, Any]) -> None:
+    func = task.func
+    if inspect.iscoroutinefunction(func):
+        await func(*args, **kwargs)
+        return
+    # A plain function runs in a thread (it may block); current_task() works there.
+    result = await asyncio.to_thread(func, *args, **kwargs)
+    if inspect.isawaitable(result):
+        await result
+
+
+async def _record_failure(
+    registry: TaskHost,
+    claimed: Claimed,
+    task: Task[Any, Any] | None,
+    error: str,
+    *,
+    dead: bool,
+) -> str:
+    delay = 0.0
+    if not dead:
+        options = registry.default_options if task is None else task.options
+        ceiling = min(options.max_backoff, options.backoff * 2 ** (claimed.attempts - 1))
+        delay = random.uniform(0, ceiling)
+    statement = failed_statement(registry.table, claimed, dead=dead, delay=delay, error=error)
+    # Should this fail (the database is down), the error propagates to the run's
+    # tracker, which logs it; the task runs again once its claim expires.
+    async with registry.transaction() as connection:
+        await connection.execute(statement)
+    return DEAD if dead else RETRY

@@ -1,0 +1,229 @@
+"""The tasks table's statements, per backend: store, claim, keep alive, finish.
+
+* Store: one multi-row ``INSERT`` per unit that ignores a task whose id is already
+  stored (a keyed task waiting to run); on PostgreSQL the same statement calls
+  ``pg_notify`` (delivered at commit), which wakes the dispatchers at once, unless the
+  committing process is about to run every due task itself (then waking every
+  dispatcher of every worker would only have them look for nothing).
+* Claim: due tasks (``pending`` and ``run_at`` passed) and tasks whose claim expired
+  (``running`` and ``lease_until`` passed), oldest first, marked ``running`` with a new
+  claim and one more attempt.  PostgreSQL and MariaDB lock the picked rows with
+  ``FOR UPDATE SKIP LOCKED``, so dispatchers never wait for one another nor pick the
+  same task; SQLite runs one writer at a time (one dispatcher, documented).
+* Finish: a run's writes commit with the ``DELETE`` of its row, which names the run's
+  claim: a run whose claim was taken over deletes nothing and rolls back.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import String, Table, and_, cast, delete, func, or_, select, update
+from sqlalchemy.dialects.mysql import insert as mysql_insert
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy.ext.asyncio import AsyncConnection
+from sqlalchemy.sql import Executable
+
+from .table import DEAD, PENDING, RUNNING
+
+#: Seconds a claim lasts unless its process renews it: a run whose process died or
+#: hangs is taken over once its claim is this old.
+LEASE = 20.0
+#: Seconds between renewals of the claims of a process's runs.
+HEARTBEAT = LEASE / 4
+
+
+def now_ms() -> int:
+    """The time as the tasks table counts it: milliseconds since the Unix epoch."""
+    return int(time.time() * 1000)
+
+
+@dataclass(frozen=True, slots=True)
+class Claimed:
+    """One task a run has claimed: what the run needs to call it and to finish it."""
+
+    id: str
+    name: str
+    payload: str
+    #: This run's attempt (from 1; more than ``max_attempts`` when the run takes over a
+    #: task whose last allowed run died).
+    attempts: int
+    max_attempts: int
+    #: The claim this run holds; its commit and its failure name it.
+    claim: str
+    #: The error of the run before, if any (kept when a taken-over task dies).
+    error: str | None
+
+
+def insert_statement(
+    table: Table, backend: str, rows: Sequence[dict[str, Any]], *, wake: bool = True
+) -> Executable:
+    """One statement storing ``rows``, skipping ids already stored (keyed tasks); on
+    PostgreSQL with ``wake``, it also wakes the dispatchers when it commits."""
+    c = table.c
+    if backend == "postgresql" and wake:
+        stored = (
+            pg_insert(table)
+            .values(list(rows))
+            .on_conflict_do_nothing(index_elements=[c.id])
+            .returning(c.id)
+            .cte("deferred")
+        )
+        # One statement still: the notification is sent when the transaction commits.
+        return select(func.pg_notify(table.name, cast(func.count(), String))).select_from(stored)
+    if backend == "postgresql":
+        return pg_insert(table).values(list(rows)).on_conflict_do_nothing(index_elements=[c.id])
+    if backend == "mysql":
+        statement = mysql_insert(table).values(list(rows))
+        # A no-op on a duplicate id (INSERT IGNORE would also hide other errors).
+        return statement.on_duplicate_key_update(id=statement.inserted.id)
+    return sqlite_insert(table).values(list(rows)).on_conflict_do_nothing(index_elements=[c.id])
+
+
+def _due(table: Table, now: int) -> Any:
+    c = table.c
+    return or_(
+        and_(c.state == PENDING, c.run_at <= now),
+        and_(c.state == RUNNING, c.lease_until < now),
+    )
+
+
+async def claim(
+    connection: AsyncConnection,
+    table: Table,
+    backend: str,
+    limit: int,
+    ids: Sequence[str] | None = None,
+) -> list[Claimed]:
+    """Claim up to ``limit`` due tasks (only among ``ids`` when given), in the
+    connection's transaction, which the caller commits."""
+    c = table.c
+    now = now_ms()
+    token = uuid.uuid4().hex
+    condition = _due(table, now)
+    if ids is not None:
+        condition = and_(c.id.in_(list(ids)), condition)
+    columns = (c.id, c.name, c.payload, c.attempts, c.max_attempts, c.error)
+    values = {
+        "state": RUNNING,
+        "claim": token,
+        "lease_until": now + int(LEASE * 1000),
+        "attempts": c.attempts + 1,
+    }
+    if backend == "mysql":
+        # MariaDB has no UPDATE ... RETURNING: lock and read, then mark.
+        picked = (
+            await connection.execute(
+                select(*columns)
+                .where(condition)
+                .order_by(c.run_at)
+                .limit(limit)
+                .with_for_update(skip_locked=True)
+            )
+        ).all()
+        if not picked:
+            return []
+        await connection.execute(
+            update(table).where(c.id.in_([row.id for row in picked])).values(**values)
+        )
+        return [
+            Claimed(
+                row.id, row.name, row.payload, row.attempts + 1, row.max_attempts, token, row.error
+            )
+            for row in picked
+        ]
+    pick = select(c.id).where(condition).order_by(c.run_at).limit(limit)
+    if backend == "postgresql":
+        # A CTE runs once: the rows locked are exactly the rows updated.
+        chosen = pick.with_for_update(skip_locked=True).cte("chosen")
+        statement = update(table).where(c.id == chosen.c.id)
+    else:
+        statement = update(table).where(c.id.in_(pick.scalar_subquery()))
+    result = await connection.execute(statement.values(**values).returning(*columns))
+    return [
+        Claimed(row.id, row.name, row.payload, row.attempts, row.max_attempts, token, row.error)
+        for row in result
+    ]
+
+
+def done_statement(table: Table, claimed: Claimed) -> Executable:
+    """Deletes the task's row if this run still holds its claim (one row) — run in the
+    transaction of the run's own writes, just before it commits."""
+    c = table.c
+    return delete(table).where(c.id == claimed.id, c.claim == claimed.claim)
+
+
+def failed_statement(
+    table: Table, claimed: Claimed, *, dead: bool, delay: float, error: str
+) -> Executable:
+    """Puts a failed run's task back to wait ``delay`` seconds, or marks it dead."""
+    c = table.c
+    return (
+        update(table)
+        .where(c.id == claimed.id, c.claim == claimed.claim)
+        .values(
+            state=DEAD if dead else PENDING,
+            run_at=now_ms() + int(delay * 1000),
+            claim=None,
+            lease_until=None,
+            error=error,
+        )
+    )
+
+
+def renew_statement(table: Table, claims: Sequence[Claimed]) -> Executable:
+    """Keeps the claims of a process's runs alive for another ``LEASE`` (found by their
+    primary key: MariaDB locks every row a statement scans)."""
+    c = table.c
+    return (
+        update(table)
+        .where(
+            c.id.in_(sorted({claimed.id for claimed in claims})),
+            c.claim.in_(sorted({claimed.claim for claimed in claims})),
+        )
+        .values(lease_until=now_ms() + int(LEASE * 1000))
+    )
+
+
+def hand_back_statement(table: Table, claims: Sequence[Claimed]) -> Executable:
+    """Returns runs stopped at a graceful stop to the waiting tasks, attempt not counted."""
+    c = table.c
+    return (
+        update(table)
+        .where(
+            c.id.in_(sorted({claimed.id for claimed in claims})),
+            c.claim.in_(sorted({claimed.claim for claimed in claims})),
+        )
+        .values(
+            state=PENDING, claim=None, lease_until=None, attempts=c.attempts - 1, run_at=now_ms()
+        )
+    )
+
+
+def requeue_statement(table: Table, task_id: str) -> Executable:
+    """Gives a dead task its attempts back and makes it due now."""
+    c = table.c
+    return (
+        update(table)
+        .where(c.id == task_id, c.state == DEAD)
+        .values(state=PENDING, attempts=0, run_at=now_ms(), claim=None, lease_until=None)
+    )
+
+
+def counts_statement(table: Table) -> Executable:
+    c = table.c
+    return select(c.state, func.count()).group_by(c.state)
+
+
+def dead_statement(table: Table) -> Executable:
+    c = table.c
+    return (
+        select(c.id, c.name, c.payload, c.attempts, c.error)
+        .where(c.state == DEAD)
+        .order_by(c.created_at, c.id)
+    )

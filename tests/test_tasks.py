@@ -1,0 +1,489 @@
+"""Durable tasks (PRODUCT.md, "Durable after-commit work"), rule by rule, on SQLite,
+PostgreSQL and MariaDB: deferring with the unit's commit, running, retrying, dying,
+requeueing, and the run's writes committed with its completion exactly once."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+from sqlalchemy import Integer, String, func, select, update
+from sqlalchemy.exc import DBAPIError
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+from sanic_sqlalchemy import (
+    ConfigurationError,
+    Database,
+    NoActiveUnitError,
+    SanicSQLAlchemyError,
+    current_task,
+)
+from sanic_sqlalchemy.errors import TaskArgumentError, TaskNotFoundError
+from sanic_sqlalchemy.tasks import dispatcher, sql
+from sanic_sqlalchemy.tasks.runner import DONE, LOST, run_claimed
+from sanic_sqlalchemy.testing import StatementLog, checked_out, rolled_back, schema
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class Receipt(Base):
+    __tablename__ = "task_receipts"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    order_id: Mapped[int] = mapped_column(Integer)
+    note: Mapped[str] = mapped_column(String(100), default="")
+
+
+@pytest.fixture
+async def db(url: str) -> AsyncIterator[Database]:
+    """A database with the receipts and tasks tables; the fast path off (each test
+    runs tasks itself unless it turns it on)."""
+    database = Database(url, pool_size=5, pool_timeout=10)
+    database.tasks.run_after_commit = False
+    async with schema(database, Base.metadata), schema(database, database.tasks.metadata):
+        yield database
+        await database.tasks.stop(0)
+    await database.dispose()
+
+
+async def receipts(db: Database) -> list[int]:
+    async with db:
+        return sorted((await db.read.scalars(select(Receipt.order_id))).all())
+
+
+def add_receipt_task(db: Database, **options: Any) -> Any:
+    @db.task(name="test.receipt", **options)
+    async def receipt(order_id: int, note: str = "") -> None:
+        db.write.add(Receipt(order_id=order_id, note=note))
+
+    return receipt
+
+
+async def test_a_task_is_still_a_function_and_defer_is_stored_with_the_commit(
+    db: Database,
+) -> None:
+    """``task(x)`` calls the function; ``defer`` returns an id at no round trip and the
+    unit stores it with its commit, one statement for all the unit's tasks."""
+    seen: list[int] = []
+
+    @db.task
+    def sync_task(n: int) -> int:
+        seen.append(n)
+        return n * 2
+
+    receipt = add_receipt_task(db)
+    assert sync_task(21) == 42 and seen == [21]
+    log = StatementLog(db)
+    async with db as unit:
+        first = receipt.defer(1)
+        second = receipt.defer(order_id=2, note="kw")
+        third = sync_task.defer(3)
+        assert unit.stats.statements == 0 and checked_out(db).total == 0
+        assert log.statements == []
+    log.detach()
+    assert len({first, second, third}) == 3 and all(isinstance(i, str) for i in (first, third))
+    inserts = [s for _, s in log.statements if "INSERT" in s.upper()]
+    assert len(inserts) == 1, log.statements
+    assert await db.tasks.counts() == {"pending": 3, "running": 0, "dead": 0}
+    assert await db.tasks.run_pending() == 3
+    assert await receipts(db) == [1, 2] and seen == [21, 3]
+    assert await db.tasks.counts() == {"pending": 0, "running": 0, "dead": 0}
+
+
+async def test_defer_outside_a_unit_raises(db: Database) -> None:
+    receipt = add_receipt_task(db)
+    with pytest.raises(NoActiveUnitError, match=r"test.receipt.defer\(\)"):
+        receipt.defer(1)
+
+
+async def test_rollbacks_leave_nothing(db: Database) -> None:
+    """A unit that rolls back, a savepoint that rolls back, a failed ``@db.retry``
+    attempt: their tasks are never stored; a released savepoint's are."""
+    receipt = add_receipt_task(db)
+    with pytest.raises(RuntimeError):
+        async with db:
+            receipt.defer(1)
+            raise RuntimeError("rolled back")
+    async with db:
+        receipt.defer(2)
+        with pytest.raises(ValueError):
+            async with db.write.begin():
+                receipt.defer(3)
+                raise ValueError("savepoint rolled back")
+        async with db.write.begin():
+            receipt.defer(4)
+
+    class Conflict(Exception):
+        sqlstate = "40001"
+
+    attempts = []
+
+    @db.retry(attempts=2, backoff=0)
+    async def deferring() -> None:
+        attempts.append(1)
+        receipt.defer(10 + len(attempts))
+        if len(attempts) == 1:
+            raise DBAPIError("UPDATE", None, Conflict())
+
+    await deferring()
+    assert await db.tasks.run_pending() == 3
+    assert await receipts(db) == [2, 4, 12]
+
+
+async def test_arguments_are_checked_as_json_at_defer(db: Database) -> None:
+    receipt = add_receipt_task(db)
+    async with db:
+        with pytest.raises(TaskArgumentError, match="positional argument 1") as caught:
+            receipt.defer(1, object())
+        assert isinstance(caught.value, SanicSQLAlchemyError)
+        with pytest.raises(TaskArgumentError, match=r"keyword argument 'note'\[0\]"):
+            receipt.defer(1, note=[{1, 2}])
+        with pytest.raises(TaskArgumentError, match="dict key 1"):
+            receipt.defer({1: "a"})
+    assert await db.tasks.counts() == {"pending": 0, "running": 0, "dead": 0}
+
+
+async def test_tuples_arrive_as_lists_and_current_task_says_which(db: Database) -> None:
+    seen: list[Any] = []
+
+    @db.task(name="test.info", max_attempts=3)
+    async def info(values: Any) -> None:
+        seen.append((values, current_task()))
+
+    assert current_task() is None
+    async with db:
+        task_id = info.defer((1, 2))
+    await db.tasks.run_pending()
+    [(values, task)] = seen
+    assert values == [1, 2]
+    assert (task.id, task.name, task.attempt, task.max_attempts) == (task_id, "test.info", 1, 3)
+    assert current_task() is None
+
+
+async def test_delay_and_key(db: Database) -> None:
+    """A delayed task waits; a key stores one task while it waits, the first call's
+    arguments win, and once it ran the key is free again."""
+    receipt = add_receipt_task(db)
+    async with db:
+        receipt.configure(delay=30).defer(1)
+    assert await db.tasks.run_pending() == 0
+    async with db:
+        first = receipt.configure(key="order-7").defer(7)
+        again = receipt.configure(key="order-7").defer(8)
+    async with db:
+        later = receipt.configure(key="order-7").defer(9)
+    assert first == again == later
+    assert await db.tasks.counts() == {"pending": 2, "running": 0, "dead": 0}
+    assert await db.tasks.run_pending() == 1
+    assert await receipts(db) == [7]
+    async with db:
+        receipt.configure(key="order-7").defer(10)
+    assert await db.tasks.run_pending() == 1
+    assert await receipts(db) == [7, 10]
+
+
+async def test_failures_retry_then_die_and_requeue_gives_attempts_back(db: Database) -> None:
+    attempts: list[int] = []
+
+    @db.task(name="test.failing", max_attempts=2, backoff=0)
+    async def failing() -> None:
+        task = current_task()
+        assert task is not None
+        attempts.append(task.attempt)
+        db.write.add(Receipt(order_id=99))  # rolled back with the failure
+        raise ValueError("the mail server said no")
+
+    async with db:
+        task_id = failing.defer()
+    assert await db.tasks.run_pending() == 2
+    assert attempts == [1, 2]
+    assert await db.tasks.counts() == {"pending": 0, "running": 0, "dead": 1}
+    [dead] = await db.tasks.dead()
+    assert (dead.id, dead.name, dead.args, dead.kwargs, dead.attempts) == (
+        task_id,
+        "test.failing",
+        [],
+        {},
+        2,
+    )
+    assert dead.error is not None
+    assert "Traceback" in dead.error and "the mail server said no" in dead.error
+    await db.tasks.requeue(task_id)
+    with pytest.raises(TaskNotFoundError):
+        await db.tasks.requeue(task_id)
+    assert await db.tasks.run_pending() == 2
+    assert attempts == [1, 2, 1, 2]
+    assert await receipts(db) == []
+
+
+async def test_backoff_waits_and_timeout_counts_as_failure(db: Database) -> None:
+    @db.task(name="test.slow", timeout=0.1, backoff=600, max_backoff=600)
+    async def slow() -> None:
+        await asyncio.sleep(5)
+
+    async with db:
+        slow.defer()
+    started = time.monotonic()
+    assert await db.tasks.run_pending() == 1
+    assert time.monotonic() - started < 2
+    assert await db.tasks.counts() == {"pending": 1, "running": 0, "dead": 0}
+    table = db.tasks.table
+    async with db.engines.write.connect() as connection:
+        row = (await connection.execute(select(table.c.run_at, table.c.error))).one()
+    assert row.run_at <= sql.now_ms() + 600_000
+    assert "TimeoutError" in row.error
+
+
+async def test_unknown_task_is_an_error_that_says_so(db: Database) -> None:
+    other = Database(db.settings.url)
+    other.tasks.run_after_commit = False
+
+    @other.task(name="test.elsewhere", max_attempts=1)
+    async def elsewhere() -> None:
+        pass
+
+    async with other:
+        elsewhere.defer()
+    await other.dispose()
+    assert await db.tasks.run_pending() == 1
+    [dead] = await db.tasks.dead()
+    assert "no function is registered as task 'test.elsewhere'" in (dead.error or "")
+
+
+async def test_a_run_whose_claim_was_taken_over_cannot_commit(db: Database) -> None:
+    """Exactly once: the first run's claim expires, a second run takes over and
+    commits; the first, finishing late, rolls back its writes."""
+    receipt = add_receipt_task(db)
+    async with db:
+        receipt.defer(5)
+    [stale] = await db.tasks.claim(1)
+    table = db.tasks.table
+    async with db.engines.write.begin() as connection:
+        await connection.execute(update(table).values(lease_until=0))
+    assert await db.tasks.run_pending() == 1
+    assert await run_claimed(db.tasks, stale) == LOST
+    assert await receipts(db) == [5]
+    assert await db.tasks.counts() == {"pending": 0, "running": 0, "dead": 0}
+
+
+async def test_a_running_claim_is_kept_alive(db: Database, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The heartbeat renews a long run's claim: nobody takes it over meanwhile."""
+    monkeypatch.setattr(sql, "LEASE", 1.0)
+    monkeypatch.setattr(dispatcher, "HEARTBEAT", 0.2)
+    started = asyncio.Event()
+
+    @db.task(name="test.long")
+    async def long() -> None:
+        started.set()
+        await asyncio.sleep(2.0)
+        db.write.add(Receipt(order_id=1))
+
+    async with db:
+        long.defer()
+    [claimed] = await db.tasks.claim(1)
+    run = db.tasks.runs().start(claimed)
+    await started.wait()
+    for _ in range(8):
+        await asyncio.sleep(0.25)
+        assert await db.tasks.claim(1) == []
+    assert await run == DONE
+    assert await receipts(db) == [1]
+
+
+async def test_the_committing_process_runs_its_tasks_after_the_commit(db: Database) -> None:
+    db.tasks.run_after_commit = True
+    receipt = add_receipt_task(db)
+    async with db:
+        receipt.defer(1)
+        receipt.configure(delay=60).defer(2)
+    for _ in range(100):
+        if await receipts(db):
+            break
+        await asyncio.sleep(0.05)
+    assert await receipts(db) == [1]
+    assert await db.tasks.counts() == {"pending": 1, "running": 0, "dead": 0}
+
+
+async def test_stop_hands_running_tasks_back_without_an_attempt(db: Database) -> None:
+    db.tasks.run_after_commit = True
+    started = asyncio.Event()
+
+    @db.task(name="test.forever")
+    async def forever() -> None:
+        started.set()
+        await asyncio.sleep(60)
+
+    async with db:
+        forever.defer()
+    await asyncio.wait_for(started.wait(), 5)
+    assert (await db.tasks.counts())["running"] == 1
+    await db.tasks.stop(0.1)
+    table = db.tasks.table
+    async with db.engines.write.connect() as connection:
+        row = (await connection.execute(select(table.c.state, table.c.attempts))).one()
+    assert (row.state, row.attempts) == ("pending", 0)
+
+
+async def test_work_runs_delayed_tasks_as_they_fall_due(url: str, tmp_path: Any) -> None:
+    database = Database(url, tasks_poll=0.1)
+    database.tasks.run_after_commit = False
+    async with schema(database, Base.metadata), schema(database, database.tasks.metadata):
+        receipt = add_receipt_task(database)
+        worker = asyncio.create_task(database.tasks.work(concurrency=2, grace=1))
+        async with database:
+            receipt.configure(delay=0.3).defer(1)
+            receipt.defer(2)
+        for _ in range(100):
+            if len(await receipts(database)) == 2:
+                break
+            await asyncio.sleep(0.05)
+        worker.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await worker
+        assert await receipts(database) == [1, 2]
+    await database.dispose()
+
+
+@pytest.mark.backends("postgresql")
+async def test_postgresql_dispatcher_wakes_on_notify(url: str) -> None:
+    """With a poll of a minute, a task committed elsewhere still runs at once."""
+    database = Database(url, tasks_poll=60)
+    writer = Database(url)
+    writer.tasks.run_after_commit = False
+    async with schema(database, Base.metadata), schema(database, database.tasks.metadata):
+        add_receipt_task(database)
+        receipt = add_receipt_task(writer)
+        worker = asyncio.create_task(database.tasks.work())
+        await asyncio.sleep(0.5)  # listening (and the first look done)
+        async with writer:
+            receipt.defer(3)
+        started = time.monotonic()
+        for _ in range(250):
+            if await receipts(database):
+                break
+            await asyncio.sleep(0.02)
+        worker.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await worker
+        assert await receipts(database) == [3]
+        assert time.monotonic() - started < 2
+    await writer.dispose()
+    await database.dispose()
+
+
+@pytest.mark.backends("sqlite")
+async def test_tasks_table_setting(tmp_path: Any) -> None:
+    url = f"sqlite+aiosqlite:///{tmp_path / 't.db'}"
+    database = Database(url, tasks_table="my_tasks")
+    assert database.tasks.table.name == "my_tasks"
+    assert "my_tasks" in database.tasks.metadata.tables
+    assert Database().tasks.table.name == "sanic_sqlalchemy_tasks"
+    with pytest.raises(ConfigurationError, match="DATABASE_TASKS_TABLE"):
+        Database().configure_from({"DATABASE_URL": url, "DATABASE_TASKS_TABLE": "x; drop"})
+    with pytest.raises(ConfigurationError, match="DATABASE_TASKS_POLL"):
+        Database().configure_from({"DATABASE_URL": url, "DATABASE_TASKS_POLL": "0"})
+    with pytest.raises(ConfigurationError, match="max_attempts"):
+        database.task(max_attempts=0)(lambda: None)
+    await database.dispose()
+
+
+async def test_tasks_table_holds_one_row_per_task(db: Database) -> None:
+    receipt = add_receipt_task(db)
+    async with db:
+        for n in range(30):
+            receipt.defer(n)
+    table = db.tasks.table
+    async with db.engines.write.connect() as connection:
+        assert (await connection.execute(select(func.count()).select_from(table))).scalar() == 30
+    assert await db.tasks.run_pending() == 30
+    assert await receipts(db) == list(range(30))
+
+
+@pytest.mark.backends("postgresql")
+async def test_with_replicas_a_run_reads_after_the_deferring_commit(url: str) -> None:
+    """The run's unit is opened after a position token: the deferring commit's on the
+    fast path, the primary's position at the run's start otherwise."""
+    database = Database(url, read_urls=[url])
+    opened: list[tuple[object, ...]] = []
+    open_unit = database.open_unit
+
+    def recording(after: tuple[object, ...] = ()) -> Any:
+        opened.append(after)
+        return open_unit(after)
+
+    database.open_unit = recording  # type: ignore[method-assign]
+    async with schema(database, Base.metadata), schema(database, database.tasks.metadata):
+        receipt = add_receipt_task(database)
+        async with database as unit:
+            receipt.defer(1)
+        token = unit.commit_token
+        assert token is not None
+        for _ in range(100):
+            if await receipts(database):
+                break
+            await asyncio.sleep(0.05)
+        assert (token,) in opened
+        database.tasks.run_after_commit = False
+        async with database:
+            receipt.defer(2)
+        opened.clear()
+        assert await database.tasks.run_pending() == 1
+        [after] = [tokens for tokens in opened if tokens]
+        replicas = database.engines.replicas
+        assert replicas is not None
+        position = replicas.tokens.read(after[0])
+        assert position is not None and position.covers(replicas.tokens.read(token))
+        assert await receipts(database) == [1, 2]
+    await database.dispose()
+
+
+async def test_in_a_rolled_back_test_tasks_are_rows_of_its_transaction(db: Database) -> None:
+    """The test kit: deferred tasks are stored in the test's transaction, where
+    ``run_pending`` runs them; nothing is left once the test rolls back."""
+    db.tasks.run_after_commit = True  # stays off in a rolled-back test anyway
+    receipt = add_receipt_task(db)
+    async with rolled_back(db):
+        async with db:
+            receipt.defer(1)
+        assert await db.tasks.counts() == {"pending": 1, "running": 0, "dead": 0}
+        assert await db.tasks.run_pending() == 1
+        assert await receipts(db) == [1]
+        assert await db.tasks.counts() == {"pending": 0, "running": 0, "dead": 0}
+        async with db:
+            receipt.defer(2)
+    assert await receipts(db) == []
+    assert await db.tasks.counts() == {"pending": 0, "running": 0, "dead": 0}
+
+
+@pytest.mark.backends("postgresql")
+async def test_postgresql_wakes_dispatchers_only_for_tasks_nobody_runs_yet(db: Database) -> None:
+    """The insert notifies the dispatchers when the committing process will not run the
+    due tasks itself; a commit whose tasks run here, or that are delayed, wakes none."""
+    receipt = add_receipt_task(db)
+    log = StatementLog(db)
+    async with db:
+        receipt.defer(1)  # the fast path is off: a dispatcher must run it
+    db.tasks.run_after_commit = True
+    async with db:
+        receipt.defer(2)  # run right here after the commit
+    async with db:
+        receipt.configure(delay=60).defer(3)
+    log.detach()
+    table = db.tasks.table.name
+    inserts = [s for _, s in log.statements if f"INSERT INTO {table}" in s]
+    assert ["pg_notify" in s for s in inserts] == [True, False, False]
+    await db.tasks.stop(5)
+
+
+async def test_thousands_of_tasks_in_one_unit(db: Database) -> None:
+    """More tasks than one statement can carry parameters for are stored in several."""
+    receipt = add_receipt_task(db)
+    async with db:
+        for n in range(2500):
+            receipt.defer(n)
+    assert await db.tasks.counts() == {"pending": 2500, "running": 0, "dead": 0}
