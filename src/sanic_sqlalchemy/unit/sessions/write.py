@@ -7,7 +7,7 @@ transaction (a released savepoint hands its callbacks on, a rolled-back one drop
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 from sqlalchemy import event
 from sqlalchemy.ext.asyncio import AsyncSession, AsyncSessionTransaction
@@ -118,6 +118,23 @@ def _on_write_commit(session: Session) -> None:
         callbacks.savepoint_released(savepoint, _enclosing_savepoint(savepoint))
 
 
+class _FollowsTransaction(Protocol):
+    """What follows the write transaction's savepoints: the on-commit queue
+    (``unit.callbacks``) and, with durable tasks, the unit's task outbox."""
+
+    def savepoint_rolled_back(self, savepoint: object, /) -> None: ...
+
+    def rolled_back(self) -> None: ...
+
+
+def _soft_rollback(follower: _FollowsTransaction, previous: SessionTransaction) -> None:
+    """A savepoint rolled back (drop what it held) or the whole transaction did."""
+    if previous.nested:
+        follower.savepoint_rolled_back(previous)
+    elif previous.parent is None:
+        follower.rolled_back()
+
+
 @event.listens_for(_WriteSyncSession, "before_commit")
 @event.listens_for(_WriteSyncSession, "after_flush_postexec")
 def _on_write_committing(session: Session, _context: Any = None) -> None:
@@ -131,12 +148,8 @@ def _on_write_committing(session: Session, _context: Any = None) -> None:
 def _on_write_rollback(session: Session, previous: SessionTransaction) -> None:
     assert isinstance(session, _WriteSyncSession)
     callbacks = session._unit.callbacks
-    if callbacks is None:
-        return
-    if previous.nested:
-        callbacks.savepoint_rolled_back(previous)
-    elif previous.parent is None:
-        callbacks.rolled_back()
+    if callbacks is not None:
+        _soft_rollback(callbacks, previous)
 
 
 @event.listens_for(_WriteSyncSession, "after_transaction_end")
@@ -267,12 +280,8 @@ def _tasks_committed(session: Session) -> None:
 def _tasks_rolled_back(session: Session, previous: SessionTransaction) -> None:
     assert isinstance(session, _TaskWriteSyncSession)
     outbox: TaskOutbox | None = getattr(session._unit, "outbox", None)
-    if outbox is None:
-        return
-    if previous.nested:
-        outbox.savepoint_rolled_back(previous)
-    elif previous.parent is None:
-        outbox.rolled_back()
+    if outbox is not None:
+        _soft_rollback(outbox, previous)
 
 
 @event.listens_for(_TaskWriteSyncSession, "after_transaction_end")
