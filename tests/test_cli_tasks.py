@@ -19,8 +19,9 @@ from sanic_sqlalchemy.cli import main
 
 from .test_cli import module, run
 
-#: A module with one task that always fails and one that appends to a file; ``prepare``
-#: creates the table, defers and runs the failing ones until they are dead.
+#: A module with a task that always fails, one that appends to a file and a slow one;
+#: ``prepare`` creates a fresh table, runs the failing ones until they are dead, then
+#: defers the others for the dispatcher under test.
 JOBS = """
     import asyncio, os
     from sanic_sqlalchemy import Database
@@ -36,7 +37,15 @@ JOBS = """
         with open(os.environ["JOBS_OUT"], "a") as out:
             out.write(text + "\\n")
 
-    async def prepare(failing, noting):
+    @db.task
+    async def slow(seconds):
+        with open(os.environ["JOBS_OUT"], "a") as out:
+            out.write(f"start {{seconds}}\\n")
+        await asyncio.sleep(seconds)
+        with open(os.environ["JOBS_OUT"], "a") as out:
+            out.write(f"done {{seconds}}\\n")
+
+    async def prepare(failing, noting, slows=()):
         db.tasks.run_after_commit = False
         await db.tasks.drop_table()
         await db.tasks.create_table()
@@ -49,6 +58,8 @@ JOBS = """
         async with db:
             for n in range(noting):
                 note.defer(f"note {{n}}")
+            for seconds in slows:
+                slow.defer(seconds)
         await db.dispose()
 
     async def drop():
@@ -58,15 +69,15 @@ JOBS = """
 """
 
 
-async def jobs(cwd: Path, url: str, failing: int, noting: int, echo: bool = False) -> None:
+async def jobs(
+    cwd: Path, url: str, failing: int, noting: int, echo: bool = False, slows: tuple[int, ...] = ()
+) -> None:
     """Write ``jobs.py`` on ``url`` (a table of its own) and prepare its tasks."""
     module(cwd, "jobs", JOBS.format(url=url, table=f"t_{uuid.uuid4().hex[:10]}", echo=echo))
     # Imported as ``jobs`` (not run as ``__main__``): the tasks' names are those the
     # command's import gives them.
-    code = f"import asyncio, jobs; asyncio.run(jobs.prepare({failing}, {noting}))"
-    process = await asyncio.create_subprocess_exec(
-        sys.executable, "-c", code, cwd=cwd, stderr=asyncio.subprocess.DEVNULL
-    )
+    code = f"import asyncio, jobs; asyncio.run(jobs.prepare({failing}, {noting}, {slows!r}))"
+    process = await asyncio.create_subprocess_exec(sys.executable, "-c", code, cwd=cwd)
     assert await asyncio.wait_for(process.wait(), 30) == 0
 
 
@@ -137,21 +148,7 @@ async def test_work_runs_tasks_and_stops_on_sigterm(url: str, tmp_path: Path) ->
     await jobs(tmp_path, url, failing=0, noting=1)
     out = tmp_path / "out.txt"
     try:
-        process = await asyncio.create_subprocess_exec(
-            sys.executable,
-            "-m",
-            "sanic_sqlalchemy",
-            "tasks",
-            "work",
-            "jobs:db",
-            "--json",
-            "--grace",
-            "5",
-            cwd=tmp_path,
-            env={**os.environ, "JOBS_OUT": str(out)},
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.PIPE,
-        )
+        process = await worker(tmp_path, out, grace=5)
         await written(out, 15)
         assert out.read_text() == "note 0\n"
         process.send_signal(signal.SIGTERM)
@@ -168,6 +165,55 @@ async def test_work_runs_tasks_and_stops_on_sigterm(url: str, tmp_path: Path) ->
         }
     finally:
         await drop(tmp_path)
+
+
+async def worker(cwd: Path, out: Path, grace: float) -> asyncio.subprocess.Process:
+    """``tasks work jobs:db --json`` started in ``cwd``; the tasks write to ``out``."""
+    return await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "sanic_sqlalchemy",
+        "tasks",
+        "work",
+        "jobs:db",
+        "--json",
+        "--grace",
+        str(grace),
+        cwd=cwd,
+        env={**os.environ, "JOBS_OUT": str(out)},
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+
+
+@pytest.mark.backends("sqlite")
+async def test_sigterm_lets_runs_finish_within_grace_and_hands_back_the_rest(
+    url: str, tmp_path: Path
+) -> None:
+    """At SIGTERM a task that ends within ``--grace`` finishes; one that would not is
+    handed back, waiting again with no attempt spent."""
+    await jobs(tmp_path, url, failing=0, noting=0, slows=(1, 60))
+    out = tmp_path / "out.txt"
+    try:
+        process = await worker(tmp_path, out, grace=3)
+        deadline = time.monotonic() + 15
+        for _ in iter(lambda: time.monotonic() < deadline and _starts(out) < 2, False):
+            await asyncio.sleep(0.05)
+        assert _starts(out) == 2
+        process.send_signal(signal.SIGTERM)
+        _, stderr = await asyncio.wait_for(process.communicate(), 10)
+        assert process.returncode == 0, stderr.decode()
+        assert "done 1" in out.read_text() and "done 60" not in out.read_text()
+        result = await run(tmp_path, "tasks", "status", "jobs:db", "--json")
+        status = json.loads(result.out)
+        assert (status["pending"], status["running"], status["dead"]) == (1, 0, 0)
+    finally:
+        await drop(tmp_path)
+
+
+def _starts(path: Path) -> int:
+    text = path.read_text() if path.is_file() else ""
+    return text.count("start ")
 
 
 async def test_work_wants_registered_tasks(tmp_path: Path) -> None:
