@@ -9,8 +9,8 @@ import json
 import os
 import signal
 import sys
-import time
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -81,12 +81,12 @@ async def jobs(
     assert await asyncio.wait_for(process.wait(), 30) == 0
 
 
-async def written(path: Path, timeout: float) -> None:
-    """Return once ``path`` has content (another process writes it), or after ``timeout``."""
-    deadline = time.monotonic() + timeout
-    for _ in iter(lambda: time.monotonic() < deadline and not path.is_file(), False):
-        await asyncio.sleep(0.05)
-    for _ in iter(lambda: time.monotonic() < deadline and not path.read_text(), False):
+async def until(condition: Callable[[], bool], timeout: float) -> None:
+    """Return once ``condition()`` holds (another process makes it so), or after
+    ``timeout`` seconds; the caller asserts."""
+    for _ in range(int(timeout / 0.05)):
+        if condition():
+            return
         await asyncio.sleep(0.05)
 
 
@@ -149,7 +149,7 @@ async def test_work_runs_tasks_and_stops_on_sigterm(url: str, tmp_path: Path) ->
     out = tmp_path / "out.txt"
     try:
         process = await worker(tmp_path, out, grace=5)
-        await written(out, 15)
+        await until(lambda: out.is_file() and bool(out.read_text()), 15)
         assert out.read_text() == "note 0\n"
         process.send_signal(signal.SIGTERM)
         stdout, stderr = await asyncio.wait_for(process.communicate(), 10)
@@ -196,9 +196,7 @@ async def test_sigterm_lets_runs_finish_within_grace_and_hands_back_the_rest(
     out = tmp_path / "out.txt"
     try:
         process = await worker(tmp_path, out, grace=3)
-        deadline = time.monotonic() + 15
-        for _ in iter(lambda: time.monotonic() < deadline and _starts(out) < 2, False):
-            await asyncio.sleep(0.05)
+        await until(lambda: _starts(out) == 2, 15)
         assert _starts(out) == 2
         process.send_signal(signal.SIGTERM)
         _, stderr = await asyncio.wait_for(process.communicate(), 10)
