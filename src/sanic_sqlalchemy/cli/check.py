@@ -1,37 +1,26 @@
-"""The ``sanic-sqlalchemy`` command: check a configuration, create or drop tables.
-
-``check`` imports an app or a ``Database`` (``module:app``, ``module:db``) or takes a
-URL, builds its settings, connects to the primary and to each replica with a short
-timeout and reports what it found; the exit code is 1 when anything is wrong.
-``create-all`` and ``drop-all`` run ``db.create_all`` / ``db.drop_all`` for a
-``MetaData``.  URLs are always shown without their password.  ``check`` writes nothing
-but its report to stdout (SQLAlchemy's echo goes to stderr), so ``--json`` stays JSON.
+"""``check``: build the settings of an app, a ``Database`` or a URL, connect to the
+primary and to each replica with a short timeout and report what was found (latency,
+version, whether the server keeps read connections read-only); the exit code is 1 when
+anything is wrong.  URLs are always shown without their password.
 """
 
 from __future__ import annotations
 
-import argparse
 import asyncio
-import contextlib
 import dataclasses
-import importlib
-import json
-import os
-import sys
 import time
 import urllib.parse
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import MetaData, text
+from sqlalchemy import text
 from sqlalchemy.engine import URL
-from sqlalchemy.exc import SQLAlchemyError
 
-from .database import DatabaseCore as Database
-from .engine.engines import Engines
-from .errors import ReadOnlyError, SanicSQLAlchemyError
-from .settings import Settings, public_url
+from ..database import DatabaseCore as Database
+from ..engine.engines import Engines
+from ..errors import ReadOnlyError, SanicSQLAlchemyError
+from ..settings import Settings
+from .targets import databases, describe, render
 
 _VERSION_QUERIES = {
     "postgresql": "SHOW server_version",
@@ -40,10 +29,6 @@ _VERSION_QUERIES = {
 }
 #: A write that a read connection must refuse; it is rolled back (or dropped) anyway.
 _CHECK_TABLE = "sanic_sqlalchemy_check_write"
-
-
-class CommandError(SanicSQLAlchemyError):
-    """A target that cannot be loaded or used; the message says what to pass instead."""
 
 
 @dataclasses.dataclass
@@ -65,55 +50,6 @@ class ServerReport:
     latency_ms: float | None = None
     version: str | None = None
     read_only: bool | None = None
-
-
-def render(url: URL) -> str:
-    """``url`` as text, its password and secret query parameters (``?password=``)
-    masked."""
-    return public_url(url)
-
-
-def load(target: str) -> Any:
-    """The object named by ``module:attribute`` (the current directory is importable)."""
-    module_name, sep, attribute = target.partition(":")
-    if not sep or not module_name or not attribute:
-        raise CommandError(
-            f"{target!r}: expected MODULE:NAME, e.g. 'myapp.server:app' or 'myapp.db:db'."
-        )
-    if os.getcwd() not in sys.path:
-        sys.path.insert(0, os.getcwd())
-    try:
-        module = importlib.import_module(module_name)
-    except ModuleNotFoundError as error:
-        if error.name is not None and module_name.startswith(error.name):
-            raise CommandError(
-                f"{target!r}: no module named {module_name!r} (run the command from the "
-                "directory that contains it, or install the project)."
-            ) from error
-        raise
-    value: Any = module
-    for part in attribute.split("."):
-        try:
-            value = getattr(value, part)
-        except AttributeError:
-            raise CommandError(f"{target!r}: {module_name!r} has no {attribute!r}.") from None
-    return value
-
-
-def databases(target: str) -> list[Database]:
-    """The databases of ``target``: a URL, ``module:db`` or ``module:app``."""
-    if "://" in target:
-        return [Database(target)]
-    value = load(target)
-    if isinstance(value, Database):
-        return [value]
-    found = getattr(getattr(value, "request_class", None), "_sanic_sqlalchemy_databases", None)
-    if isinstance(found, list) and found:
-        return list(found)
-    raise CommandError(
-        f"{target!r} is neither a Database nor a Sanic app on which db.init_app(app) was "
-        "called; pass MODULE:db, MODULE:app or a database URL."
-    )
 
 
 async def _probe(engines: Engines, report: ServerReport) -> None:
@@ -229,12 +165,12 @@ async def check_database(db: Database, timeout: float) -> dict[str, Any]:
                 Problem(
                     key,
                     "could not verify that read connections are read-only: the test write "
-                    f"was refused for another reason ({_describe(error.args[0])}).",
+                    f"was refused for another reason ({describe(error.args[0])}).",
                 )
             )
         except Exception as error:  # reported with its key, and the exit code says so
             verb = "checking" if report.reachable else "cannot connect to"
-            problems.append(Problem(key, f"{verb} {render(url)}: {_describe(error)}"))
+            problems.append(Problem(key, f"{verb} {render(url)}: {describe(error)}"))
         finally:
             if engines is not None:
                 await engines.dispose()
@@ -283,12 +219,6 @@ def _pool(settings: Settings) -> dict[str, Any]:
     }
 
 
-def _describe(error: BaseException) -> str:
-    # The driver's own message (DBAPIError wraps it with the statement); never a URL.
-    original = getattr(error, "orig", None) or error
-    return f"{type(original).__name__}: {original}".strip()
-
-
 def _problem(prefix: str, error: BaseException) -> dict[str, str]:
     message = str(error)
     key, sep, rest = message.partition(": ")
@@ -297,7 +227,7 @@ def _problem(prefix: str, error: BaseException) -> dict[str, str]:
     return {"key": f"{prefix}URL", "message": message}
 
 
-def _print_check(results: list[dict[str, Any]]) -> None:
+def print_check(results: list[dict[str, Any]]) -> None:
     for result in results:
         print(f"{result['prefix']}*  backend: {result.get('backend', '?')}")
         if "pool" in result:
@@ -322,107 +252,8 @@ def _print_check(results: list[dict[str, Any]]) -> None:
     print("OK" if total == 0 else f"{total} problem(s)")
 
 
-async def _check(target: str, timeout: float) -> list[dict[str, Any]]:
+async def check_target(target: str, timeout: float) -> list[dict[str, Any]]:
     results = []
     for db in databases(target):
         results.append(await check_database(db, timeout))
     return results
-
-
-def _metadata(target: str) -> MetaData:
-    value = load(target)
-    if not isinstance(value, MetaData):
-        raise CommandError(
-            f"{target!r} is a {type(value).__name__}, not a MetaData; pass e.g. "
-            "'myapp.models:Base.metadata'."
-        )
-    return value
-
-
-def _one_database(target: str | None) -> Database:
-    if target is None:
-        target = os.environ.get("SANIC_DATABASE_URL")
-        if not target:
-            raise CommandError(
-                "Which database? Pass --db MODULE:db (or MODULE:app, or a URL), or set "
-                "SANIC_DATABASE_URL."
-            )
-    found = databases(target)
-    if len(found) != 1:
-        prefixes = ", ".join(db.config_prefix for db in found)
-        raise CommandError(
-            f"{target!r} has {len(found)} databases ({prefixes}); pass --db MODULE:db."
-        )
-    return found[0]
-
-
-async def _tables(command: str, metadata: MetaData, db: Database) -> None:
-    try:
-        if command == "create-all":
-            await db.create_all(metadata)
-        else:
-            await db.drop_all(metadata)
-    finally:
-        await db.dispose()
-
-
-def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="sanic-sqlalchemy", description="Check a sanic-sqlalchemy configuration."
-    )
-    commands = parser.add_subparsers(dest="command", required=True)
-    check = commands.add_parser("check", help="validate the settings and connect to every server")
-    check.add_argument("target", metavar="APP_OR_DB", help="MODULE:app, MODULE:db or a URL")
-    check.add_argument("--timeout", type=float, default=5.0, help="seconds per server (default 5)")
-    check.add_argument("--json", action="store_true", help="print the report as JSON")
-    for name, help_text in (
-        ("create-all", "create the tables of a MetaData that do not exist"),
-        ("drop-all", "drop the tables of a MetaData (asks for --yes)"),
-    ):
-        sub = commands.add_parser(name, help=help_text)
-        sub.add_argument("metadata", metavar="MODULE:METADATA")
-        sub.add_argument(
-            "--db", help="MODULE:db, MODULE:app or a URL (default: SANIC_DATABASE_URL)"
-        )
-        if name == "drop-all":
-            sub.add_argument("--yes", action="store_true", help="really drop the tables")
-    return parser
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """Run the command line ``argv``; returns the exit code (0: everything is fine)."""
-    args = _parser().parse_args(argv)
-    try:
-        if args.command == "check":
-            # Stdout is for the report only: SQLAlchemy's echo (a handler on sys.stdout as
-            # it is when an engine is made) and whatever the target prints on import go
-            # to stderr, so that --json stays JSON.
-            with contextlib.redirect_stdout(sys.stderr):
-                results = asyncio.run(_check(args.target, args.timeout))
-            if args.json:
-                print(json.dumps(results, indent=2))
-            else:
-                _print_check(results)
-            return 0 if all(not result["problems"] for result in results) else 1
-        if args.command == "drop-all" and not args.yes:
-            print(
-                "drop-all drops every table of the MetaData and their data; "
-                "run it again with --yes.",
-                file=sys.stderr,
-            )
-            return 1
-        metadata = _metadata(args.metadata)
-        db = _one_database(args.db)
-        try:
-            asyncio.run(_tables(args.command, metadata, db))
-        except (OSError, SQLAlchemyError) as error:
-            print(
-                f"error: {args.command} on {render(db.settings.url)} failed: {_describe(error)}",
-                file=sys.stderr,
-            )
-            return 1
-        print(f"{args.command}: {len(metadata.tables)} table(s) on {render(db.settings.url)}")
-        return 0
-    except SanicSQLAlchemyError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 1
