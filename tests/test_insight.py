@@ -227,6 +227,20 @@ async def test_server_timing_is_off_by_default(url: str, serve: Any) -> None:
     assert "server-timing" not in response.headers
 
 
+async def test_server_timing_configured_after_init_app(url: str, serve: Any) -> None:
+    """A database configured anew between ``init_app`` and the server's start (its
+    Server-Timing switched on) is served as configured: which databases tell the client
+    something is decided at server start, not only at ``init_app``."""
+    app, database = _timing_app(url)
+    database.configure_from(app.config, url=url, server_timing=True)
+    served = await serve(app)
+    await _prepare(database)
+    response = await served.client.get("/users")
+    assert response.status_code == 200
+    (value,) = response.headers.get_list("server-timing")
+    assert _METRIC.match(value.split(", ")[0]), value
+
+
 async def test_server_timing_names_each_database(tmp_path: Path, serve: Any) -> None:
     app = make_app("insight_two")
     app.config.update(

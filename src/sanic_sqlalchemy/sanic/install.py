@@ -53,12 +53,7 @@ def install(db: DatabaseCore, app: Sanic[Any, Any]) -> None:
     if db in databases:
         return
     databases.append(db)
-    informed = tuple(
-        known
-        for known in databases
-        if known.settings.read_urls or known.settings.insight.server_timing
-    )
-    setattr(app.request_class, INFORMED, informed)
+    _decide_informed(app, databases)
     _apps_of.setdefault(db, []).append(databases)
     db.scope.provider = functools.partial(request_unit, db)
     db.scope.why_none = why_no_request_unit
@@ -66,6 +61,7 @@ def install(db: DatabaseCore, app: Sanic[Any, Any]) -> None:
     async def start_engines(app: Sanic[Any, Any]) -> None:
         # Again at start: a database may have been configured anew since init_app.
         check_token_names(db, databases)
+        _decide_informed(app, databases)
         if app.debug:
             # Decided at start-up: a production server installs nothing.
             watch_commit_flushes(db.write_session_class.sync_session_class)
@@ -103,6 +99,17 @@ def install(db: DatabaseCore, app: Sanic[Any, Any]) -> None:
     app.register_listener(start_tasks, "after_server_start", priority=-_PRIORITY)
     app.register_listener(stop_tasks, "before_server_stop", priority=_PRIORITY)
     app.register_listener(dispose_engines, "after_server_stop", priority=_PRIORITY)
+
+
+def _decide_informed(app: Sanic[Any, Any], databases: list[DatabaseCore]) -> None:
+    """Decide which databases' units tell the client something (a commit position with
+    replicas, Server-Timing), so that a request reads and sends tokens only for those."""
+    informed = tuple(
+        known
+        for known in databases
+        if known.settings.read_urls or known.settings.insight.server_timing
+    )
+    setattr(app.request_class, INFORMED, informed)
 
 
 def check_token_names(db: DatabaseCore, databases: list[DatabaseCore]) -> None:
