@@ -6,10 +6,9 @@ sends, right before it reaches the driver, and ``refusals`` holds every ``ReadOn
 ``db.read`` raises.
 """
 
-from .._keys import READ_OPTION
 from .guard import ReadGuard
 from .lexer import Dialect
 from .policy import refusal
 from .refusals import refused
 
-__all__ = ["READ_OPTION", "Dialect", "ReadGuard", "refusal", "refused"]
+__all__ = ["Dialect", "ReadGuard", "refusal", "refused"]

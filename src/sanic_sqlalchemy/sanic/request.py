@@ -1,4 +1,4 @@
-"""The Sanic integration, and the only module that imports Sanic.
+"""A unit of work per request: created on first use, settled before the response is sent.
 
 Every request is a unit of work, created the first time the request touches ``db``
 (request middleware included), so that a request that never does costs next to

@@ -81,7 +81,6 @@ class Environment:
         "isolation",
         "on_callback_error",
         "outer",
-        "outer_sync",
         "read_session_class",
         "scope",
         "write_session_class",
@@ -108,7 +107,6 @@ class Environment:
         #: Sees each on-commit callback, and may keep it from running (tests only).
         self.capture: CallbackCapture | None = None
         self.outer: OuterTransaction | None = None
-        self.outer_sync: Connection | None = None
         #: What a server start and stop do instead of making and disposing engines
         #: while a test isolates the database (tests only).
         self.isolation: ServerIsolation | None = None
@@ -116,4 +114,10 @@ class Environment:
     def join(self, outer: OuterTransaction | None) -> None:
         """Make every unit opened from now on join ``outer`` (``None``: the pools)."""
         self.outer = outer
-        self.outer_sync = None if outer is None else outer.sync
+
+    @property
+    def outer_sync(self) -> Connection | None:
+        """The outer transaction's synchronous connection, which units' writes and reads
+        share (``None``: the pools)."""
+        outer = self.outer
+        return None if outer is None else outer.sync

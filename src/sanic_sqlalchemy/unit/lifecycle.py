@@ -67,11 +67,14 @@ def _close_logged(session: Session) -> None:
 class UnitOfWork(UnitCore):
     """One request's (or one ``async with db:`` block's) database work."""
 
-    __slots__ = ("_env", "_read", "_write", "depth", "token")
+    __slots__ = ("_read", "_write", "depth", "token")
+
+    #: What the unit was handed, session classes included (``UnitCore`` knows it only as
+    #: ``UnitNeeds``).
+    _needs: Environment
 
     def __init__(self, env: Environment, after: tuple[object, ...] = ()) -> None:
         super().__init__(env, after)
-        self._env = env
         self._read: ReadSession | None = None
         self._write: WriteSession | None = None
         #: How many ``async with db:`` blocks joined this unit beyond the first.
@@ -92,30 +95,24 @@ class UnitOfWork(UnitCore):
     @property
     def read(self) -> ReadSession:
         """The read-only session, created on first access."""
+        if self.state is UnitState.ENDED:
+            raise UnitStateError(STATE_MESSAGES[UnitState.ENDED])
         session = self._read
         if session is None:
-            if self.state is UnitState.ENDED:
-                raise UnitStateError(STATE_MESSAGES[UnitState.ENDED])
             engines = self.engines
-            if engines.replicas is None:
-                session = self._env.read_session_class(
-                    bind=engines.read, expire_on_commit=False, autoflush=False
-                )
-            else:
-                # Decided per database, not per read: replica routing only with replicas.
-                session = self._env.read_session_class(
-                    bind=engines.read,
-                    expire_on_commit=False,
-                    autoflush=False,
-                    sync_session_class=ReplicaReadSyncSession,
-                )
+            session = self._needs.read_session_class(
+                bind=engines.read,
+                expire_on_commit=False,
+                autoflush=False,
+                # Decided per database, not per read: replica routing only with replicas
+                # (None: the class's own synchronous half).
+                sync_session_class=None if engines.replicas is None else ReplicaReadSyncSession,
+            )
             sync = session.sync_session
             sync.join_transaction_mode = "rollback_only"
             sync._unit = self
             self._read = session
             self.read_sync = sync
-        elif self.state is UnitState.ENDED:
-            raise UnitStateError(STATE_MESSAGES[UnitState.ENDED])
         return session
 
     @property
@@ -124,7 +121,7 @@ class UnitOfWork(UnitCore):
         session = self._write
         if session is None:
             self.check_writable()
-            env = self._env
+            env = self._needs
             outer = env.outer
             if outer is None:
                 session = env.write_session_class(bind=self.engines.write, expire_on_commit=False)
