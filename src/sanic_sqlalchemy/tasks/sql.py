@@ -27,7 +27,7 @@ from sqlalchemy.dialects.mysql import insert as mysql_insert
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncConnection
-from sqlalchemy.sql import Executable
+from sqlalchemy.sql import Executable, Update
 
 from .table import DEAD, PENDING, RUNNING
 
@@ -176,32 +176,27 @@ def failed_statement(
     )
 
 
+def _held(table: Table, claims: Sequence[Claimed]) -> Update:
+    """An UPDATE of the rows these runs still hold (found by their primary key: MariaDB
+    locks every row a statement scans; a claim taken over by another run is not ours)."""
+    c = table.c
+    return update(table).where(
+        c.id.in_(sorted({claimed.id for claimed in claims})),
+        c.claim.in_(sorted({claimed.claim for claimed in claims})),
+    )
+
+
 def renew_statement(table: Table, claims: Sequence[Claimed]) -> Executable:
     """Keeps the claims of a process's runs alive for another ``LEASE`` (found by their
     primary key: MariaDB locks every row a statement scans)."""
-    c = table.c
-    return (
-        update(table)
-        .where(
-            c.id.in_(sorted({claimed.id for claimed in claims})),
-            c.claim.in_(sorted({claimed.claim for claimed in claims})),
-        )
-        .values(lease_until=now_ms() + int(LEASE * 1000))
-    )
+    return _held(table, claims).values(lease_until=now_ms() + int(LEASE * 1000))
 
 
 def hand_back_statement(table: Table, claims: Sequence[Claimed]) -> Executable:
     """Returns runs stopped at a graceful stop to the waiting tasks, attempt not counted."""
     c = table.c
-    return (
-        update(table)
-        .where(
-            c.id.in_(sorted({claimed.id for claimed in claims})),
-            c.claim.in_(sorted({claimed.claim for claimed in claims})),
-        )
-        .values(
-            state=PENDING, claim=None, lease_until=None, attempts=c.attempts - 1, run_at=now_ms()
-        )
+    return _held(table, claims).values(
+        state=PENDING, claim=None, lease_until=None, attempts=c.attempts - 1, run_at=now_ms()
     )
 
 
