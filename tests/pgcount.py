@@ -1,8 +1,10 @@
 """A loopback proxy in front of PostgreSQL that counts round trips.
 
 In PostgreSQL's protocol a client waits for the server after a ``Sync`` message
-(extended protocol: prepared statements) or a ``Query`` message (simple protocol:
-``BEGIN``, ``COMMIT``); counting those counts round trips exactly.
+(extended protocol: prepared statements), a ``Query`` message (simple protocol:
+``BEGIN``, ``COMMIT``) or a ``Flush`` (asyncpg prepares a statement with ``Parse``,
+``Describe`` and ``Flush``, and waits for the description); counting those counts round
+trips exactly.
 """
 
 from __future__ import annotations
@@ -17,7 +19,8 @@ _GSS_REQUEST = 80877104
 
 
 class RoundTripCounter:
-    """Counts client ``Sync``/``Query`` messages through every proxied connection."""
+    """Counts client ``Sync``/``Query``/``Flush`` messages through every proxied
+    connection."""
 
     def __init__(self) -> None:
         self.round_trips = 0
@@ -48,7 +51,7 @@ class RoundTripCounter:
                 (length,) = struct.unpack("!I", buffer[1:5])
                 if len(buffer) < length + 1:
                     break
-                if buffer[:1] in (b"S", b"Q"):
+                if buffer[:1] in (b"S", b"Q", b"H"):
                     self.round_trips += 1
                 buffer = buffer[length + 1 :]
         writer.close()

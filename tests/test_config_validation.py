@@ -122,9 +122,30 @@ def test_nullpool_rejects_pool_size_settings() -> None:
 
 
 def test_poolclass_must_be_a_pool() -> None:
-    """``poolclass`` that is not a SQLAlchemy pool class is refused at construction."""
-    with pytest.raises(ConfigurationError, match=r"^poolclass= \(argument\): expected a"):
-        Database("sqlite+aiosqlite://", poolclass="NullPool")
+    """``poolclass`` that is neither a SQLAlchemy pool class nor a pool's name is refused
+    at construction, naming what it takes."""
+    with pytest.raises(ConfigurationError) as caught:
+        Database("sqlite+aiosqlite://", poolclass="NoPool")
+    assert str(caught.value) == (
+        "poolclass= (argument): expected 'NullPool' (a new connection per unit, for a "
+        "pooler in front of the database), 'QueuePool' (the default) or a "
+        "sqlalchemy.pool class, got 'NoPool'."
+    )
+
+
+def test_poolclass_from_app_config() -> None:
+    """``DATABASE_POOLCLASS=NullPool`` in app.config (or the environment) chooses
+    NullPool, as the keyword ``poolclass=NullPool`` does; ``QueuePool`` the default."""
+    app = make_app("poolclass_config")
+    app.config.DATABASE_URL = "sqlite+aiosqlite:///x.db"
+    app.config.DATABASE_POOLCLASS = "nullpool"
+    db = Database()
+    db.init_app(app)
+    assert db.settings.engine_options["poolclass"] is NullPool
+    app.config.DATABASE_POOLCLASS = "QueuePool"
+    db = Database()
+    db.init_app(app)
+    assert "poolclass" not in db.settings.engine_options
 
 
 async def test_nullpool_units_work(url: str) -> None:

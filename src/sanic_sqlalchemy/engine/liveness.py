@@ -19,7 +19,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from sqlalchemy.pool import ConnectionPoolEntry, PoolProxiedConnection, PoolResetState
 
 from .._keys import UNVERIFIED_READ
-from .backends import Backend, Role
+from .backends import Backend, PooledPostgreSQL, Role, install_check_before_rollback
 
 logger = logging.getLogger("sanic_sqlalchemy")
 
@@ -80,6 +80,10 @@ def install_leftover_check(engine: AsyncEngine, backend: Backend) -> None:
     opens a new one when it is next needed.
     """
     if not backend.checks_leftover_state:
+        return
+    if isinstance(backend, PooledPostgreSQL):
+        # Behind a transaction pooler the check must come before the read's rollback.
+        install_check_before_rollback(engine, backend)
         return
 
     def on_reset(dbapi_connection: Any, record: ConnectionPoolEntry, state: PoolResetState) -> None:

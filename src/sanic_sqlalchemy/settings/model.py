@@ -20,13 +20,14 @@ from ..errors import ConfigurationError
 from .values import (
     backend_of,
     bool_value,
-    check_poolclass,
     float_value,
     int_value,
     name_value,
     pool_accepts_size,
+    poolclass_value,
     public_url,
     read_urls_value,
+    transaction_pooling_value,
     url_value,
 )
 
@@ -40,6 +41,8 @@ CONFIG_KEYS: Mapping[str, str] = {
     "DATABASE_MAX_OVERFLOW": "max_overflow",
     "DATABASE_POOL_TIMEOUT": "pool_timeout",
     "DATABASE_POOL_RECYCLE": "pool_recycle",
+    "DATABASE_POOLCLASS": "poolclass",
+    "DATABASE_TRANSACTION_POOLING": "transaction_pooling",
     "DATABASE_COMMIT_ON_EXIT": "commit_on_exit",
     "DATABASE_MULTI_STATEMENTS": "multi_statements",
     "DATABASE_REPLICA_MAX_LAG": "replica_max_lag",
@@ -164,6 +167,9 @@ class Settings:
     commit_on_exit: bool = True
     #: MySQL/MariaDB: let db.write chain statements with ';' (db.read never can).
     multi_statements: bool = False
+    #: PostgreSQL behind a pooler in transaction mode (PgBouncer, PgCat, Supavisor, RDS
+    #: Proxy): no session state, every read in a ``BEGIN READ ONLY`` transaction.
+    transaction_pooling: bool = False
     replicas: ReplicaSettings = field(default_factory=ReplicaSettings)
     insight: InsightSettings = field(default_factory=InsightSettings)
     tasks: TasksSettings = field(default_factory=TasksSettings)
@@ -201,8 +207,10 @@ class Settings:
                 raw[keyword] = (f"{keyword}= (argument)", value)
             else:
                 engine_options[keyword] = value
-        if "poolclass" in engine_options:
-            check_poolclass(engine_options["poolclass"])
+        if "poolclass" in raw:
+            poolclass = poolclass_value(*raw["poolclass"])
+            if poolclass is not None:
+                engine_options["poolclass"] = poolclass
 
         if "url" not in raw:
             raise ConfigurationError(
@@ -246,6 +254,7 @@ class Settings:
             else default_recycle,
             commit_on_exit=bool_value(*raw["commit_on_exit"]) if "commit_on_exit" in raw else True,
             multi_statements=_multi_statements(raw, backend),
+            transaction_pooling=transaction_pooling_value(raw, backend),
             replicas=_replica_settings(raw, backend, read_urls, prefix),
             insight=_insight_settings(raw, prefix),
             tasks=_tasks_settings(raw),

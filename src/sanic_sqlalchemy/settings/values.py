@@ -14,7 +14,7 @@ from urllib.parse import quote_plus
 
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError, NoSuchModuleError
-from sqlalchemy.pool import Pool, QueuePool
+from sqlalchemy.pool import NullPool, Pool, QueuePool
 
 from ..errors import ConfigurationError
 
@@ -149,12 +149,42 @@ def pool_accepts_size(engine_options: Mapping[str, Any]) -> bool:
     return poolclass is None or issubclass(poolclass, QueuePool)
 
 
-def check_poolclass(value: Any) -> None:
-    if not (isinstance(value, type) and issubclass(value, Pool)):
+#: ``DATABASE_POOLCLASS`` as text: ``NullPool`` (a connection per checkout, closed at
+#: check-in) or the default queue pool.
+_POOLCLASS_NAMES: Mapping[str, type[Pool] | None] = {
+    "nullpool": NullPool,
+    "null": NullPool,
+    "queuepool": None,
+    "queue": None,
+}
+
+
+def poolclass_value(key: str, value: Any) -> type[Pool] | None:
+    """The pool class to create engines with (``None``: SQLAlchemy's default queue
+    pool), from a ``sqlalchemy.pool`` class or its name (``NullPool``, ``QueuePool``)."""
+    if isinstance(value, type) and issubclass(value, Pool):
+        return value
+    if isinstance(value, str) and value.strip().lower() in _POOLCLASS_NAMES:
+        return _POOLCLASS_NAMES[value.strip().lower()]
+    raise ConfigurationError(
+        f"{key}: expected 'NullPool' (a new connection per unit, for a pooler in front "
+        "of the database), 'QueuePool' (the default) or a sqlalchemy.pool class, "
+        f"got {value!r}."
+    )
+
+
+def transaction_pooling_value(raw: Mapping[str, tuple[str, Any]], backend: str) -> bool:
+    """``DATABASE_TRANSACTION_POOLING``: only PostgreSQL has transaction poolers."""
+    if "transaction_pooling" not in raw:
+        return False
+    enabled = bool_value(*raw["transaction_pooling"])
+    if enabled and backend != "postgresql":
         raise ConfigurationError(
-            "poolclass= (argument): expected a sqlalchemy.pool class such as NullPool, "
-            f"got {value!r}."
+            f"{raw['transaction_pooling'][0]}: transaction pooling is supported for "
+            f"PostgreSQL (PgBouncer, PgCat, Supavisor, RDS Proxy), not {backend}. "
+            "Remove the setting, or point the URL at PostgreSQL."
         )
+    return enabled
 
 
 def read_urls_value(key: str, value: Any) -> tuple[URL, ...]:

@@ -109,7 +109,9 @@ async def dispatch(registry: TaskHost, runs: Runs, concurrency: int, poll: float
     wake = asyncio.Event()
     listener: Listener | None = None
     engines = registry.db.engines
-    if engines.backend.name == "postgresql":
+    if engines.backend.name == "postgresql" and not engines.backend.transaction_pooling:
+        # Behind a transaction pooler a LISTEN would stay on a server connection that
+        # other clients borrow, and hear nothing: the dispatcher polls there.
         settings = engines.settings
         listener = Listener(settings, engines.backend.url(settings.url), registry.table.name, wake)
     try:

@@ -18,6 +18,8 @@ How read-only is enforced:
   read guard (``readonly``), which lets only plain queries through, is the only defence.
   Every connection is opened without the driver's multi-statement capability, so the
   server itself refuses chained statements.
+* PostgreSQL behind a transaction pooler (``pooling``): no start-up setting survives
+  there, so every read runs in a ``BEGIN READ ONLY`` transaction rolled back after it.
 * SQLite: read connections set ``PRAGMA query_only`` once when opened.  Inside a
   writing transaction a read runs in a savepoint with ``query_only`` switched on.
 
@@ -30,16 +32,19 @@ from __future__ import annotations
 from ...settings import Settings
 from .base import Backend, Role, refused_as_read_only
 from .mysql import MySQL
+from .pooling import PooledPostgreSQL, install_check_before_rollback
 from .postgresql import PostgreSQL
 from .sqlite import SQLite
 
 __all__ = [
     "Backend",
     "MySQL",
+    "PooledPostgreSQL",
     "PostgreSQL",
     "Role",
     "SQLite",
     "backend_for",
+    "install_check_before_rollback",
     "refused_as_read_only",
 ]
 
@@ -48,7 +53,7 @@ def backend_for(settings: Settings) -> Backend:
     """The backend object for the database that ``settings`` points at."""
     backend = settings.backend
     if backend == "postgresql":
-        return PostgreSQL()
+        return PooledPostgreSQL() if settings.transaction_pooling else PostgreSQL()
     if backend == "mysql":
         return MySQL(multi_statements=settings.multi_statements)
     return SQLite()

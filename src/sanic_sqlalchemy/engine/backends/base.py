@@ -32,6 +32,8 @@ class Backend:
     """Behaviour shared by every backend; subclasses fill in the differences."""
 
     name = ""
+    #: Behind a pooler in transaction mode: no session state survives a transaction.
+    transaction_pooling = False
     #: Execution options of a read connection that streams rows (server-side cursor).
     streaming_options: Mapping[str, Any] = {}
 
