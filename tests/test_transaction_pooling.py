@@ -327,3 +327,37 @@ async def test_round_trips_through_the_pooler(pgbouncer: PgBouncer, url: str, se
         print(f"{' '.join(request)}: {direct[request]:g} direct, {per_request:g} through PgBouncer")
     assert direct == EXPECTED
     assert pooled == EXPECTED_POOLED
+
+
+async def test_tasks_run_by_polling(pgbouncer: PgBouncer, url: str, direct: str) -> None:
+    """Durable tasks deferred behind the pooler are stored with their unit's commit and
+    run by a dispatcher that polls: it never sends LISTEN through the pooler."""
+    database = Database(pgbouncer.url, transaction_pooling=True, pool_size=4, tasks_poll=0.1)
+    database.tasks.run_after_commit = False
+    done: list[int] = []
+
+    @database.task(name="pooled.record")
+    async def record(number: int) -> None:
+        done.append(number)
+
+    try:
+        async with schema(database, database.tasks.metadata):
+            worker = asyncio.create_task(database.tasks.work())
+            try:
+                for number in range(3):
+                    async with database:
+                        record.defer(number)
+                listening = 0
+                for _ in range(100):
+                    listening += await _server_activity(direct, "query ILIKE 'LISTEN%'")
+                    if len(done) == 3:
+                        break
+                    await asyncio.sleep(0.05)
+                assert sorted(done) == [0, 1, 2]
+                assert listening == 0
+                assert await database.tasks.counts() == {"pending": 0, "running": 0, "dead": 0}
+            finally:
+                worker.cancel()
+                await asyncio.gather(worker, return_exceptions=True)
+    finally:
+        await database.dispose()
