@@ -27,6 +27,7 @@ import sys
 import time
 from pathlib import Path
 from typing import Any
+from uuid import uuid4
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -110,7 +111,7 @@ def serve(url: str, pooled: bool) -> tuple[subprocess.Popen[bytes], int]:
 def wrk(port: int, endpoint: str, duration: float) -> dict[str, Any]:
     output = subprocess.run(
         [
-            *("taskset", "-c", "0", "wrk", "-t1", "-c32", f"-d{duration:g}s"),
+            *("taskset", "-c", "0", "wrk", "-t1", "-c32", f"-d{duration:g}s", "--timeout", "10s"),
             *("-s", str(LUA), f"http://127.0.0.1:{port}"),
         ],
         capture_output=True,
@@ -160,6 +161,23 @@ async def round_trips(direct: str, pooler: str) -> dict[str, dict[tuple[str, str
         return {
             "direct": await round_trips_per_request(direct, served),
             "pooled": await round_trips_per_request(pooler, served, transaction_pooling=True),
+            # What the description cache saves: each statement described again.
+            "pooled, no description cache": await round_trips_per_request(
+                pooler,
+                served,
+                transaction_pooling=True,
+                connect_args={"prepared_statement_cache_size": 0},
+            ),
+            # SQLAlchemy's recipe for poolers: a new name per statement, no caches.
+            "pooled, unique names": await round_trips_per_request(
+                pooler,
+                served,
+                transaction_pooling=True,
+                connect_args={
+                    "prepared_statement_cache_size": 0,
+                    "prepared_statement_name_func": lambda: f"__asyncpg_{uuid4()}__",
+                },
+            ),
         }
     finally:
         for server in running:
@@ -174,11 +192,14 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--duration", type=float, default=5)
     parser.add_argument("--server-pool", type=int, default=20, help="PgBouncer's pool size")
+    parser.add_argument("--round-trips-only", action="store_true", help="skip the load")
     parser.add_argument("--pg", default="postgresql+asyncpg://postgres@127.0.0.1:5432/postgres")
     args = parser.parse_args()
     direct = asyncio.run(fill(args.pg))
     with pgbouncer_sync(direct, pool_size=args.server_pool) as bouncer:
         pooler = bouncer.url
+        if args.round_trips_only:
+            args.rounds = 0
         rates: dict[str, dict[str, list[float]]] = {"direct": {}, "pooled": {}}
         ratios: dict[str, list[float]] = {name: [] for name in ENDPOINTS}
         p99: dict[str, dict[str, list[float]]] = {"direct": {}, "pooled": {}}
@@ -196,6 +217,22 @@ def main() -> None:
                     results["pooled"][endpoint]["rps"] / results["direct"][endpoint]["rps"]
                 )
         trips = asyncio.run(round_trips(direct, pooler))
+    if args.rounds:
+        print_rates(args, rates, ratios, p99, trips)
+    print("\nround trips per request, steady state (tests/test_round_trips.py's app):\n")
+    print("| configuration | " + " | ".join(f"`{m} {p}`" for m, p in trips["direct"]) + " |")
+    print("|---|" + "---|" * len(trips["direct"]))
+    for name, counts in trips.items():
+        print(f"| {name} | " + " | ".join(f"{n:g}" for n in counts.values()) + " |")
+
+
+def print_rates(
+    args: argparse.Namespace,
+    rates: dict[str, dict[str, list[float]]],
+    ratios: dict[str, list[float]],
+    p99: dict[str, dict[str, list[float]]],
+    trips: dict[str, dict[tuple[str, str], float]],
+) -> None:
     print(
         f"{args.rounds} rounds of {args.duration:g} s, wrk -t1 -c32 (core 0), server on core 1, "
         f"PgBouncer default_pool_size={args.server_pool}\n"
@@ -205,8 +242,9 @@ def main() -> None:
         "(ms) | round trips direct / pooled |"
     )
     print("|---|---|---|---|---|---|")
+    keys = {"get": ("GET", "/users/1"), "insert": ("POST", "/users")}
     for endpoint, label in ENDPOINTS.items():
-        key = ("GET", "/users/1") if endpoint == "get" else ("POST", "/users")
+        key = keys[endpoint]
         print(
             f"| `{label}` | {statistics.median(rates['direct'][endpoint]):.0f} "
             f"({min(rates['direct'][endpoint]):.0f}–{max(rates['direct'][endpoint]):.0f}) | "
