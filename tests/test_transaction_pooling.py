@@ -91,6 +91,10 @@ async def test_units_read_only_per_transaction(db: Database) -> None:
     assert len(pids) > 1, "the pooler lent one server connection to every transaction"
     async with db:
         assert await db.read.scalar(select(func.count()).select_from(User)) == 4
+        # A streamed read: a server-side cursor, in a read-only transaction as well.
+        streamed = await db.read.stream_scalars(select(User.id).order_by(User.id))
+        assert [number async for number in streamed] == [0, 1, 2, 3]
+        assert await db.read.scalar(text("SELECT current_setting('transaction_read_only')")) == "on"
 
 
 async def test_savepoints_and_callbacks(db: Database) -> None:
