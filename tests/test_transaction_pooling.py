@@ -185,7 +185,10 @@ async def test_session_lock_released_in_its_transaction(
         async with db:
             assert await db.read.scalar(text("SELECT h_pool_lock()")) == 1
             assert await db.read.scalar(text("SELECT 2")) == 2
-    assert "advisory locks (pg_advisory_lock), released" in caplog.text
+    assert (
+        "a statement sent through db.read took session advisory locks (pg_advisory_lock): "
+        "they were released before its transaction ended" in caplog.text
+    )
     held = await _server_activity(
         direct,
         "pid IN (SELECT pid FROM pg_locks WHERE locktype = 'advisory' AND objid = 417019)",

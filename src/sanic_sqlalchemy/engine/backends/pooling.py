@@ -86,7 +86,7 @@ class PooledPostgreSQL(PostgreSQL):
         # Settings changed and LISTENs in a read's transaction end with its rollback;
         # session advisory locks do not, so they are released before it.
         released = await_only(dbapi_connection.driver_connection.fetchval(_RELEASE_SESSION_LOCKS))
-        return "advisory locks (pg_advisory_lock), released" if released else None
+        return "session advisory locks (pg_advisory_lock)" if released else None
 
 
 _pinned_classes: dict[type[Any], type[Any]] = {}
@@ -143,7 +143,7 @@ def install_check_before_rollback(engine: AsyncEngine, backend: PooledPostgreSQL
     server connection (and any session lock it holds) to another client.
 
     A dialect event, registered after the guard's (which marks such reads): only those
-    reads pay, one round trip.
+    reads pay, two round trips (the check's statement is unnamed, so described first).
     """
 
     def run_then_check(cursor: Any, statement: str, parameters: Any, context: Any) -> bool:
@@ -158,8 +158,9 @@ def install_check_before_rollback(engine: AsyncEngine, backend: PooledPostgreSQL
         leftover = backend.leftover_state(record.dbapi_connection)
         if leftover is not None:
             logger.warning(
-                "a read through db.read took %s (a statement sent through db.read took "
-                "them); behind a transaction pooler they would outlive its transaction",
+                "a statement sent through db.read took %s: they were released before its "
+                "transaction ended, since behind a transaction pooler they would stay with "
+                "a server connection that other clients borrow",
                 leftover,
             )
         return True
