@@ -22,6 +22,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.pool import NullPool
 
 from sanic_sqlalchemy import ConfigurationError, Database, ReadOnlyError
+from sanic_sqlalchemy.cli.check import check_database
 from sanic_sqlalchemy.testing import checked_out, schema
 
 from .conftest import make_app
@@ -304,6 +305,14 @@ async def test_nullpool(pgbouncer: PgBouncer, url: str) -> None:
                     await db.read.execute(text("DELETE FROM users"))
     finally:
         await db.dispose()
+
+
+async def test_check_command(db: Database) -> None:
+    """``sanic-sqlalchemy check`` finds the read connections read-only behind the
+    pooler (each of their transactions is), and reports no problem."""
+    result = await check_database(db, timeout=10)
+    assert result["problems"] == []
+    assert [server["read_only"] for server in result["servers"]] == [True]
 
 
 def test_bad_values_are_refused() -> None:
