@@ -20,11 +20,9 @@ import argparse
 import asyncio
 import json
 import os
-import socket
 import statistics
 import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import Any
 from uuid import uuid4
@@ -32,19 +30,13 @@ from uuid import uuid4
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-import tests.conftest  # noqa: E402, F401  (imports tests.pgbouncer in its own order)
+from replica_read import fill as fill_users  # noqa: E402
+from replica_read import free_port, serve_ours  # noqa: E402
 from tests.pgbouncer import pgbouncer_sync  # noqa: E402
 
 ENDPOINTS = {"get": "GET /users/<id>", "insert": "POST /users"}
 LUA = ROOT / "benchmarks" / "wrk" / "bench.lua"
 DATABASE = "bench_pool"
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 async def fill(server: str) -> str:
@@ -65,47 +57,8 @@ async def fill(server: str) -> str:
             await connection.execute(text(f"CREATE DATABASE {DATABASE}"))
     await admin.dispose()
     url = make_url(server).set(database=DATABASE).render_as_string(hide_password=False)
-    engine = create_async_engine(url)
-    async with engine.begin() as connection:
-        await connection.execute(text("DROP TABLE IF EXISTS users"))
-        await connection.execute(
-            text(
-                "CREATE TABLE users (id bigserial PRIMARY KEY, name varchar(100) NOT NULL, "
-                "email varchar(200) NOT NULL, visits integer NOT NULL DEFAULT 0)"
-            )
-        )
-        await connection.execute(
-            text(
-                "INSERT INTO users (name, email) SELECT 'user ' || n, 'user' || n || "
-                "'@example.com' FROM generate_series(1, 10000) AS n"
-            )
-        )
-        await connection.execute(text("ANALYZE users"))
-    await engine.dispose()
+    await fill_users(url)
     return url
-
-
-def serve(url: str, pooled: bool) -> tuple[subprocess.Popen[bytes], int]:
-    port = free_port()
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    env.pop("SANIC_DATABASE_TRANSACTION_POOLING", None)
-    if pooled:
-        env["SANIC_DATABASE_TRANSACTION_POOLING"] = "true"
-    command = [sys.executable, str(ROOT / "benchmarks" / "serve.py"), "ours", "postgresql"]
-    process = subprocess.Popen(
-        ["taskset", "-c", "1", *command, url, str(port)],
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        with socket.socket() as sock:
-            if sock.connect_ex(("127.0.0.1", port)) == 0:
-                return process, port
-        time.sleep(0.1)
-    process.kill()
-    raise SystemExit("the server did not start")
 
 
 def wrk(port: int, endpoint: str, duration: float) -> dict[str, Any]:
@@ -130,7 +83,7 @@ def wrk(port: int, endpoint: str, duration: float) -> dict[str, Any]:
 
 
 def measure(url: str, pooled: bool, duration: float) -> dict[str, dict[str, Any]]:
-    process, port = serve(url, pooled)
+    process, port = serve_ours(url, {"DATABASE_TRANSACTION_POOLING": "true"} if pooled else {})
     try:
         for endpoint in ENDPOINTS:
             wrk(port, endpoint, 1)  # warm-up: connections opened, statements described

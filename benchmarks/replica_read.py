@@ -67,14 +67,21 @@ async def fill(primary: str) -> None:
 
 
 def serve(primary: str, replica: str | None) -> tuple[subprocess.Popen[bytes], int]:
+    return serve_ours(primary, {} if replica is None else {"DATABASE_READ_URLS": replica})
+
+
+def serve_ours(url: str, config: dict[str, str]) -> tuple[subprocess.Popen[bytes], int]:
+    """Start the ``ours`` variant on ``url`` with ``config`` (``app.config`` keys, passed
+    as ``SANIC_``-prefixed variables) as a Sanic server on core 1; its process and port."""
     port = free_port()
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    env.pop("SANIC_DATABASE_READ_URLS", None)
-    if replica is not None:
-        env["SANIC_DATABASE_READ_URLS"] = replica
+    env = {
+        **{key: value for key, value in os.environ.items() if not key.startswith("SANIC_")},
+        "PYTHONUNBUFFERED": "1",
+        **{f"SANIC_{key}": value for key, value in config.items()},
+    }
     command = [sys.executable, str(ROOT / "benchmarks" / "serve.py"), "ours", "postgresql"]
     process = subprocess.Popen(
-        ["taskset", "-c", "1", *command, primary, str(port)],
+        ["taskset", "-c", "1", *command, url, str(port)],
         env=env,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
