@@ -256,7 +256,9 @@ async def test_cancelled_units_leave_nothing_open(db: Database, direct: str) -> 
         assert checked_out(db).total == 0
     for _ in range(50):
         busy = await _server_activity(
-            direct, "state LIKE 'idle in transaction%' OR query LIKE '%pg_sleep(5)%'"
+            direct,
+            "state LIKE 'idle in transaction%' "
+            "OR (state = 'active' AND query LIKE '%pg_sleep(5)%')",
         )
         if not busy:
             break
