@@ -191,3 +191,4 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
 
 # The replicated clusters (tests/clusters.py), last: that module imports this one.
 from .clusters import _reset_clusters, mariadb_cluster, pg_cluster  # noqa: E402, F401
+from .pgfailover import failover_pair  # noqa: E402, F401

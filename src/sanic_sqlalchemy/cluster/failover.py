@@ -106,10 +106,11 @@ class PrimaryWatch:
     """Where the primary of a several-host URL is, as the write pool last found it; the
     primary's other pools connect there first and are discarded when it is lost."""
 
-    def __init__(self) -> None:
+    def __init__(self, url: URL) -> None:
         #: ``(host, port)`` of the last server the write pool connected to.
         self.address: tuple[str, int] | None = None
         self._engines: list[AsyncEngine] = []
+        self._read_target = read_target(url)
 
     def watch_writes(self, engine: AsyncEngine) -> None:
         """Note where each new write connection of ``engine`` landed."""
@@ -128,8 +129,11 @@ class PrimaryWatch:
         """Discard ``engine``'s pool with the write pool's when the primary is lost."""
         self._engines.append(engine)
 
-    def first(self, params: dict[str, Any]) -> dict[str, Any]:
-        """Connection parameters that try the known primary first."""
+    def read_params(self, params: dict[str, Any]) -> dict[str, Any]:
+        """The connection parameters of the primary's read pool: the target it can ask
+        for, and the known primary tried first."""
+        if self._read_target is not None:
+            params = {**params, TARGET: self._read_target}
         address, hosts, ports = self.address, params.get("host"), params.get("port")
         if address is None or not isinstance(hosts, list) or not isinstance(ports, list):
             return params
@@ -167,7 +171,7 @@ def install_unavailable(
     lost: Callable[[], None] = watch.lost if watch is not None else _nothing
 
     def connect(dialect: Dialect, _record: Any, cargs: Any, cparams: dict[str, Any]) -> Any:
-        params = cparams if watch is None or writes else watch.first(cparams)
+        params = cparams if watch is None or writes else watch.read_params(cparams)
         try:
             return dialect.connect(*cargs, **params)
         except (OSError, asyncio.TimeoutError) as error:

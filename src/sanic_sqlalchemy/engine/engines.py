@@ -38,7 +38,9 @@ class Engines:
         self.replicas: ReplicaSet | None = None
         #: Where the primary is, when the URL names several hosts (a failover may move it).
         self.primary_watch = (
-            PrimaryWatch() if self.backend.fails_over and several_hosts(settings.url) else None
+            PrimaryWatch(settings.url)
+            if self.backend.fails_over and several_hosts(settings.url)
+            else None
         )
         try:
             self.write = self._create(Role.WRITE)

@@ -12,7 +12,7 @@ from sqlalchemy.exc import OperationalError
 from sqlalchemy.ext.asyncio import AsyncEngine
 from sqlalchemy.util import await_only
 
-from ...cluster.failover import TARGET, read_target, with_write_target
+from ...cluster.failover import with_write_target
 from ...errors import PrimaryUnavailableError
 from ...settings import Settings
 from .base import (
@@ -44,8 +44,8 @@ class PostgreSQL(Backend):
     streaming_options: Mapping[str, Any] = {"isolation_level": "READ COMMITTED"}
 
     def url(self, url: URL) -> URL:
-        # Several hosts: connect only to one that accepts writes (the read pool of the
-        # primary overrides it in its engine options).
+        # Several hosts: connect only to one that accepts writes (the primary's read pool
+        # asks for what it can, ``cluster.failover.PrimaryWatch``).
         return with_write_target(url)
 
     def engine_options(self, role: Role, settings: Settings) -> dict[str, Any]:
@@ -54,11 +54,10 @@ class PostgreSQL(Backend):
             # asyncpg's rollback outside a transaction sends nothing already; asking the
             # connection whether it is in autocommit first would only cost time.
             del options["skip_autocommit_rollback"]
-            extra: dict[str, Any] = {"server_settings": {"default_transaction_read_only": "on"}}
-            target = read_target(settings.url)
-            if target is not None:
-                extra[TARGET] = target
-            options["connect_args"] = merge_connect_args(settings.engine_options, extra)
+            options["connect_args"] = merge_connect_args(
+                settings.engine_options,
+                {"server_settings": {"default_transaction_read_only": "on"}},
+            )
         return options
 
     def install(self, engine: AsyncEngine, role: Role) -> None:
