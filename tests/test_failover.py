@@ -53,7 +53,8 @@ RESUME_LIMIT = 5.0
 class Stream:
     """Writers running side by side, and what became of each write."""
 
-    #: Sends one write; returns whether it was acknowledged (raises if it failed badly).
+    #: Sends one write; returns when it was acknowledged (``time.monotonic()``), or
+    #: None when it was refused.
     write: Callable[[str], Any]
     #: Each acknowledged write: its key, when it was sent and when it was acknowledged.
     acknowledged: list[tuple[str, float, float]] = field(default_factory=list)
@@ -66,8 +67,9 @@ class Stream:
                 return
             email = f"writer{number}-{sequence}@example.com"
             sent = time.monotonic()
-            if await self.write(email):
-                self.acknowledged.append((email, sent, time.monotonic()))
+            acknowledged = await self.write(email)
+            if acknowledged is not None:
+                self.acknowledged.append((email, sent, acknowledged))
                 await asyncio.sleep(PACE)
             else:
                 self.refused += 1
@@ -137,17 +139,17 @@ async def test_writes_from_tasks_resume_on_the_promoted_standby(
 
             failures: list[BaseException] = []
 
-            async def write(email: str) -> bool:
+            async def write(email: str) -> float | None:
                 try:
                     async with db:
                         db.write.add(User(name="Ada", email=email))
                 except PrimaryUnavailableError as error:
                     assert error.__cause__ is not None and error.orig is error.__cause__
-                    return False
+                    return None
                 except Exception as error:  # the test fails on any other error
                     failures.append(error)
-                    return False
-                return True
+                    return None
+                return time.monotonic()
 
             stream = Stream(write)
             resumed = await stream.through_a_failover(pair)
@@ -203,18 +205,20 @@ async def test_requests_through_a_failover_answer_201_or_503(
     statuses: list[int] = []
     unfound: list[str] = []
 
-    async def write(email: str) -> bool:
+    async def write(email: str) -> float | None:
         response = await client.post("/users", json={"email": email})
+        acknowledged = time.monotonic()
         statuses.append(response.status_code)
         if response.status_code == 503:
             assert response.headers["Retry-After"] == "1"
         if response.status_code != 201:
-            return False
+            return None
+        # The next request reads it, even on the new primary.
         found = await client.get("/users", params={"email": email})
         statuses.append(found.status_code)
         if found.status_code == 200 and not found.json()["found"]:
             unfound.append(email)
-        return True
+        return acknowledged
 
     async with schema(db, Base.metadata):
         stream = Stream(write)

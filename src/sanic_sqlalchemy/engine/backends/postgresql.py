@@ -133,7 +133,10 @@ class PostgreSQL(Backend):
         try:
             yield
         except Exception:
-            leave_savepoint(connection)
+            # A connection lost under the read has no savepoint left to leave, and
+            # refuses statements until rolled back: the loss is what to report.
+            if not connection.invalidated:
+                leave_savepoint(connection)
             raise
         # A cancellation skips this: the connection is then invalidated anyway.
         leave_savepoint(connection)
