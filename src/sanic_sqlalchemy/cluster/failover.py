@@ -38,22 +38,10 @@ READ_TARGET = "primary"
 def hosts_of(url: URL) -> list[tuple[str, int | None]]:
     """The hosts a URL names, with their ports: ``?host=a:5432&host=b:5432``,
     ``?host=a,b&port=5432,5433``, or the URL's own host."""
-    query_hosts = url.query.get("host")
-    if query_hosts is None:
+    hosts = _listed(url.query.get("host"))
+    if not hosts:
         return [(url.host or "", url.port)]
-    hosts: list[str] = []
-    for value in (query_hosts,) if isinstance(query_hosts, str) else query_hosts:
-        hosts.extend(value.split(","))
-    ports_value = url.query.get("port")
-    ports: list[str] = []
-    for value in (
-        ()
-        if ports_value is None
-        else (ports_value,)
-        if isinstance(ports_value, str)
-        else ports_value
-    ):
-        ports.extend(value.split(","))
+    ports = _listed(url.query.get("port"))
     found: list[tuple[str, int | None]] = []
     for index, host in enumerate(hosts):
         name, _, port = host.partition(":")
@@ -61,6 +49,12 @@ def hosts_of(url: URL) -> list[tuple[str, int | None]]:
             port = ports[index]
         found.append((name, int(port) if port else url.port))
     return found
+
+
+def _listed(value: str | tuple[str, ...] | None) -> list[str]:
+    """A query parameter given once, repeated, or comma-separated, as a list."""
+    values = () if value is None else (value,) if isinstance(value, str) else value
+    return [item for text in values for item in text.split(",")]
 
 
 def several_hosts(url: URL) -> bool:
