@@ -20,8 +20,7 @@ from typing import Any
 
 import httpx
 import pytest
-from sanic import Request, Sanic
-from sanic.response import HTTPResponse, json
+from sanic import Sanic
 from sqlalchemy import select, text
 
 from sanic_sqlalchemy import Database
@@ -29,9 +28,9 @@ from sanic_sqlalchemy.cli.check import check_database
 from sanic_sqlalchemy.errors import PrimaryUnavailableError
 from sanic_sqlalchemy.testing import schema
 
-from .conftest import make_app
 from .models import Base, User
 from .pgfailover import FailoverPair
+from .test_pg_restart import _app as restart_app
 
 pytestmark = pytest.mark.server
 
@@ -175,24 +174,6 @@ async def test_writes_from_tasks_resume_on_the_promoted_standby(
         await db.dispose()
 
 
-def _app(db: Database, url: str) -> Sanic[Any, Any]:
-    app = make_app("failover")
-    db.init_app(app, url, pool_size=4, max_overflow=0, pool_timeout=3)
-
-    @app.post("/users")
-    async def create_user(request: Request) -> HTTPResponse:
-        db.write.add(User(name="Ada", email=request.json["email"]))
-        return json({}, status=201)
-
-    @app.get("/users")
-    async def find_user(request: Request) -> HTTPResponse:
-        email = request.args.get("email")
-        rows = (await db.read.execute(select(User.id).where(User.email == email))).all()
-        return json({"found": len(rows) == 1})
-
-    return app
-
-
 async def test_requests_through_a_failover_answer_201_or_503(
     failover_pair: FailoverPair, serve: Callable[[Sanic[Any, Any]], Any]
 ) -> None:
@@ -200,7 +181,8 @@ async def test_requests_through_a_failover_answer_201_or_503(
     Retry-After, never a 500; a committed write is found by the next request."""
     pair = failover_pair
     db = Database()
-    served = await serve(_app(db, pair.url))
+    # Its POST also reads its own write inside the unit, on the writing connection.
+    served = await serve(restart_app(db, pair.url))
     client: httpx.AsyncClient = served.client
     statuses: list[int] = []
     unfound: list[str] = []
