@@ -15,7 +15,8 @@ from .units import Units
 
 logger = logging.getLogger("sanic_sqlalchemy")
 
-#: Seconds a client is asked to wait after a 503 for an exhausted pool.
+#: Seconds a client is asked to wait after a 503 (an exhausted pool, no replica, a
+#: primary lost in a failover).
 RETRY_AFTER = 1
 #: The status of the response that nobody receives, for a client that hung up (nginx's
 #: "client closed request"): an ASGI server drops it, response middleware sees it.

@@ -79,7 +79,7 @@ class PostgreSQL(Backend):
         if sqlstate in _SHUTTING_DOWN or sqlstate.startswith("08"):
             return _SHUTTING_DOWN.get(sqlstate, "the connection to it failed")
         if type(getattr(error, "orig", None)).__name__ == "TargetServerAttributeNotMatched":
-            return "no server named in the URL accepts writes now (a failover under way?)"
+            return "none of the servers the URL names is a primary that takes writes now"
         if writes and sqlstate == _READ_ONLY_TRANSACTION and _server_read_only(driver_connection):
             # Not our own read-only scope, nor a user's SET TRANSACTION READ ONLY: the
             # server itself stopped taking writes (demoted, or fenced by a failover).
