@@ -47,7 +47,8 @@ def hosts_of(url: URL) -> list[tuple[str, int | None]]:
         name, _, port = host.partition(":")
         if not port and index < len(ports):
             port = ports[index]
-        found.append((name, int(port) if port else url.port))
+        # A malformed port is SQLAlchemy's to report, when the engine is made.
+        found.append((name, int(port) if port.isdigit() else url.port))
     return found
 
 
