@@ -189,7 +189,8 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
             reporter.write_line(f"CI: {skipped} test(s) skipped; every backend must run", red=True)
 
 
-# The replicated clusters (tests/clusters.py) and the PgBouncer (tests/pgbouncer.py), last:
-# those modules import this one.
+# The replicated clusters (tests/clusters.py), the PgBouncer (tests/pgbouncer.py) and the
+# failover pair (tests/pgfailover.py), last: those modules import this one.
 from .clusters import _reset_clusters, mariadb_cluster, pg_cluster  # noqa: E402, F401
 from .pgbouncer import pgbouncer  # noqa: E402, F401
+from .pgfailover import failover_pair  # noqa: E402, F401

@@ -20,7 +20,7 @@ ROOT = Path(__file__).resolve().parent.parent / "src" / PACKAGE
 LAYERS: list[set[str]] = [
     {"_keys", "errors", "hooks"},
     {"settings"},
-    {"insight", "readonly", "replicas"},
+    {"insight", "readonly", "replicas", "cluster"},
     {"engine"},
     {"unit"},
     {"retry"},

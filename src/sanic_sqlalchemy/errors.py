@@ -11,6 +11,7 @@ Every error the library raises on purpose derives from ``SanicSQLAlchemyError``:
     ├── ConcurrentWriteError        db.write used from several tasks at once
     ├── EventLoopMismatchError      engines used from an event loop they were not made for
     ├── ReplicaUnavailableError     no replica can serve reads and the primary may not
+    ├── PrimaryUnavailableError     the primary was lost or demoted (a failover, a restart)
     ├── TokenTypeError              db.unit(after=...) given something that is not a token
     ├── TaskArgumentError           a task deferred with an argument JSON cannot carry
     ├── TaskNotFoundError           db.tasks.requeue(id) of no dead task
@@ -18,17 +19,21 @@ Every error the library raises on purpose derives from ``SanicSQLAlchemyError``:
     └── ClaimLostError              a task's run lost its claim to another run (rolled back)
 
 Misuse errors (everything but ``ConfigurationError``, ``ReadOnlyError``,
-``TokenTypeError``, ``TaskArgumentError`` and the two lookup errors) are also
-``RuntimeError``\\ s, so code that already catches those keeps working;
-``TokenTypeError`` and ``TaskArgumentError`` are ``TypeError``\\ s, what Python raises
+``TokenTypeError``, ``TaskArgumentError``, ``PrimaryUnavailableError`` and the two
+lookup errors) are also ``RuntimeError``\\ s, so code that already catches those keeps
+working; ``TokenTypeError`` and ``TaskArgumentError`` are ``TypeError``\\ s, what Python raises
 for an argument of the wrong type; ``TaskNotFoundError`` and ``UnknownTaskError`` are
 ``LookupError``\\ s.  Errors raised
 by the database itself (an ``IntegrityError`` at commit, say) are SQLAlchemy's and
 reach the caller unchanged, except a write refused by a read-only connection, which
-becomes a ``ReadOnlyError`` chained to the driver's error.
+becomes a ``ReadOnlyError`` chained to the driver's error, and (PostgreSQL) a lost or
+demoted primary, which becomes a ``PrimaryUnavailableError``: still the SQLAlchemy
+``OperationalError`` it replaces, with the driver's error as ``orig`` and as its cause.
 """
 
 from __future__ import annotations
+
+from sqlalchemy.exc import OperationalError, StatementError
 
 
 class SanicSQLAlchemyError(Exception):
@@ -66,6 +71,38 @@ class EventLoopMismatchError(SanicSQLAlchemyError, RuntimeError):
 class ReplicaUnavailableError(SanicSQLAlchemyError, RuntimeError):
     """No replica can serve a unit's reads and ``DATABASE_REPLICA_FALLBACK=error``
     forbids the primary (in Sanic: 503 with ``Retry-After``)."""
+
+
+class PrimaryUnavailableError(SanicSQLAlchemyError, OperationalError):
+    """The server that took writes was lost (stopped, restarted, unreachable) or no longer
+    accepts them (demoted by a failover), and no server that does answered: the
+    connection was discarded with every pooled one, and the next unit connects afresh
+    (in Sanic: 503 with ``Retry-After``).  An ``OperationalError`` whose ``orig`` is the
+    driver's error, so code that handles SQLAlchemy's lost connections keeps working.
+    Whether a commit interrupted this way took effect is unknown."""
+
+    def __init__(
+        self,
+        reason: str,
+        orig: BaseException,
+        statement: str | None = None,
+        params: object = None,
+        *,
+        hide_parameters: bool = False,
+    ) -> None:
+        StatementError.__init__(
+            self,
+            f"The database primary is unavailable: {reason} ({type(orig).__name__}: {orig}). "
+            "The connection was discarded; retry shortly: writes resume as soon as a "
+            "server accepts them again.",
+            statement,
+            params,  # type: ignore[arg-type]
+            orig,
+            hide_parameters,
+        )
+        self.connection_invalidated = True
+        #: Why the primary counts as unavailable, in words.
+        self.reason = reason
 
 
 class TokenTypeError(SanicSQLAlchemyError, TypeError):

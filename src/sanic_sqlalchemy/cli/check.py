@@ -16,6 +16,7 @@ from typing import Any
 from sqlalchemy import text
 from sqlalchemy.engine import URL
 
+from ..cluster.failover import address_of
 from ..database import DatabaseCore as Database
 from ..engine.engines import Engines
 from ..errors import ReadOnlyError, SanicSQLAlchemyError
@@ -50,6 +51,8 @@ class ServerReport:
     latency_ms: float | None = None
     version: str | None = None
     read_only: bool | None = None
+    #: ``host:port`` of the server that takes writes, when the URL names several hosts.
+    primary_host: str | None = None
 
 
 async def _probe(engines: Engines, report: ServerReport) -> None:
@@ -65,6 +68,13 @@ async def _probe(engines: Engines, report: ServerReport) -> None:
         finally:
             # The probe went around the library's guard: never pool this connection.
             raw.invalidate()
+    if engines.primary_watch is not None:
+        # Several hosts: the one the write pool picks (the first that accepts writes).
+        async with engines.write.connect() as connection:
+            raw = await connection.get_raw_connection()
+            address = address_of(raw.driver_connection)
+            if address is not None:
+                report.primary_host = f"{address[0]}:{address[1]}"
 
 
 async def _refuses_write(backend: str, driver: Any) -> bool:
@@ -241,6 +251,7 @@ def print_check(results: list[dict[str, Any]]) -> None:
                     *([f"{server['latency_ms']} ms"] if server["latency_ms"] is not None else []),
                     *([server["version"]] if server["version"] else []),
                     f"read-only: {'yes' if server['read_only'] else 'NO'}",
+                    *([f"primary: {server['primary_host']}"] if server["primary_host"] else []),
                 ]
                 state = "  ".join(parts)
             else:

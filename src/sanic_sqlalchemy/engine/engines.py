@@ -13,6 +13,7 @@ from sqlalchemy.engine import URL, ExceptionContext
 from sqlalchemy.exc import ArgumentError, DBAPIError
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
+from ..cluster.failover import PrimaryWatch, install_unavailable, several_hosts
 from ..errors import ConfigurationError, EventLoopMismatchError
 from ..insight import StatementWatch
 from ..readonly import ReadGuard
@@ -35,6 +36,12 @@ class Engines:
         self.loop = asyncio.get_running_loop()
         #: The replicas that serve reads, when ``read_urls`` are set.
         self.replicas: ReplicaSet | None = None
+        #: Where the primary is, when the URL names several hosts (a failover may move it).
+        self.primary_watch = (
+            PrimaryWatch(settings.url)
+            if self.backend.fails_over and several_hosts(settings.url)
+            else None
+        )
         try:
             self.write = self._create(Role.WRITE)
             self.read = self._create(Role.READ)
@@ -83,6 +90,8 @@ class Engines:
                 **options.get("connect_args", {}),
             }
         engine = create_async_engine(self.backend.url(url or settings.url), **options)
+        if url is None and self.backend.fails_over:
+            self._install_failover(engine, role)
         self.backend.install(engine, role)
         install_liveness(engine, self.backend, role)
         guard = ReadGuard(self.backend)
@@ -95,6 +104,17 @@ class Engines:
         # After the guard: a refused statement is never sent, so never timed.
         StatementWatch(settings.insight).install(engine, reads_only=role is Role.READ)
         return engine
+
+    def _install_failover(self, engine: AsyncEngine, role: Role) -> None:
+        """A lost or demoted primary becomes ``PrimaryUnavailableError`` (first among the
+        error handlers); with several hosts, the primary's pools follow the write pool."""
+        watch = self.primary_watch
+        install_unavailable(engine, self.backend, writes=role is Role.WRITE, watch=watch)
+        if watch is not None:
+            if role is Role.WRITE:
+                watch.watch_writes(engine)
+            else:
+                watch.follow(engine)
 
     def _translate_refused_write(self, context: ExceptionContext) -> None:
         # Whatever path the write took (driver SQL on a held connection included).

@@ -32,11 +32,8 @@ _PRIMARY = {
     "mysql": "SELECT @@gtid_binlog_pos",
 }
 _REPLICA = {
-    # A "replica" that is not in recovery (promoted) reports its own position.
-    "postgresql": (
-        "SELECT (CASE WHEN pg_is_in_recovery() THEN pg_last_wal_replay_lsn() "
-        "ELSE pg_current_wal_lsn() END)::text"
-    ),
+    # A "replica" that is no longer in recovery was promoted (``Promoted``).
+    "postgresql": "SELECT pg_last_wal_replay_lsn()::text, pg_is_in_recovery()",
     "mysql": "SELECT @@gtid_slave_pos",
 }
 #: Run on the unit's writing connection right after its COMMIT: a position at or after
@@ -46,6 +43,11 @@ COMMIT_POSITION = {
     "postgresql": _PG_INSERT_POSITION,
     "mysql": "SELECT @@last_gtid",
 }
+
+
+class Promoted(Exception):
+    """A replica's server is no longer in recovery: a failover made it a primary, and
+    its data may now differ from the primary's this database writes to."""
 
 
 def connect_options(backend: str) -> dict[str, Any]:
@@ -84,6 +86,11 @@ async def position_of(engine: AsyncEngine, backend: str, *, primary: bool) -> Po
             return (await connection.exec_driver_sql(query)).first()
 
     row = await asyncio.wait_for(ask(), CONNECT_TIMEOUT + QUERY_TIMEOUT)
+    if not primary and row is not None and len(row) == 2 and row[1] is False:
+        raise Promoted(
+            "it is no longer a replica (promoted by a failover); it serves no reads "
+            "until it follows the primary again"
+        )
     return _position(row, backend)
 
 

@@ -12,13 +12,13 @@ from sanic import Request, Sanic
 from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 
 from ..database import DatabaseCore
-from ..errors import ConfigurationError, ReplicaUnavailableError
+from ..errors import ConfigurationError, PrimaryUnavailableError, ReplicaUnavailableError
 from ..settings import token_name_clash
 from .debug import watch_commit_flushes
 from .handlers import is_wrapped, wrap_handler
 from .injection import install_injection
 from .request import INFORMED, request_unit, unit_request_class, why_no_request_unit
-from .responses import no_replica, pool_exhausted
+from .responses import no_replica, pool_exhausted, primary_unavailable
 from .units import UNITS_ON_CONNECTION, Units, end_units
 
 _PRIORITY = 1_000_000
@@ -155,4 +155,5 @@ def _install_app_hooks(app: Sanic[Any, Any]) -> None:
     app.signal("http.lifecycle.complete", priority=-_PRIORITY)(end_with_connection)
     app.error_handler.add(PoolTimeoutError, pool_exhausted)
     app.error_handler.add(ReplicaUnavailableError, no_replica)
+    app.error_handler.add(PrimaryUnavailableError, primary_unavailable)
     install_injection(app)

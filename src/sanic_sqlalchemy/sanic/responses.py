@@ -1,5 +1,6 @@
 """What the Sanic layer adds to responses: the commit position and ``Server-Timing``
-headers, and the 503 answers for an exhausted pool or no replica."""
+headers, and the 503 answers for an exhausted pool, no replica, or a primary lost in a
+failover."""
 
 from __future__ import annotations
 
@@ -14,7 +15,8 @@ from .units import Units
 
 logger = logging.getLogger("sanic_sqlalchemy")
 
-#: Seconds a client is asked to wait after a 503 for an exhausted pool.
+#: Seconds a client is asked to wait after a 503 (an exhausted pool, no replica, a
+#: primary lost in a failover).
 RETRY_AFTER = 1
 #: The status of the response that nobody receives, for a client that hung up (nginx's
 #: "client closed request"): an ASGI server drops it, response middleware sees it.
@@ -60,6 +62,23 @@ def pool_exhausted(request: Request, error: Exception) -> HTTPResponse:
     logger.warning("no pooled database connection within the pool timeout: %s", error)
     return text(
         "Service temporarily unavailable: the database is busy. Please retry.",
+        status=503,
+        headers={"Retry-After": str(RETRY_AFTER)},
+    )
+
+
+def primary_unavailable(request: Request, error: Exception) -> HTTPResponse:
+    # One line, no traceback (nor the statement's parameters): during a failover every
+    # request in flight comes here.
+    logger.warning(
+        "%s %s: answered 503, the database primary is unavailable: %s (%r)",
+        request.method,
+        request.path,
+        getattr(error, "reason", "unknown"),
+        getattr(error, "orig", error),
+    )
+    return text(
+        "Service temporarily unavailable: the database is switching over. Please retry.",
         status=503,
         headers={"Retry-After": str(RETRY_AFTER)},
     )

@@ -14,7 +14,7 @@ from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from ..._keys import OVERHEAD_OPTION
-from ...errors import ReadOnlyError
+from ...errors import PrimaryUnavailableError, ReadOnlyError
 from ...readonly.refusals import server_refused
 from ...settings import Settings
 
@@ -83,6 +83,17 @@ class Backend:
         own ``is_disconnect`` does not see it."""
         return False
 
+    #: Whether a lost or demoted primary is reported as ``PrimaryUnavailableError``
+    #: (``cluster.failover``), with ``unavailable_reason`` saying which errors mean it.
+    fails_over = False
+
+    def unavailable_reason(
+        self, error: BaseException, driver_connection: Any, writes: bool
+    ) -> str | None:
+        """Why the driver error ``error`` means that the primary is gone for this
+        connection (``writes``: on a write connection, demoted counts too), or ``None``."""
+        return None
+
     def is_unsafe_for(self, role: Role, driver_connection: Any) -> bool:
         """True when a pooled connection left its expected state (read-only, idle)."""
         return False
@@ -138,7 +149,7 @@ def scope_statement(connection: Connection, statement: str) -> None:
 def refused_as_read_only(backend: Backend, error: DBAPIError) -> ReadOnlyError | None:
     """The ``ReadOnlyError`` to raise when ``error`` is the database refusing a write
     because the connection or transaction is read-only; ``None`` otherwise."""
-    if not backend.is_read_only_violation(error.orig):
+    if isinstance(error, PrimaryUnavailableError) or not backend.is_read_only_violation(error.orig):
         return None
     return server_refused()
 

@@ -7,11 +7,13 @@ from collections.abc import Iterator, Mapping
 from typing import Any
 
 from sqlalchemy import event
-from sqlalchemy.engine import Connection, ExceptionContext
+from sqlalchemy.engine import URL, Connection, ExceptionContext
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.ext.asyncio import AsyncEngine
 from sqlalchemy.util import await_only
 
+from ...cluster.failover import with_write_target
+from ...errors import PrimaryUnavailableError
 from ...settings import Settings
 from .base import (
     SAVEPOINT,
@@ -41,6 +43,11 @@ class PostgreSQL(Backend):
     # read-only by the connection's default); the pool restores autocommit at check-in.
     streaming_options: Mapping[str, Any] = {"isolation_level": "READ COMMITTED"}
 
+    def url(self, url: URL) -> URL:
+        # Several hosts: connect only to one that accepts writes (the primary's read pool
+        # asks for what it can, ``cluster.failover.PrimaryWatch``).
+        return with_write_target(url)
+
     def engine_options(self, role: Role, settings: Settings) -> dict[str, Any]:
         options = super().engine_options(role, settings)
         if role is Role.READ:
@@ -58,8 +65,26 @@ class PostgreSQL(Backend):
         if role is Role.READ:
             event.listen(engine.sync_engine, "handle_error", _postgresql_keep_cancelled_read)
 
+    fails_over = True
+
     def is_read_only_violation(self, error: BaseException | None) -> bool:
-        return getattr(error, "sqlstate", None) == "25006"
+        return getattr(error, "sqlstate", None) == _READ_ONLY_TRANSACTION
+
+    def unavailable_reason(
+        self, error: BaseException, driver_connection: Any, writes: bool
+    ) -> str | None:
+        if _is_protocol_lost(error):
+            return _PROTOCOL_LOST
+        sqlstate = getattr(error, "sqlstate", None) or ""
+        if sqlstate in _SHUTTING_DOWN or sqlstate.startswith("08"):
+            return _SHUTTING_DOWN.get(sqlstate, "the connection to it failed")
+        if type(getattr(error, "orig", None)).__name__ == "TargetServerAttributeNotMatched":
+            return "none of the servers the URL names is a primary that takes writes now"
+        if writes and sqlstate == _READ_ONLY_TRANSACTION and _server_read_only(driver_connection):
+            # Not our own read-only scope, nor a user's SET TRANSACTION READ ONLY: the
+            # server itself stopped taking writes (demoted, or fenced by a failover).
+            return "it no longer accepts writes (demoted by a failover or switchover)"
+        return None
 
     def is_dead(self, driver_connection: Any) -> bool:
         return bool(driver_connection.is_closed())
@@ -108,10 +133,40 @@ class PostgreSQL(Backend):
         try:
             yield
         except Exception:
-            leave_savepoint(connection)
+            # A connection lost under the read has no savepoint left to leave, and
+            # refuses statements until rolled back: the loss is what to report.
+            if not connection.invalidated:
+                leave_savepoint(connection)
             raise
         # A cancellation skips this: the connection is then invalidated anyway.
         leave_savepoint(connection)
+
+
+_READ_ONLY_TRANSACTION = "25006"
+#: Errors of a server that is going away or not there yet (class 57P), by SQLSTATE.
+_SHUTTING_DOWN = {
+    "57P01": "it is shutting down (administrator command)",
+    "57P02": "it crashed",
+    "57P03": "it is starting up or shutting down",
+}
+_PROTOCOL_LOST = (
+    "connection was closed in the middle of operation: the server ended the session (a "
+    "stop or restart, or pg_terminate_backend) while it was idle in the pool"
+)
+
+
+def _server_read_only(driver_connection: Any) -> bool:
+    """Whether the server says, in the settings it reports to the client for free
+    (PostgreSQL 14 and later), that it takes no writes: in hot standby, or read-only
+    by default.  A server that reports neither is assumed to (it cannot say)."""
+    if driver_connection is None:
+        return True
+    settings = driver_connection.get_settings()
+    standby = getattr(settings, "in_hot_standby", None)
+    read_only = getattr(settings, "default_transaction_read_only", None)
+    if standby is None and read_only is None:
+        return True
+    return "on" in (standby, read_only)
 
 
 def _postgresql_keep_cancelled_read(context: ExceptionContext) -> None:
@@ -153,16 +208,13 @@ def _postgresql_protocol_lost(context: ExceptionContext) -> None:
     connection was lost, not asyncpg's "another operation is in progress", which reads
     like two tasks sharing a connection."""
     original = context.original_exception
-    if not _is_protocol_lost(original):
-        return
+    if not _is_protocol_lost(original) or isinstance(
+        context.chained_exception, PrimaryUnavailableError
+    ):
+        return  # not lost, or reported already as the primary lost (``cluster.failover``)
     context.is_disconnect = True
     dbapi = context.dialect.loaded_dbapi
-    lost = dbapi.InterfaceError(
-        "connection was closed in the middle of operation: the server ended the session "
-        "(a stop or restart, or pg_terminate_backend) while it was idle in the pool; "
-        f"asyncpg reported: {original}",
-        original,
-    )
+    lost = dbapi.InterfaceError(f"{_PROTOCOL_LOST}; asyncpg reported: {original}", original)
     raise OperationalError(
         context.statement, context.parameters, lost, connection_invalidated=True
     ) from original
