@@ -343,7 +343,7 @@ async def test_round_trips_through_the_pooler(pgbouncer: PgBouncer, url: str, se
     pooled = await round_trips_per_request(pgbouncer.url, serve, transaction_pooling=True)
     for request, per_request in pooled.items():
         print(f"{' '.join(request)}: {direct[request]:g} direct, {per_request:g} through PgBouncer")
-    assert direct == EXPECTED
+    # The direct figures are test_round_trips.py's to check.
     assert pooled == EXPECTED_POOLED
 
 
