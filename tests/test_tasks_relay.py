@@ -23,6 +23,8 @@ from typing import Any
 import amqp
 import pytest
 from redis import Redis
+from sanic import Request
+from sanic.response import HTTPResponse, json
 from sqlalchemy import func, select
 
 from sanic_sqlalchemy import ConfigurationError, Database
@@ -31,7 +33,7 @@ from sanic_sqlalchemy.testing import schema
 
 from .apps import relay_app
 from .apps.relay_app import BACKENDS, QUEUE, Base, RelayOrder, RelayReceipt
-from .conftest import backends_required
+from .conftest import backends_required, make_app
 from .tcpproxy import TcpProxy
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -339,3 +341,44 @@ def test_the_backend_keyword_and_local(url: str) -> None:
     assert db.tasks.relay is None
     relayed = Database(url, tasks_backend=BACKENDS["taskiq-memory"])
     assert relayed.tasks.relay is not None
+
+
+async def test_a_sanic_worker_relays_what_falls_due(
+    url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, serve: Any
+) -> None:
+    """In Sanic, each worker runs a relay loop (started and stopped with the server): it
+    publishes a delayed task once it falls due, and a task the fast path left behind."""
+    monkeypatch.setenv("RELAY_EFFECTS", str(tmp_path / "effects.txt"))
+    db = relay_app.db
+    app = make_app("relay")
+    app.config.DATABASE_TASKS_BACKEND = BACKENDS["taskiq-memory"]
+    app.config.DATABASE_TASKS_POLL = 0.05
+    db.init_app(app, url=url)
+
+    @app.post("/orders")
+    async def order(request: Request) -> HTTPResponse:
+        order = RelayOrder()
+        db.write.add(order)
+        await db.write.flush()
+        delay = float(request.args.get("delay", 0))
+        relay_app.receipt.configure(delay=delay).defer(order.id)
+        return json({"order": order.id}, status=201)
+
+    try:
+        async with schema(db, Base.metadata), schema(db, db.tasks.metadata):
+            served = await serve(app)
+            delayed = (await served.client.post("/orders?delay=0.4")).json()["order"]
+            await asyncio.sleep(0.2)
+            assert await _receipts() == []
+            db.tasks.run_after_commit = False
+            left = (await served.client.post("/orders")).json()["order"]
+
+            async def both() -> bool:
+                return len(await _receipts()) == 2
+
+            await _until(both, 10, "the relay loop")
+            assert sorted(await _receipts()) == sorted([(delayed, 1), (left, 1)])
+    finally:
+        db.tasks.run_after_commit = True
+        await db.dispose()
+        db.configure_from(url=url)

@@ -59,17 +59,13 @@ async def consume(host: TaskHost, task: Task[Any, Any], task_id: str) -> str:
         args, kwargs = decode(claimed.payload)
         await _in_unit(host, task, claimed, args, kwargs, await host.position_token())
     except ClaimLostError:
-        logger.warning(
-            "task %s (%s): its claim expired and another run took it over; this run's "
-            "writes were rolled back",
-            claimed.id,
-            claimed.name,
-        )
+        # Another delivery took the task over after this run's claim expired.
+        logger.warning("task %s (%s): claim lost, writes rolled back", claimed.id, task.name)
         return LOST
     except Exception as failure:
+        error = traceback.format_exception(type(failure), failure, failure.__traceback__)
         dead = claimed.attempts >= claimed.max_attempts
-        text = "".join(traceback.format_exception(type(failure), failure, failure.__traceback__))
-        await _hand_back(host, claimed, dead=dead, error=text)
+        await _hand_back(host, claimed, dead=dead, error="".join(error))
         if dead:
             logger.error(
                 "task %s (%s) failed on attempt %d of %d; it is dead "

@@ -17,11 +17,11 @@ import logging
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, Protocol
 
+from ..host import TaskHost
 from .sql import Leased, lease, release_statement, sent_statement
 
 if TYPE_CHECKING:
     from ..decorator import Task
-    from ..host import TaskHost
 
 logger = logging.getLogger("sanic_sqlalchemy")
 
@@ -56,6 +56,13 @@ class Queue(Protocol):
         """Close the connection to the broker, if this process opened one."""
 
 
+class RelayHost(TaskHost, Protocol):
+    """``db.tasks`` as the relay sees it."""
+
+    #: Whether the committing process handles its tasks right after the commit.
+    run_after_commit: bool
+
+
 class PublishError(Exception):
     """Some tasks of a pass were not confirmed by the broker (they stay pending)."""
 
@@ -63,7 +70,7 @@ class PublishError(Exception):
 class Relay:
     """Publishes a database's committed tasks to ``queue``."""
 
-    def __init__(self, host: TaskHost, queue: Queue) -> None:
+    def __init__(self, host: RelayHost, queue: Queue) -> None:
         self._host = host
         self.queue = queue
         self._spawned: set[asyncio.Task[None]] = set()
@@ -74,9 +81,9 @@ class Relay:
         self.queue.register(task)
 
     def publishes_here(self) -> bool:
-        """Whether the committing process publishes its due tasks right after the
-        commit (the outbox then wakes no dispatcher)."""
-        return not self._stopping
+        """Told to the outbox: no dispatcher needs waking at a commit (none listens;
+        the relay loops poll)."""
+        return True
 
     def committed(self, ids: list[str], commit_token: str | None) -> None:
         """The fast path, in the commit's greenlet: publish the tasks just committed."""

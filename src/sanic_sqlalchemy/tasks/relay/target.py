@@ -4,20 +4,16 @@ imported, the broker or app looked up, the queue's package imported only then.""
 from __future__ import annotations
 
 import importlib
-from typing import TYPE_CHECKING
 
 from ...errors import ConfigurationError
 from ...settings import QueueTarget
-from .relay import Queue, Relay
-
-if TYPE_CHECKING:
-    from ..host import TaskHost
+from .relay import Queue, Relay, RelayHost
 
 #: The package each kind needs, and the extra that installs it.
 _PACKAGES = {"taskiq": "taskiq", "celery": "celery"}
 
 
-def open_relay(host: TaskHost, target: QueueTarget) -> Relay:
+def open_relay(host: RelayHost, target: QueueTarget) -> Relay:
     """A relay to the queue ``target`` names; ``ConfigurationError`` naming the setting
     when the module cannot be imported, lacks the attribute, or holds no broker or app
     of that kind."""
