@@ -67,15 +67,20 @@ async def lease(
     values = {"state": PENDING, "claim": token, "lease_until": now + int(PUBLISH_LEASE * 1000)}
     columns = (c.id, c.name, c.queue, c.payload, c.max_attempts)
     pick = select(*columns).where(condition).order_by(c.run_at).limit(limit)
-    if backend == "sqlite":
-        # One writer at a time: nothing to skip.
-        rows = (await connection.execute(pick)).all()
-    else:
+    if backend != "sqlite":
         rows = (await connection.execute(pick.with_for_update(skip_locked=True))).all()
-    if rows:
-        await connection.execute(
-            update(table).where(c.id.in_([row.id for row in rows])).values(**values)
-        )
+        if rows:
+            await connection.execute(
+                update(table).where(c.id.in_([row.id for row in rows])).values(**values)
+            )
+        return token, [Leased(*row) for row in rows]
+    # SQLite locks nothing a SELECT reads: the rows leased are those the UPDATE took.
+    await connection.execute(
+        update(table)
+        .where(c.id.in_(pick.with_only_columns(c.id).scalar_subquery()))
+        .values(**values)
+    )
+    rows = (await connection.execute(select(*columns).where(c.claim == token))).all()
     return token, [Leased(*row) for row in rows]
 
 
