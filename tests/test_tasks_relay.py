@@ -334,13 +334,16 @@ def test_a_bad_backend_is_refused_naming_the_setting(url: str, value: str, messa
 @pytest.mark.backends("sqlite")
 def test_the_backend_keyword_and_local(url: str) -> None:
     """``tasks_backend=`` is the keyword of the setting (named so in errors); ``local``
-    relays nothing, and counts() then has no ``sent``."""
+    relays nothing; configuring again alike keeps the relay."""
     with pytest.raises(ConfigurationError, match=r"^tasks_backend= \(argument\): expected"):
         Database(url, tasks_backend="celery")
     db = Database(url, tasks_backend="local")
     assert db.tasks.relay is None
     relayed = Database(url, tasks_backend=BACKENDS["taskiq-memory"])
-    assert relayed.tasks.relay is not None
+    relay = relayed.tasks.relay
+    assert relay is not None
+    relayed.configure_from({"DATABASE_TASKS_POLL": 0.5})
+    assert relayed.tasks.relay is relay, "configured again alike: the same relay"
 
 
 async def test_a_sanic_worker_relays_what_falls_due(

@@ -201,6 +201,8 @@ class TaskRegistry:
             self.relay = None
             self._outbox_handlers = (self._after_commit, self._runs_here)
             return
+        if self.relay is not None and self.relay.source == target:
+            return  # configured again alike (init_app after Database(url, ...))
         relay = self.relay = open_relay(self, target)
         self._outbox_handlers = (relay.committed, relay.publishes_here)
 

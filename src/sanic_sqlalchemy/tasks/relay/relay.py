@@ -17,6 +17,7 @@ import logging
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, Protocol
 
+from ...settings import QueueTarget
 from ..host import TaskHost
 from .sql import Leased, lease, release_statement, sent_statement
 
@@ -70,9 +71,11 @@ class PublishError(Exception):
 class Relay:
     """Publishes a database's committed tasks to ``queue``."""
 
-    def __init__(self, host: RelayHost, queue: Queue) -> None:
+    def __init__(self, host: RelayHost, queue: Queue, source: QueueTarget) -> None:
         self._host = host
         self.queue = queue
+        #: The setting this relay was made from.
+        self.source = source
         self._spawned: set[asyncio.Task[None]] = set()
         self._stopping = False
 

@@ -49,7 +49,7 @@ def open_relay(host: RelayHost, target: QueueTarget) -> Relay:
             f"{target.key}: {text!r} needs the {_PACKAGES[target.kind]!r} package: "
             f"pip install 'sanic-sqlalchemy[{target.kind}]'."
         ) from error
-    relay = Relay(host, queue)
+    relay = Relay(host, queue, target)
     for task in list(host.registered.values()):
         relay.register(task)
     return relay
