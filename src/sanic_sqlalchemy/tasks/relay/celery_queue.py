@@ -24,6 +24,7 @@ from celery import Celery  # type: ignore[import-untyped]
 from ...errors import ConfigurationError
 from ..payload import decode
 from .consumer import consume
+from .relay import PUBLISH_TIMEOUT
 
 if TYPE_CHECKING:
     from ..decorator import Task
@@ -32,8 +33,6 @@ if TYPE_CHECKING:
 
 T = TypeVar("T")
 
-#: Seconds a publish may wait for the broker (to connect, to confirm).
-PUBLISH_TIMEOUT = 10.0
 #: The relay's connection: confirmed publishes, and a broker that is down fails a
 #: publish quickly instead of blocking its thread while kombu retries.
 _TRANSPORT_OPTIONS = {

@@ -30,6 +30,8 @@ logger = logging.getLogger("sanic_sqlalchemy")
 BATCH = 100
 #: Seconds the relay waits at most between passes while publishing fails.
 MAX_RETRY_WAIT = 10.0
+#: Seconds a publish may wait for the broker (to connect, to confirm) before it fails.
+PUBLISH_TIMEOUT = 10.0
 
 
 class Queue(Protocol):
@@ -161,11 +163,13 @@ class Relay:
             except Exception:
                 failures += 1
                 wait = min(poll * 2 ** min(failures - 1, 10), MAX_RETRY_WAIT)
+                # The traceback once per outage; then a line per pass.
                 logger.warning(
-                    "relaying tasks to %s failed; trying again in %g s",
+                    "relaying tasks to %s failed (%d time(s) in a row); trying again in %g s",
                     self.queue.target,
+                    failures,
                     wait,
-                    exc_info=True,
+                    exc_info=failures == 1,
                 )
                 await self.queue.reset()
                 await asyncio.sleep(wait)

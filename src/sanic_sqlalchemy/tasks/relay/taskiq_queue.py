@@ -22,6 +22,7 @@ from taskiq.kicker import AsyncKicker
 from ...errors import ConfigurationError
 from ..payload import decode
 from .consumer import consume
+from .relay import PUBLISH_TIMEOUT
 
 if TYPE_CHECKING:
     from ..decorator import Task
@@ -32,8 +33,6 @@ logger = logging.getLogger("sanic_sqlalchemy")
 
 #: A run's taskiq context (the message, whose id is the task's), injected by taskiq.
 _CONTEXT: Context = TaskiqDepends()
-#: Seconds a publish may wait for the broker's confirmation before it counts as failed.
-PUBLISH_TIMEOUT = 10.0
 
 
 class TaskiqQueue:
