@@ -83,7 +83,7 @@ def _forget_queue(server: str) -> None:
 
 @pytest.fixture
 async def relayed(
-    kind: str, url: str, tmp_path: Path
+    kind: str, url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> AsyncIterator[tuple[TcpProxy, Path, Path]]:
     """The shop configured to relay to ``kind``'s queue through a proxy, its worker
     running; yields the proxy, the effects file and the worker's log."""
@@ -95,10 +95,9 @@ async def relayed(
         pytest.skip(message)
     port = relay_app.AMQP_PROXY_PORT if KINDS[kind] == "amqp" else relay_app.REDIS_PROXY_PORT
     proxy = TcpProxy(port, server)
-    await proxy.start()
     effects = tmp_path / "effects.txt"
     log = tmp_path / "worker.log"
-    os.environ["RELAY_EFFECTS"] = str(effects)
+    monkeypatch.setenv("RELAY_EFFECTS", str(effects))
     db = relay_app.db
     db.configure_from(url=url, tasks_backend=BACKENDS[kind], tasks_poll=0.1, pool_size=5)
     env = {
@@ -111,27 +110,31 @@ async def relayed(
         "RELAY_REDIS_URL": f"redis://127.0.0.1:{SERVERS['redis']}/0",
         "PYTHONPATH": os.pathsep.join([str(ROOT), str(ROOT / "src")]),
     }
-    async with schema(db, Base.metadata), schema(db, db.tasks.metadata):
-        with log.open("w") as output:
-            worker = await asyncio.create_subprocess_exec(
-                *_worker_command(kind), env=env, cwd=ROOT, stdout=output, stderr=output
-            )
-        try:
-            db.tasks.start()
-            yield proxy, effects, log
-        finally:
-            # Celery's warm shutdown waits for its broker connection: a cold one.
-            worker.send_signal(signal.SIGQUIT if kind.startswith("celery") else signal.SIGTERM)
+    await proxy.start()
+    try:
+        async with schema(db, Base.metadata), schema(db, db.tasks.metadata):
+            with log.open("w") as output:
+                worker = await asyncio.create_subprocess_exec(
+                    *_worker_command(kind), env=env, cwd=ROOT, stdout=output, stderr=output
+                )
             try:
-                await asyncio.wait_for(worker.wait(), 10)
-            except TimeoutError:
-                worker.kill()
-                await worker.wait()
-            await db.tasks.stop(2)
-            await proxy.cut()
-            await asyncio.to_thread(_forget_queue, KINDS[kind])
-    await db.dispose()
-    db.configure_from(url=url)
+                db.tasks.start()
+                yield proxy, effects, log
+            finally:
+                # The test is over: how Celery shuts down is not under test (its warm
+                # and cold shutdowns take seconds), taskiq's is quick.
+                worker.send_signal(signal.SIGKILL if kind.startswith("celery") else signal.SIGTERM)
+                try:
+                    await asyncio.wait_for(worker.wait(), 10)
+                except TimeoutError:
+                    worker.kill()
+                    await worker.wait()
+                await db.tasks.stop(2)
+    finally:
+        await proxy.cut()
+        await asyncio.to_thread(_forget_queue, KINDS[kind])
+        await db.dispose()
+        db.configure_from(url=url)
 
 
 async def _order(count: int, *, flaky: bool = False) -> list[int]:
@@ -202,7 +205,7 @@ async def _cut_and_restore(
     async def all_ran(expected: int) -> bool:
         return len(await _receipts()) >= expected
 
-    await _until(lambda: all_ran(11), 30, "the first tasks to run")
+    await _until(lambda: all_ran(11), 90, "the worker to start and run the first tasks")
     await proxy.cut()
     during = await _order(10)
     await asyncio.sleep(0.5)  # the fast path and a relay pass fail meanwhile
@@ -210,7 +213,7 @@ async def _cut_and_restore(
     assert counts["pending"] == 10, counts
     assert len(await _receipts()) == 11
     await proxy.start()
-    await _until(lambda: all_ran(21), 30, "the relay to catch up once the broker is back")
+    await _until(lambda: all_ran(21), 60, "the relay to catch up once the broker is back")
     orders = before + flaky + during
 
     # A message delivered again (its task done) runs nothing.
@@ -229,7 +232,7 @@ async def _cut_and_restore(
         text = await asyncio.to_thread(log.read_text)
         return f"task {task_id} (relay.receipt) delivered again: it is done" in text
 
-    await _until(skipped, 15, "the worker to see the message again")
+    await _until(skipped, 60, "the worker to see the message again")
 
     receipts = await _receipts()
     assert sorted(order for order, _ in receipts) == sorted(orders), "lost or duplicated"
@@ -274,7 +277,7 @@ async def test_a_consumer_quicker_than_the_relay_and_redeliveries(
                 counts = await db.tasks.counts()
                 return counts["sent"] == 1 and len(await _receipts()) == 3
 
-            await _until(settled, 10, "the fast path to publish")
+            await _until(settled, 30, "the fast path to publish")
             assert await db.tasks.counts() == {"pending": 0, "running": 0, "dead": 0, "sent": 1}
             assert await relay.queue.publish([_leased(effects, "receipt", "relay.receipt")]) == [
                 None
@@ -379,7 +382,7 @@ async def test_a_sanic_worker_relays_what_falls_due(
             async def both() -> bool:
                 return len(await _receipts()) == 2
 
-            await _until(both, 10, "the relay loop")
+            await _until(both, 30, "the relay loop")
             assert sorted(await _receipts()) == sorted([(delayed, 1), (left, 1)])
     finally:
         db.tasks.run_after_commit = True
