@@ -108,12 +108,13 @@ class Relay:
     async def _publish_committed(self, ids: list[str]) -> None:
         try:
             await self.relay(len(ids), ids)
-        except Exception:
+        except Exception as error:
+            # A line per commit, no traceback: the relay loop logs the outage's.
             logger.warning(
-                "publishing the tasks a commit just stored to %s failed; the relay loop "
-                "publishes them once the broker answers",
+                "publishing the tasks a commit just stored to %s failed (%r); the relay "
+                "loop publishes them once the broker answers",
                 self.queue.target,
-                exc_info=True,
+                error,
             )
 
     async def relay(self, limit: int, ids: Sequence[str] | None = None) -> int:
