@@ -93,11 +93,7 @@ class Relay:
     def committed(self, ids: list[str], commit_token: str | None) -> None:
         """The fast path, in the commit's greenlet: publish the tasks just committed."""
         host = self._host
-        if (
-            self._stopping
-            or host.db.joined is not None
-            or not getattr(host, "run_after_commit", True)
-        ):
+        if self._stopping or not host.run_after_commit or host.db.joined is not None:
             return
         loop = asyncio.get_running_loop()
         context = host.db.scope.outside()
