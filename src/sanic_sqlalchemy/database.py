@@ -111,6 +111,7 @@ class DatabaseCore:
         """Use ``settings`` from now on (``init_app`` builds them from ``app.config``)."""
         self._settings = settings
         self.environment.commit_on_exit = settings.commit_on_exit
+        self.tasks.use(settings.tasks)
 
     def configure_from(
         self,

@@ -115,8 +115,11 @@ def print_status(result: dict[str, Any]) -> None:
     """``status`` for a terminal: one line."""
     waited = result["oldest_waiting_s"]
     late = "nothing due" if waited is None else f"oldest due task waiting {_age(waited)}"
+    # "sent": with a queue backend, published and waiting in the queue.
+    sent = f"sent {result['sent']}  " if "sent" in result else ""
     print(
-        f"pending {result['pending']}  running {result['running']}  dead {result['dead']}  {late}"
+        f"pending {result['pending']}  {sent}running {result['running']}  "
+        f"dead {result['dead']}  {late}"
     )
 
 

@@ -58,6 +58,7 @@ CONFIG_KEYS: Mapping[str, str] = {
     "DATABASE_REPEATED_QUERY_WARN": "repeated_query_warn",
     "DATABASE_TASKS_TABLE": "tasks_table",
     "DATABASE_TASKS_POLL": "tasks_poll",
+    "DATABASE_TASKS_BACKEND": "tasks_backend",
 }
 _KEY_FOR = {keyword: key for key, keyword in CONFIG_KEYS.items()}
 #: The prefix of the keys in ``CONFIG_KEYS``; ``Database(config_prefix=...)`` replaces it.
@@ -138,6 +139,20 @@ class InsightSettings:
 
 
 @dataclass(frozen=True)
+class QueueTarget:
+    """An existing queue that committed tasks are relayed to (``DATABASE_TASKS_BACKEND``
+    set to ``taskiq:module:broker`` or ``celery:module:app``); imported when the
+    database is configured, not here."""
+
+    #: ``taskiq`` or ``celery``.
+    kind: str
+    module: str
+    attribute: str
+    #: The key the value came from, to name it in errors.
+    key: str
+
+
+@dataclass(frozen=True)
 class TasksSettings:
     """Where durable tasks are stored and how often a dispatcher looks for due ones."""
 
@@ -146,6 +161,9 @@ class TasksSettings:
     #: Seconds between a dispatcher's looks for due tasks (``DATABASE_TASKS_POLL``);
     #: PostgreSQL wakes it at once through LISTEN/NOTIFY as well.
     poll: float = 1.0
+    #: Where committed tasks run (``DATABASE_TASKS_BACKEND``): ``None`` for ``local``
+    #: (in the application's processes), else the queue they are relayed to.
+    backend: QueueTarget | None = None
 
 
 #: A table name every backend takes unquoted: letters, digits, underscores (at most 63
@@ -289,7 +307,29 @@ def _tasks_settings(raw: Mapping[str, tuple[str, Any]]) -> TasksSettings:
             )
         table = value
     poll = float_value(*raw["tasks_poll"]) if "tasks_poll" in raw else defaults.poll
-    return TasksSettings(table=table, poll=poll)
+    backend = _queue_target(*raw["tasks_backend"]) if "tasks_backend" in raw else None
+    return TasksSettings(table=table, poll=poll, backend=backend)
+
+
+#: ``taskiq:package.module:broker`` or ``celery:package.module:app``.
+_QUEUE_TARGET = re.compile(
+    r"(?P<kind>taskiq|celery):(?P<module>[A-Za-z_][\w.]*):(?P<attribute>[A-Za-z_]\w*)"
+)
+
+
+def _queue_target(key: str, value: Any) -> QueueTarget | None:
+    text = value.strip() if isinstance(value, str) else value
+    if text == "local":
+        return None
+    match = _QUEUE_TARGET.fullmatch(text) if isinstance(text, str) else None
+    if match is None:
+        raise ConfigurationError(
+            f"{key}: expected 'local' (tasks run in the application's processes), "
+            "'taskiq:module:broker' (a taskiq broker, e.g. 'taskiq:shop.queue:broker') "
+            "or 'celery:module:app' (a Celery app, e.g. 'celery:shop.queue:app'); "
+            f"got {value!r}."
+        )
+    return QueueTarget(match["kind"], match["module"], match["attribute"], key)
 
 
 def _insight_settings(raw: Mapping[str, tuple[str, Any]], prefix: str) -> InsightSettings:

@@ -28,6 +28,7 @@ from .dispatcher import Runs, dispatch
 from .host import TaskDatabase
 from .outbox import Deferred, Outbox
 from .payload import decode, encode
+from .relay import Relay, open_relay
 from .sql import (
     Claimed,
     claim,
@@ -37,7 +38,7 @@ from .sql import (
     now_ms,
     requeue_statement,
 )
-from .table import DEAD, PENDING, RUNNING, task_table
+from .table import DEAD, PENDING, RUNNING, SENT, task_table
 
 logger = logging.getLogger("sanic_sqlalchemy")
 P = ParamSpec("P")
@@ -80,6 +81,11 @@ class TaskRegistry:
         self._spawned: set[asyncio.Task[None]] = set()
         self._stopping = False
         self._stop_grace = 0.0
+        #: With a queue backend (DATABASE_TASKS_BACKEND), what publishes the tasks.
+        self.relay: Relay | None = None
+        #: What a unit's outbox tells after its commit, and asks before it (decided
+        #: when the database is configured, not per unit).
+        self._outbox_handlers = (self._after_commit, self._runs_here)
 
     # -- registering and deferring -----------------------------------------------
 
@@ -133,6 +139,8 @@ class TaskRegistry:
                     options.name,
                 )
             self.registered[options.name] = task
+            if self.relay is not None:
+                self.relay.register(task)
             # From now on this database's db.write stores deferred tasks at its commit
             # (decided here, once: a database without tasks pays nothing for them).
             environment = self.db.environment
@@ -166,9 +174,7 @@ class TaskRegistry:
         session._autobegin_t()
         outbox = getattr(unit, "outbox", None)
         if not isinstance(outbox, Outbox):
-            outbox = unit.outbox = Outbox(
-                self.table, unit.backend.name, self._after_commit, self._runs_here
-            )
+            outbox = unit.outbox = Outbox(self.table, unit.backend.name, *self._outbox_handlers)
         options = task.options
         now = now_ms()
         row = {
@@ -186,6 +192,19 @@ class TaskRegistry:
             "error": None,
         }
         return outbox.add(Deferred(row, session.get_nested_transaction(), delay == 0))
+
+    def use(self, settings: TasksSettings) -> None:
+        """Run committed tasks here, or relay them to the queue ``settings.backend``
+        names (imported now: ``ConfigurationError`` naming the setting if it fails)."""
+        target = settings.backend
+        if target is None:
+            self.relay = None
+            self._outbox_handlers = (self._after_commit, self._runs_here)
+            return
+        if self.relay is not None and self.relay.source == target:
+            return  # configured again alike (init_app after Database(url, ...))
+        relay = self.relay = open_relay(self, target)
+        self._outbox_handlers = (relay.committed, relay.publishes_here)
 
     # -- the table --------------------------------------------------------------
 
@@ -235,8 +254,11 @@ class TaskRegistry:
     # -- looking after it -------------------------------------------------------
 
     async def counts(self) -> dict[str, int]:
-        """How many tasks wait (``pending``), run (``running``) or are ``dead``."""
+        """How many tasks wait (``pending``), run (``running``) or are ``dead``; with a
+        queue backend also how many the broker holds (``sent``)."""
         counts = {PENDING: 0, RUNNING: 0, DEAD: 0}
+        if self.relay is not None:
+            counts[SENT] = 0
         async with self.transaction() as connection:
             for state, count in await connection.execute(counts_statement(self.table)):
                 counts[state] = count
@@ -313,7 +335,11 @@ class TaskRegistry:
 
     async def work(self, *, concurrency: int | None = None, grace: float = 30.0) -> None:
         """The dispatcher: run due tasks as they come, until cancelled; then let the
-        runs finish within ``grace`` seconds and hand the rest back."""
+        runs finish within ``grace`` seconds and hand the rest back.  With a queue
+        backend, the relay loop instead: publish the committed tasks as they fall due."""
+        if self.relay is not None:
+            await self.relay.work(self.settings.poll)
+            return
         try:
             await dispatch(self, self.runs(), concurrency or self.limit, self.settings.poll)
         finally:
@@ -351,6 +377,8 @@ class TaskRegistry:
             runs = self._runs
             if runs is not None and runs.loop is asyncio.get_running_loop():
                 await runs.stop(grace)
+            if self.relay is not None:
+                await self.relay.stop(grace)
         finally:
             self._stopping = False
 
@@ -358,7 +386,12 @@ class TaskRegistry:
     def running(self) -> bool:
         """Whether a dispatcher or any run is under way in this process."""
         runs = self._runs
-        return self._dispatcher is not None or bool(runs is not None and runs.active)
+        relay = self.relay
+        return (
+            self._dispatcher is not None
+            or bool(runs is not None and runs.active)
+            or (relay is not None and relay.active)
+        )
 
     def _runs_here(self) -> bool:
         """Whether this process would run tasks due at a commit right after it."""

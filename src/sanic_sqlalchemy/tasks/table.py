@@ -15,6 +15,8 @@ from sqlalchemy import BigInteger, Column, Index, Integer, MetaData, String, Tab
 PENDING = "pending"
 RUNNING = "running"
 DEAD = "dead"
+#: With a queue backend: published, and confirmed by the broker; its consumer marks it done.
+SENT = "sent"
 
 
 def task_table(name: str) -> Table:
