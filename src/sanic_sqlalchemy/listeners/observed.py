@@ -38,7 +38,15 @@ class _CountedCommits(UnitStats):
 class ObservedUnit(UnitOfWork):
     """A unit of work that tells its database's listeners what happens to it."""
 
-    __slots__ = ("_began_at", "_commits", "_commits_before", "_error", "_told_end", "beginning")
+    __slots__ = (
+        "_began_at",
+        "_commits",
+        "_commits_before",
+        "_dropped_changes",
+        "_error",
+        "_told_end",
+        "beginning",
+    )
 
     def __init__(self, env: Environment, after: tuple[object, ...] = ()) -> None:
         super().__init__(env, after)
@@ -47,6 +55,8 @@ class ObservedUnit(UnitOfWork):
         self._commits_before = 0
         #: The first exception the unit was ended with or failed to settle with.
         self._error: BaseException | None = None
+        #: Whether db.write held changes never sent when the unit settled.
+        self._dropped_changes = False
         self._told_end = False
         self._began_at = perf_counter()
         self.beginning = None
@@ -67,12 +77,17 @@ class ObservedUnit(UnitOfWork):
             await self.end(False, error)
             raise
 
+    def work_raised(self, error: BaseException) -> None:
+        if self._error is None and self.state is not UnitState.ENDED:
+            self._error = error
+
     @property
     def outcome(self) -> UnitOutcome:
         """How its write side ended (or stands): whether its last write transaction
-        committed; ``"no_write"`` when it opened none."""
+        committed (changes given to ``db.write`` and dropped unsent count as one rolled
+        back); ``"no_write"`` when it opened none."""
         if not self.wrote:
-            return "no_write"
+            return "rolled_back" if self._dropped_changes else "no_write"
         return "committed" if self._commits.commits > self._commits_before else "rolled_back"
 
     def write_began(self, connection: Connection) -> None:
@@ -80,8 +95,11 @@ class ObservedUnit(UnitOfWork):
         self._commits_before = self._commits.commits
 
     async def settle(self, success: bool, error: BaseException | None = None) -> None:
-        if self._error is None and self.state is UnitState.ACTIVE:
-            self._error = error
+        if self.state is UnitState.ACTIVE:
+            if self._error is None:
+                self._error = error
+            # Sent at the commit (then a write transaction begins), or dropped.
+            self._dropped_changes = self.holds_writes
         try:
             await super().settle(success, error)
         except BaseException as failure:

@@ -92,6 +92,10 @@ class UnitOfWork(UnitCore):
         """Await what the async ``unit_begin`` listeners have to do (called right after
         opening the unit by an opener in async code, when ``beginning`` is set)."""
 
+    def work_raised(self, error: BaseException) -> None:
+        """The work of this unit raised ``error``, which its end will not be handed (a
+        Sanic handler's, answered by an exception handler): for the listeners only."""
+
     @property
     def write_session(self) -> WriteSession | None:
         """The write session if it was created, without creating it."""
