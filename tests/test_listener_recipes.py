@@ -164,7 +164,8 @@ def sentry() -> Iterator[MemoryTransport]:
     )
     yield transport
     sentry_sdk.get_client().close()
-    sentry_sdk.init()  # no DSN: nothing is sent from here on
+    # Not init() again: its default integrations would patch Sanic for every later test.
+    sentry_sdk.get_global_scope().set_client(None)
 
 
 async def test_sentry_breadcrumbs_lead_to_a_failing_callback(
