@@ -58,9 +58,9 @@ def wait_for(port: int, seconds: float) -> None:
     raise SystemExit(f"the server on port {port} did not start within {seconds:.0f} s")
 
 
-def send(port: int, endpoint: str, count: int, serial: list[int]) -> None:
+def send(port: int, endpoint: str, count: int, serial: list[int], timeout: float = 120) -> None:
     method, path, body = PATHS[endpoint]
-    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=120)
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
     for _ in range(count):
         payload = None
         headers = {}
@@ -86,7 +86,9 @@ def total_instructions(out_file: Path) -> int:
     return int(match.group(1))
 
 
-def run_once(variant: str, endpoint: str, url: str, requests: int, work: Path) -> int:
+def run_once(
+    variant: str, endpoint: str, url: str, requests: int, work: Path, start_timeout: float
+) -> int:
     port = free_port()
     out_file = work / f"{variant}-{endpoint}-{requests}.callgrind"
     command = [
@@ -96,8 +98,8 @@ def run_once(variant: str, endpoint: str, url: str, requests: int, work: Path) -
     ]  # fmt: skip
     server = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:
-        wait_for(port, 300)
-        send(port, endpoint, requests, [int(time.time() * 1000)])
+        wait_for(port, start_timeout)
+        send(port, endpoint, requests, [int(time.time() * 1000)], max(120, start_timeout))
     finally:
         server.send_signal(2)  # SIGINT: Sanic stops cleanly, callgrind writes its file
         try:
@@ -117,6 +119,13 @@ def main() -> int:
     parser.add_argument("--pg", default="postgresql+asyncpg://postgres@127.0.0.1:5432/bench")
     parser.add_argument("--jobs", type=int, default=2, help="servers under valgrind at once")
     parser.add_argument("--output", type=Path, default=None, help="also write the JSON here")
+    parser.add_argument(
+        "--start-timeout",
+        type=float,
+        default=300,
+        help="seconds a server may take to start, or to answer a request, under valgrind "
+        "(more on a busy machine)",
+    )
     args = parser.parse_args()
     variants = args.variants.split(",")
     endpoints = args.endpoints.split(",")
@@ -135,7 +144,10 @@ def main() -> int:
         totals = dict(
             zip(
                 runs,
-                pool.map(lambda run: run_once(run[0], run[1], args.pg, run[2], work), runs),
+                pool.map(
+                    lambda run: run_once(*run[:2], args.pg, run[2], work, args.start_timeout),
+                    runs,
+                ),
                 strict=True,
             )
         )

@@ -25,6 +25,7 @@ LAYERS: list[set[str]] = [
     {"unit"},
     {"retry"},
     {"tasks"},
+    {"listeners"},
     {"database"},
     {"sanic"},
     {"testing", "cli", "__init__"},

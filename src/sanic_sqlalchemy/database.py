@@ -15,6 +15,7 @@ from .engine.engines import Engines
 from .errors import ConfigurationError, EngineNotInitialisedError, NoActiveUnitError
 from .hooks import CallbackErrorHook
 from .insight import UnitStats
+from .listeners import Listening
 from .replicas.tokens import given_tokens
 from .retry import RetryPolicy, retrying
 from .settings import DEFAULT_PREFIX, Settings
@@ -42,7 +43,7 @@ _NO_UNIT = (
 )
 
 
-class DatabaseCore:
+class DatabaseCore(Listening):
     """The database of an application: ``db.read``, ``db.write`` and ``db.on_commit``.
 
     Create one (``sanic_sqlalchemy.Database``) at module level; nothing connects and no
@@ -268,10 +269,12 @@ class DatabaseCore:
         if self._settings is None:
             self.settings  # noqa: B018 (raises EngineNotInitialisedError, naming the fix)
         outer = self.environment.outer
-        unit = UnitOfWork(self.environment, after)
-        if outer is not None:
-            # A rolled-back test: units take turns on its one connection.
-            outer.admit(unit)
+        if outer is None:
+            return self.unit_class(self.environment, after)
+        # A rolled-back test: units take turns on its one connection.
+        outer.admit()
+        unit = self.unit_class(self.environment, after)
+        outer.joined(unit)
         return unit
 
     def unit(self, *, after: str | bytes | Iterable[str | bytes | None] | None = None) -> UnitBlock:
@@ -298,6 +301,8 @@ class DatabaseCore:
         # No unit here, another task's (a child task gets its own), or one whose
         # write side is settled (a handler that streams): a fresh, independent unit.
         unit = self.open_unit()
+        if unit.beginning is not None:
+            await unit.begin_heard()  # async unit_begin listeners, in the block's context
         unit.token = self.scope.enter(unit)
         return unit
 

@@ -16,19 +16,22 @@ Every error the library raises on purpose derives from ``SanicSQLAlchemyError``:
     ├── TaskArgumentError           a task deferred with an argument JSON cannot carry
     ├── TaskNotFoundError           db.tasks.requeue(id) of no dead task
     ├── UnknownTaskError            a stored task names no function this process registered
-    └── ClaimLostError              a task's run lost its claim to another run (rolled back)
+    ├── ClaimLostError              a task's run lost its claim to another run (rolled back)
+    ├── UnknownEventError           db.listen / @db.listens_for named no event that exists
+    └── ListenerTypeError           db.listen given a listener that is not callable
 
 Misuse errors (everything but ``ConfigurationError``, ``ReadOnlyError``,
-``TokenTypeError``, ``TaskArgumentError``, ``PrimaryUnavailableError`` and the two
-lookup errors) are also ``RuntimeError``\\ s, so code that already catches those keeps
-working; ``TokenTypeError`` and ``TaskArgumentError`` are ``TypeError``\\ s, what Python raises
-for an argument of the wrong type; ``TaskNotFoundError`` and ``UnknownTaskError`` are
-``LookupError``\\ s.  Errors raised
-by the database itself (an ``IntegrityError`` at commit, say) are SQLAlchemy's and
-reach the caller unchanged, except a write refused by a read-only connection, which
-becomes a ``ReadOnlyError`` chained to the driver's error, and (PostgreSQL) a lost or
-demoted primary, which becomes a ``PrimaryUnavailableError``: still the SQLAlchemy
-``OperationalError`` it replaces, with the driver's error as ``orig`` and as its cause.
+``TokenTypeError``, ``TaskArgumentError``, ``PrimaryUnavailableError``, the two lookup
+errors and the two listener errors) are also ``RuntimeError``\\ s, so code that already
+catches those keeps working; ``TokenTypeError``, ``TaskArgumentError`` and
+``ListenerTypeError`` are ``TypeError``\\ s, what Python raises for an argument of the wrong
+type; ``UnknownEventError`` is a ``ValueError``; ``TaskNotFoundError`` and
+``UnknownTaskError`` are ``LookupError``\\ s.  Errors raised by the database itself (an
+``IntegrityError`` at commit, say) are SQLAlchemy's and reach the caller unchanged, except
+a write refused by a read-only connection, which becomes a ``ReadOnlyError`` chained to
+the driver's error, and (PostgreSQL) a lost or demoted primary, which becomes a
+``PrimaryUnavailableError``: still the SQLAlchemy ``OperationalError`` it replaces, with
+the driver's error as ``orig`` and as its cause.
 """
 
 from __future__ import annotations
@@ -128,3 +131,12 @@ class UnknownTaskError(SanicSQLAlchemyError, LookupError):
 class ClaimLostError(SanicSQLAlchemyError, RuntimeError):
     """A task's run found at its commit that its claim had expired and another run had
     taken the task over: the run's writes roll back, and the other run's count."""
+
+
+class UnknownEventError(SanicSQLAlchemyError, ValueError):
+    """``db.listen(name, ...)`` or ``@db.listens_for(name)`` named an event that does not
+    exist; the message lists those that do."""
+
+
+class ListenerTypeError(SanicSQLAlchemyError, TypeError):
+    """``db.listen(name, listener)`` was given a listener that cannot be called."""

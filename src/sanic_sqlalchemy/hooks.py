@@ -5,8 +5,15 @@ Nothing here imports the rest of the package, so every layer may name these type
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
-from typing import Any, Protocol
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any, Literal, Protocol
+
+#: How a unit's write side ended (``unit_end``): its last write transaction committed or
+#: rolled back, or it opened none.
+UnitOutcome = Literal["committed", "rolled_back", "no_write"]
+#: How a run of a durable task ended (``task_end``): done, to be tried again, or out of
+#: attempts.
+TaskOutcome = Literal["done", "retry", "dead"]
 
 
 class CallbackErrorHook(Protocol):
@@ -76,3 +83,34 @@ class TaskOutbox(Protocol):
 
     def rolled_back(self) -> None:
         """The transaction ended without committing: drop every task not stored."""
+
+
+class Listeners(Protocol):
+    """What units and task runs tell the listeners registered on their database
+    (``listeners.ListenerSet``).  A database has none until ``db.listen`` registers the
+    first: until then nothing is told and nothing is paid.
+
+    Every method calls the listeners of one event in registration order; a listener
+    that raises is logged and changes nothing.
+    """
+
+    def unit_began(self, unit: Any, /) -> Awaitable[None] | None:
+        """``unit`` was opened: call the ``unit_begin`` listeners; return what the async
+        ones still have to do (for the opener to await when it can), or ``None``."""
+
+    async def unit_ended(
+        self, unit: Any, outcome: UnitOutcome, error: BaseException | None, duration: float, /
+    ) -> None:
+        """``unit`` ended: its write side ``outcome`` (``"committed"``, ``"rolled_back"``
+        or ``"no_write"``), the exception that ended it, ``duration`` in seconds."""
+
+    async def callback_failed(
+        self, unit: Any, callback: Callable[..., Any], error: BaseException, /
+    ) -> None:
+        """An on-commit ``callback`` of ``unit`` (the callable registered) raised ``error``."""
+
+    async def task_ended(
+        self, task: Any, outcome: TaskOutcome, error: BaseException | None, duration: float, /
+    ) -> None:
+        """A run of the durable ``task`` (``current_task()``'s object) ended with
+        ``outcome`` (``"done"``, ``"retry"`` or ``"dead"``)."""

@@ -193,6 +193,8 @@ async def _attempt(
     args: tuple[Any, ...],
     kwargs: dict[str, Any],
 ) -> T:
+    if unit.beginning is not None:
+        await unit.begin_heard()  # async unit_begin listeners
     try:
         result = await func(*args, **kwargs)
     except BaseException as error:

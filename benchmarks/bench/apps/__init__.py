@@ -15,6 +15,8 @@ VARIANTS: dict[str, tuple[str, tuple[str, ...], str]] = {
     "ours": ("ours", ("postgresql", "mysql"), "sanic-sqlalchemy (ours)"),
     # Not run by default: ours with every query-insight report on (none triggering).
     "ours-insight": ("ours_insight", ("postgresql", "mysql"), "ours, query insight on"),
+    # Not run by default: ours with one no-op unit_end listener (issue 19).
+    "ours-listener": ("ours_listener", ("postgresql", "mysql"), "ours, one no-op listener"),
     # Not run by default: ours on another checkout (BENCH_BASELINE_SRC), to measure a
     # change against its parent in the same run.
     "ours-baseline": ("ours_baseline", ("postgresql", "mysql"), "ours, baseline checkout"),

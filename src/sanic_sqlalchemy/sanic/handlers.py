@@ -91,6 +91,12 @@ async def _handler_failed(request: Any, error: BaseException) -> Any:
     quietly instead."""
     if request._sqla_phase is HANDLING:
         request._sqla_phase = HANDLED
+    units = request._sqla_units
+    if units:
+        # The units end later, from the exception handler's response: what ended
+        # them is told to the listeners from here.
+        for unit in units.values():
+            unit.work_raised(error)
     await _after_handler(request, cancelled=not isinstance(error, Exception))
     if cancelled_by_hang_up(request, error):
         return await answer_nobody(request)

@@ -76,8 +76,9 @@ def request_unit(db: DatabaseCore) -> UnitOfWork | None:
     if phase is Phase.OVER:
         # The request has been answered: a task it started gets an ended unit (an
         # error that says so), never one that nothing would end. Recorded nowhere: the
-        # connection may already serve the next request.
-        unit = db.open_unit()
+        # connection may already serve the next request. Made, not opened: no listener
+        # hears of a unit that never begins.
+        unit = UnitOfWork(db.environment)
         unit.state = UnitState.ENDED
         return unit
     if units is None:

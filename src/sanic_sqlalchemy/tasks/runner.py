@@ -17,7 +17,8 @@ import inspect
 import logging
 import random
 import traceback
-from typing import TYPE_CHECKING, Any, cast
+from time import perf_counter
+from typing import TYPE_CHECKING, Any, Final, Literal, cast
 
 from ..errors import ClaimLostError, UnknownTaskError
 from .context import TaskInfo, enter_task
@@ -33,13 +34,35 @@ if TYPE_CHECKING:
 logger = logging.getLogger("sanic_sqlalchemy")
 
 #: What a run ended with.
-DONE, RETRY, DEAD, LOST = "done", "retry", "dead", "lost"
+DONE: Final = "done"
+RETRY: Final = "retry"
+DEAD: Final = "dead"
+LOST: Final = "lost"
+Outcome = Literal["done", "retry", "dead", "lost"]
 
 
 async def run_claimed(registry: TaskHost, claimed: Claimed, after: tuple[object, ...] = ()) -> str:
     """Run ``claimed`` to its end (``DONE``, ``RETRY``, ``DEAD`` or ``LOST``); a
-    cancellation (a stop) propagates, leaving the task to be handed back."""
-    enter_task(TaskInfo(claimed.id, claimed.name, claimed.attempts, claimed.max_attempts))
+    cancellation (a stop) propagates, leaving the task to be handed back.  The
+    database's ``task_end`` listeners hear of every run whose outcome is stored (not of a
+    lost claim: the run that took the task over reports it)."""
+    info = TaskInfo(claimed.id, claimed.name, claimed.attempts, claimed.max_attempts)
+    enter_task(info)
+    listeners = registry.db.environment.listeners
+    if listeners is None:
+        outcome, _error = await _run(registry, claimed, after)
+        return outcome
+    started = perf_counter()
+    outcome, error = await _run(registry, claimed, after)
+    if outcome == LOST:
+        return outcome
+    await listeners.task_ended(info, outcome, error, perf_counter() - started)
+    return outcome
+
+
+async def _run(
+    registry: TaskHost, claimed: Claimed, after: tuple[object, ...]
+) -> tuple[Outcome, BaseException | None]:
     task = registry.registered.get(claimed.name)
     if claimed.attempts > claimed.max_attempts:
         # Taken over from a run that died (or hung) on the last allowed attempt.
@@ -48,7 +71,7 @@ async def run_claimed(registry: TaskHost, claimed: Claimed, after: tuple[object,
             "died or hung (its claim expired)"
         )
         error = f"{claimed.error}\n{note}" if claimed.error else note
-        return await _record_failure(registry, claimed, task, error, dead=True)
+        return await _record_failure(registry, claimed, task, error, dead=True), None
     try:
         if task is None:
             raise UnknownTaskError(
@@ -68,7 +91,7 @@ async def run_claimed(registry: TaskHost, claimed: Claimed, after: tuple[object,
             claimed.id,
             claimed.name,
         )
-        return LOST
+        return LOST, None
     except Exception as failure:
         text = "".join(traceback.format_exception(type(failure), failure, failure.__traceback__))
         dead = claimed.attempts >= claimed.max_attempts
@@ -82,8 +105,8 @@ async def run_claimed(registry: TaskHost, claimed: Claimed, after: tuple[object,
             "; it is dead (db.tasks.requeue(id) runs it again)" if dead else "; it will retry",
             exc_info=failure,
         )
-        return await _record_failure(registry, claimed, task, text, dead=dead)
-    return DONE
+        return await _record_failure(registry, claimed, task, text, dead=dead), failure
+    return DONE, None
 
 
 async def _in_unit(
@@ -103,6 +126,8 @@ async def _in_unit(
     unit.commits_on_exit = True
     token = db.scope.enter(unit)
     try:
+        if unit.beginning is not None:
+            await unit.begin_heard()  # async unit_begin listeners
         try:
             timeout = task.options.timeout
             if timeout is None:
@@ -143,7 +168,7 @@ async def _record_failure(
     error: str,
     *,
     dead: bool,
-) -> str:
+) -> Literal["retry", "dead"]:
     delay = 0.0
     if not dead:
         options = registry.default_options if task is None else task.options

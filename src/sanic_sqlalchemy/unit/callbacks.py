@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import inspect
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -81,8 +81,12 @@ class CallbackQueue:
         return ready
 
 
-async def run_callbacks(callbacks: list[Callback], on_error: CallbackErrorHook | None) -> None:
-    """Run ``callbacks`` in order; one that raises is logged and reported, not fatal."""
+async def run_callbacks(
+    callbacks: list[Callback],
+    report: Callable[[BaseException, Callable[..., Any]], Awaitable[None]],
+) -> None:
+    """Run ``callbacks`` in order; one that raises is logged and handed to ``report``
+    (as ``report(error, func)``), not fatal."""
     for callback in callbacks:
         try:
             await callback.run()
@@ -94,11 +98,14 @@ async def run_callbacks(callbacks: list[Callback], on_error: CallbackErrorHook |
                 _name(callback.func),
                 exc_info=error,
             )
-            if on_error is not None:
-                await _report(on_error, error, callback.func)
+            await report(error, callback.func)
 
 
-async def _report(hook: CallbackErrorHook, error: BaseException, func: Callable[..., Any]) -> None:
+async def report_to_hook(
+    hook: CallbackErrorHook, error: BaseException, func: Callable[..., Any]
+) -> None:
+    """Call the ``on_callback_error`` hook (awaited when async); a hook that raises is
+    logged, never raised."""
     try:
         result = hook(error, func)
         if inspect.isawaitable(result):

@@ -20,7 +20,7 @@ from ..hooks import CallbackCapture, CallbackErrorHook, TaskOutbox
 from ..insight import UnitStats, attach
 from ..replicas.probe import commit_position
 from ..replicas.routing import ReadRoute, wanted_position
-from .callbacks import Callback, CallbackQueue, run_callbacks
+from .callbacks import Callback, CallbackQueue, report_to_hook, run_callbacks
 from .gate import Gate, WritingTurn
 from .scope import UnitScope
 
@@ -309,7 +309,14 @@ class UnitCore:
         capture = needs.capture
         if capture is not None and not capture.ready(callbacks):
             return
-        await run_callbacks(callbacks, needs.on_callback_error)
+        await run_callbacks(callbacks, self.callback_failed)
+
+    async def callback_failed(self, error: BaseException, callback: Callable[..., Any]) -> None:
+        """An on-commit ``callback`` (the callable registered) raised ``error``, which is
+        logged already: hand it to the ``on_callback_error`` hook, if one is set."""
+        hook = self._needs.on_callback_error
+        if hook is not None:
+            await report_to_hook(hook, error, callback)
 
     async def shielded(self, work: Coroutine[Any, Any, _T]) -> _T:
         """Run ``work`` to completion even if the calling task is cancelled meanwhile.

@@ -13,7 +13,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from ..errors import UnitStateError
-from ..hooks import CallbackCapture, CallbackErrorHook, ServerIsolation
+from ..hooks import CallbackCapture, CallbackErrorHook, Listeners, ServerIsolation
 from .core import UnitCore, UnitState
 from .scope import UnitScope
 from .sessions import ReadSession, WriteSession
@@ -38,9 +38,10 @@ class OuterTransaction:
         #: The units joined so far that may still be working on the connection.
         self.open_units: list[UnitCore] = []
 
-    def admit(self, unit: UnitCore) -> None:
-        """Let ``unit`` join the connection, or raise ``UnitStateError`` when a unit of
-        another task is still active on it.
+    def admit(self) -> None:
+        """Let the running task open a unit on the connection (``joined`` then records
+        it), or raise ``UnitStateError`` when a unit of another task is still active on
+        it: checked before the unit is made, so that a refused unit is never begun.
 
         Units on one connection can only take turns: two at once interleave their
         statements (asyncpg: "another operation is in progress") and their savepoints
@@ -67,8 +68,11 @@ class OuterTransaction:
                     "fixture (real commits, each unit on a connection of its own, tables "
                     "emptied afterwards)."
                 )
-        active.append(unit)
         self.open_units = active
+
+    def joined(self, unit: UnitCore) -> None:
+        """``unit`` (which ``admit`` let in) now works on the connection."""
+        self.open_units.append(unit)
 
 
 class Environment:
@@ -79,6 +83,7 @@ class Environment:
         "commit_on_exit",
         "engines",
         "isolation",
+        "listeners",
         "on_callback_error",
         "outer",
         "read_session_class",
@@ -102,6 +107,9 @@ class Environment:
         self.write_session_class = write_session_class
         #: Called as ``hook(error, callback)`` when an on-commit callback raises.
         self.on_callback_error = on_callback_error
+        #: The listeners registered with ``db.listen``: ``None`` until the first, and
+        #: units of a database without unit listeners are never told anything.
+        self.listeners: Listeners | None = None
         #: Whether a unit that succeeds commits (``commit_on_exit``), once configured.
         self.commit_on_exit = True
         #: Sees each on-commit callback, and may keep it from running (tests only).

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Awaitable
 from contextvars import Token
 from typing import Any
 
@@ -73,6 +74,11 @@ class UnitOfWork(UnitCore):
     #: ``UnitNeeds``).
     _needs: Environment
 
+    #: What async ``unit_begin`` listeners still have to do, for an opener in async code
+    #: to await at once (``begin_heard``). Only the unit class of a database with
+    #: listeners sets it (``listeners.ObservedUnit``); here it is always ``None``.
+    beginning: Awaitable[None] | None = None
+
     def __init__(self, env: Environment, after: tuple[object, ...] = ()) -> None:
         super().__init__(env, after)
         self._read: ReadSession | None = None
@@ -81,6 +87,14 @@ class UnitOfWork(UnitCore):
         self.depth = 0
         #: Restores the previous current unit when the unit ends.
         self.token: Token[Any] | None = None
+
+    async def begin_heard(self) -> None:
+        """Await what the async ``unit_begin`` listeners have to do (called right after
+        opening the unit by an opener in async code, when ``beginning`` is set)."""
+
+    def work_raised(self, error: BaseException) -> None:
+        """The work of this unit raised ``error``, which its end will not be handed (a
+        Sanic handler's, answered by an exception handler): for the listeners only."""
 
     @property
     def write_session(self) -> WriteSession | None:
