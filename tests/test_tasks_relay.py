@@ -261,13 +261,15 @@ async def test_a_consumer_quicker_than_the_relay_and_redeliveries(
     """A broker that runs each task as it is published (taskiq's InMemoryBroker): the
     run takes the task before the relay marks it sent and commits its receipt once; a
     message published again runs nothing; a failed run waits, ``sent``, for the queue's
-    retry, which runs it once more."""
+    retry, which runs it once more; task_end listeners hear of each run."""
     effects = tmp_path / "effects.txt"
     monkeypatch.setenv("RELAY_EFFECTS", str(effects))
     db = relay_app.db
     db.configure_from(url=url, tasks_backend=BACKENDS["taskiq-memory"])
     relay = db.tasks.relay
     assert relay is not None
+    ended: list[tuple[str, str]] = []
+    db.listen("task_end", lambda event: ended.append((event.task.name, event.outcome)))
     try:
         async with schema(db, Base.metadata), schema(db, db.tasks.metadata):
             orders = await _order(3)
@@ -289,6 +291,13 @@ async def test_a_consumer_quicker_than_the_relay_and_redeliveries(
             assert await db.tasks.counts() == {"pending": 0, "running": 0, "dead": 0, "sent": 0}
             assert _effects(effects)[f"flaky {flaky[0]}"] == 2
             assert sum(_effects(effects).values()) == 5
+            # The queue's runs are told to task_end listeners as a dispatcher's are; a
+            # delivery that ran nothing is not a run.
+            assert sorted(ended) == [
+                ("relay.flaky", "done"),
+                ("relay.flaky", "retry"),
+                *[("relay.receipt", "done")] * 3,
+            ]
     finally:
         await db.tasks.stop(1)
         await db.dispose()

@@ -83,7 +83,7 @@ async def _run(
         args, kwargs = decode(claimed.payload)
         if not after:
             after = await registry.position_token()
-        await _in_unit(registry, task, claimed, args, kwargs, after)
+        await run_in_unit(registry, task, claimed, args, kwargs, after)
     except ClaimLostError:
         logger.warning(
             "task %s (%s): its claim expired and another run took it over; this run's "
@@ -109,7 +109,7 @@ async def _run(
     return DONE, None
 
 
-async def _in_unit(
+async def run_in_unit(
     registry: TaskHost,
     task: Task[Any, Any],
     claimed: Claimed,

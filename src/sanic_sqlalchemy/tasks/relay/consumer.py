@@ -14,12 +14,14 @@ from __future__ import annotations
 import asyncio
 import logging
 import traceback
+from time import perf_counter
 from typing import TYPE_CHECKING, Any
 
 from ...errors import ClaimLostError
+from ...hooks import TaskOutcome
 from ..context import TaskInfo, enter_task
 from ..payload import decode
-from ..runner import _in_unit
+from ..runner import run_in_unit
 from ..sql import HEARTBEAT, Claimed, renew_statement
 from .sql import returned_statement, state_of, take
 
@@ -48,16 +50,18 @@ async def consume(host: TaskHost, task: Task[Any, Any], task_id: str) -> str:
             "it is done" if state is None else f"it is {state} (another run holds it)",
         )
         return SKIPPED
-    enter_task(TaskInfo(claimed.id, claimed.name, claimed.attempts, claimed.max_attempts))
+    info = TaskInfo(claimed.id, claimed.name, claimed.attempts, claimed.max_attempts)
+    enter_task(info)
     if claimed.attempts > claimed.max_attempts:
         # Taken over from a run that died (or hung) on its last allowed attempt.
         note = f"the run of attempt {claimed.max_attempts} died or hung (its claim expired)"
         await _hand_back(host, claimed, dead=True, error=note)
         return SKIPPED
     beating = asyncio.ensure_future(_keep_claim(host, claimed))
+    started = perf_counter()
     try:
         args, kwargs = decode(claimed.payload)
-        await _in_unit(host, task, claimed, args, kwargs, await host.position_token())
+        await run_in_unit(host, task, claimed, args, kwargs, await host.position_token())
     except ClaimLostError:
         # Another delivery took the task over after this run's claim expired.
         logger.warning("task %s (%s): claim lost, writes rolled back", claimed.id, task.name)
@@ -75,11 +79,26 @@ async def consume(host: TaskHost, task: Task[Any, Any], task_id: str) -> str:
                 claimed.attempts,
                 claimed.max_attempts,
             )
+        await _tell_listeners(host, info, "dead" if dead else "retry", failure, started)
         raise
     finally:
         beating.cancel()
         await asyncio.gather(beating, return_exceptions=True)
+    await _tell_listeners(host, info, "done", None, started)
     return DONE
+
+
+async def _tell_listeners(
+    host: TaskHost,
+    info: TaskInfo,
+    outcome: TaskOutcome,
+    error: BaseException | None,
+    started: float,
+) -> None:
+    """The database's ``task_end`` listeners, as a dispatcher's run tells them."""
+    listeners = host.db.environment.listeners
+    if listeners is not None:
+        await listeners.task_ended(info, outcome, error, perf_counter() - started)
 
 
 async def _hand_back(host: TaskHost, claimed: Claimed, *, dead: bool, error: str) -> None:
