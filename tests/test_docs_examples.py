@@ -51,7 +51,11 @@ class PageRunner:
         source = "\n" * (example.line + example.parsed.line_offset) + example.parsed
         before = set(namespace)
         code = compile(
-            source, str(example.path), "exec", flags=ast.PyCF_ALLOW_TOP_LEVEL_AWAIT
+            source,
+            str(example.path),
+            "exec",
+            flags=ast.PyCF_ALLOW_TOP_LEVEL_AWAIT,
+            dont_inherit=True,
         )
         result = eval(code, namespace)
         if inspect.iscoroutine(result):
@@ -104,9 +108,7 @@ def databases(namespace: dict[str, Any]) -> Iterator[Database]:
 
 
 @pytest.mark.parametrize("page", PAGES, ids=[p.relative_to(ROOT).as_posix() for p in PAGES])
-def test_page_examples_run(
-    page: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_page_examples_run(page: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Each Python block of the page runs, in order; a skipped block says why."""
     monkeypatch.chdir(tmp_path)
     monkeypatch.syspath_prepend(str(tmp_path))
@@ -145,4 +147,3 @@ def test_page_examples_run(
             loop.run_until_complete(database.dispose())
         loop.run_until_complete(loop.shutdown_asyncgens())
         loop.close()
-
