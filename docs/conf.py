@@ -8,6 +8,9 @@ build has no network) and links to the public Python and SQLAlchemy documentatio
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
+
+from sphinx.ext import intersphinx
 
 import sanic_sqlalchemy
 
@@ -24,7 +27,6 @@ extensions = [
     "sphinx.ext.autodoc",
     "sphinx.ext.graphviz",
     "sphinx.ext.intersphinx",
-    "sphinx.ext.napoleon",
 ]
 
 source_suffix = {".md": "markdown"}
@@ -50,12 +52,36 @@ intersphinx_mapping = {
     ),
 }
 intersphinx_timeout = 1
-intersphinx_disabled_reftypes = ["*"]
 
 autodoc_member_order = "bysource"
 autodoc_typehints = "signature"
 autodoc_default_options = {"members": True, "show-inheritance": True}
 autodoc_preserve_defaults = True
+# The sessions subclass SQLAlchemy's AsyncSession: its docstrings (and their references
+# into SQLAlchemy's own docs) stay on SQLAlchemy's site, linked from the class.
+autodoc_inherit_docstrings = False
+
+# Types that signatures name but that are no public API of ours, and libraries without an
+# inventory stored here (Sanic, pytest): shown as text, not links.
+nitpick_ignore_regex = [
+    (
+        "py:class",
+        r"sanic_sqlalchemy\.(database|engine|unit|settings|hooks|insight|tasks"
+        r"|testing\.isolation)\..*",
+    ),
+    ("py:class", r"sanic\..*"),
+    ("py:class", r"_pytest\..*"),
+    ("py:class", r"P|T|_.*"),
+    # A dataclass field's generic type, split at its comma by Sphinx (StatementLog).
+    ("py:class", r"list\[tuple\[str"),
+]
+# Names that our modules import only for type checking, as SQLAlchemy documents them.
+SQLALCHEMY_SHORT_NAMES = {
+    "AsyncConnection": "sqlalchemy.ext.asyncio.AsyncConnection",
+    "AsyncEngine": "sqlalchemy.ext.asyncio.AsyncEngine",
+    "MetaData": "sqlalchemy.schema.MetaData",
+    "Session": "sqlalchemy.orm.Session",
+}
 add_module_names = False
 
 html_theme = "furo"
@@ -66,3 +92,16 @@ html_permalinks_icon = "#"
 html_show_sourcelink = False
 
 del sanic_sqlalchemy
+
+
+def resolve_short_names(app: Any, env: Any, node: Any, contnode: Any) -> Any:
+    """Link a SQLAlchemy class that a signature names by its short name."""
+    target = SQLALCHEMY_SHORT_NAMES.get(node.get("reftarget"))
+    if target is None:
+        return None
+    node["reftarget"] = target
+    return intersphinx.missing_reference(app, env, node, contnode)
+
+
+def setup(app: Any) -> None:
+    app.connect("missing-reference", resolve_short_names)

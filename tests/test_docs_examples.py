@@ -9,14 +9,23 @@ Sanic's test client), the models ``Base``, ``User`` and ``Order``, and
 every ``test_*`` function it defined is called (awaited when async), its parameters
 taken from the namespace by name: a documented test runs as written. A block preceded by
 ``% skip: next "reason"`` is not run; the reason is required.
+
+A block whose first line is ``# file: PATH`` is a file of a project the page builds (the
+tutorial's): it is written to PATH in the test's folder, and a Python module there is
+imported and its names join the namespace. When a page wrote files under ``tests/``,
+the project's own test suite then runs, in a pytest process of its own.
 """
 
 from __future__ import annotations
 
 import ast
 import asyncio
+import importlib
 import inspect
 import os
+import re
+import subprocess
+import sys
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -40,14 +49,44 @@ PAGES = sorted(
 PAGES = [page for page in PAGES if "_build" not in page.parts]
 
 
+FILE_LINE = re.compile(r"# file: (\S+)\n")
+
+
 class PageRunner:
     """Evaluates a page's Python blocks on one event loop, calling the tests they define."""
 
-    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+    def __init__(self, loop: asyncio.AbstractEventLoop, folder: Path) -> None:
         self.loop = loop
+        self.folder = folder
+        self.written: list[Path] = []
+        self.modules: list[str] = []
+
+    def write_file(self, example: Example) -> Path | None:
+        """Write a ``# file: PATH`` block to PATH; return the path, or None for other blocks."""
+        match = FILE_LINE.match(str(example.parsed))
+        if match is None:
+            return None
+        path = self.folder / match.group(1)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(str(example.parsed)[match.end() :])
+        self.written.append(path)
+        return path
+
+    def write_only(self, example: Example) -> None:
+        """The evaluator of non-Python blocks: write ``# file:`` ones, ignore the rest."""
+        self.write_file(example)
 
     def __call__(self, example: Example) -> None:
         namespace = example.namespace
+        path = self.write_file(example)
+        if path is not None:
+            relative = path.relative_to(self.folder)
+            if path.suffix == ".py" and relative.parts[0] != "tests":
+                name = ".".join(relative.with_suffix("").parts)
+                module = importlib.import_module(name)
+                self.modules.append(name)
+                namespace.update({k: v for k, v in vars(module).items() if not k.startswith("__")})
+            return
         source = "\n" * (example.line + example.parsed.line_offset) + example.parsed
         before = set(namespace)
         code = compile(
@@ -113,8 +152,14 @@ def test_page_examples_run(page: Path, tmp_path: Path, monkeypatch: pytest.Monke
     monkeypatch.chdir(tmp_path)
     monkeypatch.syspath_prepend(str(tmp_path))
     loop = asyncio.new_event_loop()
-    runner = PageRunner(loop)
-    sybil = Sybil(parsers=[CodeBlockParser(language="python", evaluator=runner), SkipParser()])
+    runner = PageRunner(loop, tmp_path)
+    sybil = Sybil(
+        parsers=[
+            CodeBlockParser(language="python", evaluator=runner),
+            CodeBlockParser(language="toml", evaluator=runner.write_only),
+            SkipParser(),
+        ]
+    )
     document = sybil.parse(page)
     Sanic.test_mode = True
     db = Database(f"sqlite+aiosqlite:///{tmp_path / 'docs.db'}")
@@ -147,3 +192,21 @@ def test_page_examples_run(page: Path, tmp_path: Path, monkeypatch: pytest.Monke
             loop.run_until_complete(database.dispose())
         loop.run_until_complete(loop.shutdown_asyncgens())
         loop.close()
+        for name in runner.modules:
+            sys.modules.pop(name, None)
+    if any(path.relative_to(tmp_path).parts[0] == "tests" for path in runner.written):
+        run_project_tests(tmp_path)
+
+
+def run_project_tests(folder: Path) -> None:
+    """Run the test suite of the project a page wrote, as its reader would: ``pytest``."""
+    environment = {k: v for k, v in os.environ.items() if not k.startswith("PYTEST_")}
+    result = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider"],
+        cwd=folder,
+        env=environment,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 0, f"the page's project fails its tests:\n{result.stdout}"

@@ -72,9 +72,9 @@ def members(cls: type) -> list[tuple[str, str]]:
     return found
 
 
-def entries(doc_root: Path) -> dict[str, tuple[str, str]]:
-    """``{dotted name: (py role, page)}`` for every documented object."""
-    found: dict[str, tuple[str, str]] = {}
+def entries(doc_root: Path) -> dict[str, tuple[str, str, str]]:
+    """``{name: (py role, page, anchor)}`` for every documented object."""
+    found: dict[str, tuple[str, str, str]] = {}
     for path in sorted(doc_root.rglob("*.rst")):
         page = path.relative_to(doc_root).with_suffix(".html").as_posix()
         module = ""
@@ -94,26 +94,37 @@ def entries(doc_root: Path) -> dict[str, tuple[str, str]]:
             if kind in ("module", "currentmodule", "automodule"):
                 module = target
                 if kind == "module" or kind == "automodule":
-                    found.setdefault(target, ("module", page))
+                    found.setdefault(target, ("module", page, target))
                 if kind == "automodule" and "members" in options:
                     mod = resolve(target)
                     for name, obj in vars(mod).items() if mod else ():
                         if name.startswith("_") or getattr(obj, "__module__", None) != target:
                             continue
-                        found.setdefault(f"{target}.{name}", (role_of(obj, "data"), page))
+                        dotted = f"{target}.{name}"
+                        found.setdefault(dotted, (role_of(obj, "data"), page, dotted))
                 continue
             if kind not in ROLES:
                 continue
             dotted = target if target.startswith("sqlalchemy") else f"{module}.{target}"
             obj = resolve(dotted)
-            found.setdefault(dotted, (role_of(obj, ROLES[kind]), page))
-            if inspect.isclass(obj) and "members" in options:
-                for name, role in members(obj):
-                    found.setdefault(f"{dotted}.{name}", (role, page))
+            role = role_of(obj, ROLES[kind])
+            names = [dotted]
+            # Also under the module that defines it, as annotations name it
+            # (sqlalchemy.sql.schema.MetaData for sqlalchemy.schema.MetaData).
+            defined = f"{getattr(obj, '__module__', '')}.{getattr(obj, '__qualname__', '')}"
+            if defined.startswith("sqlalchemy.") and defined != dotted:
+                names.append(defined)
+            for name in names:
+                found.setdefault(name, (role, page, dotted))
+                if inspect.isclass(obj) and "members" in options:
+                    for member, member_role in members(obj):
+                        anchor = f"{dotted}.{member}"
+                        found.setdefault(f"{name}.{member}", (member_role, page, anchor))
     return found
 
 
-def write(found: dict[str, tuple[str, str]], out: Path) -> None:
+def write(found: dict[str, tuple[str, str, str]], out: Path) -> None:
+    """Write the inventory: an entry's anchor is its documented name, whatever it is filed under."""
     header = (
         "# Sphinx inventory version 2\n"
         "# Project: SQLAlchemy\n"
@@ -121,7 +132,8 @@ def write(found: dict[str, tuple[str, str]], out: Path) -> None:
         "# The remainder of this file is compressed using zlib.\n"
     )
     body = "".join(
-        f"{name} py:{role} 1 {page}#$ -\n" for name, (role, page) in sorted(found.items())
+        f"{name} py:{role} 1 {page}#{'$' if anchor == name else anchor} -\n"
+        for name, (role, page, anchor) in sorted(found.items())
     )
     out.write_bytes(header.encode() + zlib.compress(body.encode()))
 

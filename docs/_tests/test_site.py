@@ -92,9 +92,7 @@ class Browser:
             pytest.fail("Chromium is not installed: apt-get install chromium")
         if not (SITE / "index.html").exists():
             pytest.fail(f"no site in {SITE}: build it first with ./scripts/docs")
-        handler = functools.partial(
-            http.server.SimpleHTTPRequestHandler, directory=str(SITE)
-        )
+        handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(SITE))
         handler.log_message = lambda *args: None  # type: ignore[method-assign]
         self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
         threading.Thread(target=self.server.serve_forever, daemon=True).start()
@@ -149,9 +147,12 @@ class Browser:
         return self.loop.run_until_complete(coroutine)
 
     def close(self) -> None:
+        self.run(self.page.socket.close())
+        self.run(asyncio.wait_for(self.page.reader, 10))
         self.process.terminate()
         self.process.wait(10)
         self.server.shutdown()
+        self.server.server_close()
         self.profile.cleanup()
         self.loop.close()
 
@@ -195,11 +196,17 @@ def test_a_diagram_is_drawn(browser: Browser) -> None:
     sizes = browser.run(
         page.wait_for(
             """(() => {
-                const images = [...document.querySelectorAll('img[src$=".svg"], object[data$=".svg"]')];
-                const drawn = images.filter(i => (i.naturalWidth ?? 1) > 0 && i.complete !== false)
-                    .map(i => i.getBoundingClientRect())
-                    .filter(r => r.width > 50 && r.height > 50);
-                return drawn.length ? drawn.map(r => [r.width, r.height]) : null;
+                const selector = 'object[data$=".svg"], img[src$=".svg"]';
+                const drawn = [...document.querySelectorAll(selector)]
+                    .map(element => {
+                        const svg = element.contentDocument?.querySelector('svg');
+                        const loaded = svg ? svg.getBBox().width > 0 : element.naturalWidth > 0;
+                        const box = element.getBoundingClientRect();
+                        const big = box.width > 50 && box.height > 30;
+                        return loaded && big ? [box.width, box.height] : null;
+                    })
+                    .filter(size => size);
+                return drawn.length ? drawn : null;
             })()"""
         )
     )
