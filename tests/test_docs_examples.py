@@ -11,9 +11,12 @@ taken from the namespace by name: a documented test runs as written. A block pre
 ``% skip: next "reason"`` is not run; the reason is required.
 
 A block whose first line is ``# file: PATH`` is a file of a project the page builds (the
-tutorial's): it is written to PATH in the test's folder, and a Python module there is
-imported and its names join the namespace. When a page wrote files under ``tests/``,
-the project's own test suite then runs, in a pytest process of its own.
+tutorial's): it is written to PATH in the test's folder, and a Python module there (but
+under ``tests/`` and ``migrations/``) is imported and its names join the namespace. Then
+the page's console steps run as its reader would run them: with a ``migrations/env.py``,
+``alembic init -t async migrations`` (that file replacing the template's), ``alembic
+revision --autogenerate`` and ``alembic upgrade head``; with files under ``tests/``,
+``pytest`` — each in a process of its own.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ import importlib
 import inspect
 import os
 import re
+import sqlite3
 import subprocess
 import sys
 import uuid
@@ -81,7 +85,7 @@ class PageRunner:
         path = self.write_file(example)
         if path is not None:
             relative = path.relative_to(self.folder)
-            if path.suffix == ".py" and relative.parts[0] != "tests":
+            if path.suffix == ".py" and relative.parts[0] not in ("tests", "migrations"):
                 name = ".".join(relative.with_suffix("").parts)
                 module = importlib.import_module(name)
                 self.modules.append(name)
@@ -192,21 +196,43 @@ def test_page_examples_run(page: Path, tmp_path: Path, monkeypatch: pytest.Monke
             loop.run_until_complete(database.dispose())
         loop.run_until_complete(loop.shutdown_asyncgens())
         loop.close()
-        for name in runner.modules:
-            sys.modules.pop(name, None)
+        for name in runner.modules:  # and the packages they made: shop.app, then shop
+            parts = name.split(".")
+            for end in range(len(parts), 0, -1):
+                sys.modules.pop(".".join(parts[:end]), None)
+    if tmp_path / "migrations" / "env.py" in runner.written:
+        run_project_migrations(tmp_path)
     if any(path.relative_to(tmp_path).parts[0] == "tests" for path in runner.written):
-        run_project_tests(tmp_path)
+        run_project(tmp_path, "pytest", "-q", "-p", "no:cacheprovider")
 
 
-def run_project_tests(folder: Path) -> None:
-    """Run the test suite of the project a page wrote, as its reader would: ``pytest``."""
-    environment = {k: v for k, v in os.environ.items() if not k.startswith("PYTEST_")}
+def run_project(folder: Path, *command: str, **environment: str) -> None:
+    """Run ``python -m COMMAND`` in the project a page wrote; fail with its output."""
+    variables = {k: v for k, v in os.environ.items() if not k.startswith("PYTEST_")}
     result = subprocess.run(
-        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider"],
+        [sys.executable, "-m", *command],
         cwd=folder,
-        env=environment,
+        env={**variables, **environment},
         capture_output=True,
         text=True,
         timeout=120,
     )
-    assert result.returncode == 0, f"the page's project fails its tests:\n{result.stdout}"
+    assert result.returncode == 0, (
+        f"{' '.join(command)} fails in the page's project:\n{result.stdout}{result.stderr}"
+    )
+
+
+def run_project_migrations(folder: Path) -> None:
+    """Alembic as the page tells its reader: init, the page's env.py, autogenerate, upgrade."""
+    env_py = folder / "migrations" / "env.py"
+    written = env_py.read_text()
+    env_py.unlink()
+    env_py.parent.rmdir()
+    database = {"SANIC_DATABASE_URL": "sqlite+aiosqlite:///migrated.db"}
+    run_project(folder, "alembic", "init", "-t", "async", "migrations")
+    env_py.write_text(written)
+    run_project(folder, "alembic", "revision", "--autogenerate", "-m", "first", **database)
+    run_project(folder, "alembic", "upgrade", "head", **database)
+    with sqlite3.connect(folder / "migrated.db") as connection:
+        tables = {row[0] for row in connection.execute("SELECT name FROM sqlite_master")}
+    assert {"users", "orders", "alembic_version"} <= tables, tables
