@@ -165,6 +165,9 @@ def test_page_examples_run(page: Path, tmp_path: Path, monkeypatch: pytest.Monke
         ]
     )
     document = sybil.parse(page)
+    # sanic-testing's ASGI client patches Sanic.__call__ for the whole class, which breaks
+    # later tests that serve an app through uvicorn: put both settings back afterwards.
+    sanic_call, test_mode = vars(Sanic)["__call__"], Sanic.test_mode
     Sanic.test_mode = True
     db = Database(f"sqlite+aiosqlite:///{tmp_path / 'docs.db'}")
     app = Sanic(f"docs_{uuid.uuid4().hex[:12]}")
@@ -196,6 +199,7 @@ def test_page_examples_run(page: Path, tmp_path: Path, monkeypatch: pytest.Monke
             loop.run_until_complete(database.dispose())
         loop.run_until_complete(loop.shutdown_asyncgens())
         loop.close()
+        Sanic.__call__, Sanic.test_mode = sanic_call, test_mode  # type: ignore[method-assign]
         for name in runner.modules:  # and the packages they made: shop.app, then shop
             parts = name.split(".")
             for end in range(len(parts), 0, -1):
