@@ -1,13 +1,17 @@
 # Sourced by the scripts: a virtual environment in $VENV with the project installed in
-# editable mode with every extra; with TEST_SANIC_EXT=1 also the sanic-ext dependency
-# group (default $VENV: ./.venv, or ./.venv-sanic-ext for that). Reinstalls when
-# pyproject.toml changes.
+# editable mode with every extra, plus the dependency groups named in $VENV_GROUPS
+# (space-separated); with TEST_SANIC_EXT=1 also the sanic-ext group (default $VENV:
+# ./.venv, or ./.venv-sanic-ext for that). Reinstalls when pyproject.toml or the groups
+# change.
 groups=()
-suffix=""
+for group in ${VENV_GROUPS:-}; do
+    groups+=(--group "$group")
+done
+suffix="${VENV_GROUPS:+-${VENV_GROUPS// /-}}"
 if [ "${TEST_SANIC_EXT:-}" = 1 ]; then
     VENV="${VENV:-$PWD/.venv-sanic-ext}"
-    groups=(--group sanic-ext)
-    suffix="-sanic-ext"
+    groups+=(--group sanic-ext)
+    suffix="$suffix-sanic-ext"
 fi
 VENV="${VENV:-$PWD/.venv}"
 if [ ! -x "$VENV/bin/python" ]; then
