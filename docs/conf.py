@@ -66,7 +66,7 @@ autodoc_inherit_docstrings = False
 nitpick_ignore_regex = [
     (
         "py:class",
-        r"sanic_sqlalchemy\.(database|engine|unit|settings|hooks|insight|tasks"
+        r"sanic_sqlalchemy\.(database|engine|unit|settings|hooks|insight|tasks|listeners"
         r"|testing\.isolation)\..*",
     ),
     ("py:class", r"sanic\..*"),
