@@ -33,6 +33,7 @@ from .sql import (
     claim,
     counts_statement,
     dead_statement,
+    done_many_statement,
     hand_back_statement,
     now_ms,
     requeue_statement,
@@ -275,9 +276,29 @@ class TaskRegistry:
             runs = self._runs = Runs(self)
         return runs
 
+    @contextlib.asynccontextmanager
+    async def statement(self) -> AsyncIterator[AsyncConnection]:
+        """A connection for one statement on the tasks table that needs no transaction
+        around it on PostgreSQL (no ``BEGIN`` and ``COMMIT`` round trips); a
+        transaction elsewhere (MariaDB's claim is two statements; SQLite begins its own
+        transactions) and in the test kit's rolled-back tests."""
+        if self.db.joined is not None or self.db.engines.backend.name != "postgresql":
+            async with self.transaction() as connection:
+                yield connection
+            return
+        async with self.db.engines.write.connect() as connection:
+            yield await connection.execution_options(isolation_level="AUTOCOMMIT")
+
+    async def finish(self, claims: list[Claimed]) -> int:
+        """Delete the rows of these runs that wrote nothing (still held): how many."""
+        async with self.statement() as connection:
+            result = await connection.execute(done_many_statement(self.table, claims))
+            return int(result.rowcount)
+
     async def claim(self, limit: int, ids: list[str] | None = None) -> list[Claimed]:
-        """Claim up to ``limit`` due tasks (among ``ids``), in a transaction of its own."""
-        async with self.transaction() as connection:
+        """Claim up to ``limit`` due tasks (among ``ids``) in one statement (MariaDB: a
+        transaction of its own)."""
+        async with self.statement() as connection:
             return await claim(connection, self.table, self.db.engines.backend.name, limit, ids)
 
     async def position_token(self) -> tuple[object, ...]:
@@ -368,12 +389,20 @@ class TaskRegistry:
         # Busy: a dispatcher runs them, rather than this process's pool running dry.
         return len(self._spawned) + (0 if runs is None else len(runs.active)) < self.limit
 
-    def _after_commit(self, ids: list[str], commit_token: str | None) -> None:
-        # Called in the commit's greenlet, right after COMMIT succeeded.
-        if not self._runs_here():
+    def _after_commit(
+        self, claimed: list[Claimed], ids: list[str], commit_token: str | None
+    ) -> None:
+        # Called in the commit's greenlet, right after COMMIT succeeded.  The tasks the
+        # commit stored claimed by this process run now, whatever happened meanwhile
+        # (else they would wait for their lease to run out).
+        after = () if commit_token is None else (commit_token,)
+        if claimed:
+            runs = self.runs()
+            for one in claimed:
+                runs.start(one, after)
+        if not ids or not self._runs_here():
             return
         loop = asyncio.get_running_loop()
-        after = () if commit_token is None else (commit_token,)
         context = self.db.scope.outside()
         spawned = context.run(loop.create_task, self._run_committed(ids, after))
         self._spawned.add(spawned)

@@ -28,6 +28,7 @@ if TYPE_CHECKING:
     from sqlalchemy.engine import CursorResult
 
     from .decorator import Task
+    from .finish import Finisher
     from .host import TaskHost
 
 logger = logging.getLogger("sanic_sqlalchemy")
@@ -36,9 +37,15 @@ logger = logging.getLogger("sanic_sqlalchemy")
 DONE, RETRY, DEAD, LOST = "done", "retry", "dead", "lost"
 
 
-async def run_claimed(registry: TaskHost, claimed: Claimed, after: tuple[object, ...] = ()) -> str:
+async def run_claimed(
+    registry: TaskHost,
+    claimed: Claimed,
+    after: tuple[object, ...] = (),
+    finisher: Finisher | None = None,
+) -> str:
     """Run ``claimed`` to its end (``DONE``, ``RETRY``, ``DEAD`` or ``LOST``); a
-    cancellation (a stop) propagates, leaving the task to be handed back."""
+    cancellation (a stop) propagates, leaving the task to be handed back.  A run that
+    wrote nothing is finished by ``finisher`` (with other runs), or alone."""
     enter_task(TaskInfo(claimed.id, claimed.name, claimed.attempts, claimed.max_attempts))
     task = registry.registered.get(claimed.name)
     if claimed.attempts > claimed.max_attempts:
@@ -60,7 +67,12 @@ async def run_claimed(registry: TaskHost, claimed: Claimed, after: tuple[object,
         args, kwargs = decode(claimed.payload)
         if not after:
             after = await registry.position_token()
-        await _in_unit(registry, task, claimed, args, kwargs, after)
+        wrote = await _in_unit(registry, task, claimed, args, kwargs, after)
+        if not wrote:
+            if finisher is None:
+                await registry.finish([claimed])
+            else:
+                await finisher.done(claimed)
     except ClaimLostError:
         logger.warning(
             "task %s (%s): its claim expired and another run took it over; this run's "
@@ -93,7 +105,9 @@ async def _in_unit(
     args: list[Any],
     kwargs: dict[str, Any],
     after: tuple[object, ...],
-) -> None:
+) -> bool:
+    """Call the task in a unit of its own; when it wrote through ``db.write``, delete its
+    row in that transaction and commit both.  Whether it wrote."""
     db = registry.db
     unit = db.open_unit(after)
     # As in @db.retry: the run commits when the function returns (an explicit commit,
@@ -109,6 +123,9 @@ async def _in_unit(
                 await _call(task, args, kwargs)
             else:
                 await asyncio.wait_for(_call(task, args, kwargs), timeout)
+            if unit.write_session is None:
+                await unit.end(True)
+                return False
             done = await unit.write.execute(done_statement(registry.table, claimed))
             if cast("CursorResult[Any]", done).rowcount != 1:
                 raise ClaimLostError(
@@ -121,6 +138,7 @@ async def _in_unit(
             await unit.end(False, error)
             raise
         await unit.end(True)
+        return True
     finally:
         db.scope.leave(token)
 
