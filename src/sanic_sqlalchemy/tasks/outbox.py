@@ -19,8 +19,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from sqlalchemy.exc import DBAPIError
+
 from .sql import LEASE, Claimed, insert_statement, is_keyed, new_claim, now_ms
-from .table import RUNNING
+from .table import RUNNING, missing_table
 
 if TYPE_CHECKING:
     from sqlalchemy import Table
@@ -87,7 +89,13 @@ class Outbox:
             for start in range(0, len(rows), ROWS_PER_STATEMENT):
                 chunk = rows[start : start + ROWS_PER_STATEMENT]
                 statement = insert_statement(self._table, self._backend, chunk, wake=wake)
-                connection.execute(statement).close()
+                try:
+                    connection.execute(statement).close()
+                except DBAPIError as error:
+                    missing = missing_table(error, self._table.name)
+                    if missing is None:
+                        raise
+                    raise missing from error
 
     def _stored(self, entry: Deferred, claim: str | None) -> dict[str, Any]:
         """The row to insert: claimed (``claim``) by this process when it runs the task

@@ -12,11 +12,12 @@ import asyncio
 import contextlib
 import logging
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
 from typing import Any, ParamSpec, TypeVar, overload
 
 from sqlalchemy import MetaData, Table, func, select
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from ..errors import TaskNotFoundError, UnitStateError
@@ -38,7 +39,7 @@ from .sql import (
     now_ms,
     requeue_statement,
 )
-from .table import DEAD, PENDING, RUNNING, task_table
+from .table import DEAD, PENDING, RUNNING, missing_table, task_table
 
 logger = logging.getLogger("sanic_sqlalchemy")
 P = ParamSpec("P")
@@ -226,12 +227,24 @@ class TaskRegistry:
         in the test kit's rolled-back tests, a savepoint of the test's connection
         (where the tasks its units deferred are)."""
         joined = self.db.joined
-        if joined is None:
-            async with self.db.engines.write.begin() as connection:
-                yield connection
-        else:
-            async with joined.begin_nested():
-                yield joined
+        with self._table_hint():
+            if joined is None:
+                async with self.db.engines.write.begin() as connection:
+                    yield connection
+            else:
+                async with joined.begin_nested():
+                    yield joined
+
+    @contextlib.contextmanager
+    def _table_hint(self) -> Iterator[None]:
+        """Turns "no such table" into ``TasksTableMissingError``, which says what to do."""
+        try:
+            yield
+        except DBAPIError as error:
+            missing = missing_table(error, self.table.name)
+            if missing is None:
+                raise
+            raise missing from error
 
     # -- looking after it -------------------------------------------------------
 
@@ -286,8 +299,9 @@ class TaskRegistry:
             async with self.transaction() as connection:
                 yield connection
             return
-        async with self.db.engines.write.connect() as connection:
-            yield await connection.execution_options(isolation_level="AUTOCOMMIT")
+        with self._table_hint():
+            async with self.db.engines.write.connect() as connection:
+                yield await connection.execution_options(isolation_level="AUTOCOMMIT")
 
     async def finish(self, claims: list[Claimed]) -> int:
         """Delete the rows of these runs that wrote nothing (still held): how many."""
