@@ -241,7 +241,7 @@ async def test_a_missing_table_is_an_error_that_says_how_to_create_it(url: str) 
 
     with pytest.raises(TasksTableMissingError, match=r"await db.tasks.create_table\(\)"):
         await database.tasks.counts()
-    with pytest.raises(TasksTableMissingError, match="db.tasks.metadata"):
+    with pytest.raises(TasksTableMissingError, match=r"db\.tasks\.metadata"):
         async with database:
             orphan.defer()
     await database.dispose()
