@@ -120,8 +120,10 @@ async def load(target: bench_db.Target, rounds: int, duration: int) -> dict[str,
 
 
 def median_range(values: list[float], digits: int = 0) -> str:
-    fmt = f"{{:,.{digits}f}}"
-    return f"{fmt.format(statistics.median(values))} ({fmt.format(min(values))}–{fmt.format(max(values))})"
+    def show(value: float) -> str:
+        return f"{value:,.{digits}f}"
+
+    return f"{show(statistics.median(values))} ({show(min(values))}–{show(max(values))})"
 
 
 def report(data: dict[str, Any]) -> str:
