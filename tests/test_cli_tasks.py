@@ -112,7 +112,8 @@ async def test_status_dead_and_requeue(url: str, tmp_path: Path) -> None:
 
         result = await run(tmp_path, "tasks", "dead", "jobs:db")
         assert result.code == 0, result.err
-        lines = result.out.splitlines()
+        heading, *lines = result.out.splitlines()
+        assert heading.startswith("DATABASE_ ")
         assert len(lines) == 3 and "2 dead task(s)" in lines[-1]
         assert all("explode" in line and "attempts 2" in line for line in lines[:2])
         # Deferred in one commit, the two are in no particular order.
@@ -123,17 +124,18 @@ async def test_status_dead_and_requeue(url: str, tmp_path: Path) -> None:
         assert "Traceback" not in result.out
 
         result = await run(tmp_path, "tasks", "dead", "jobs:db", "--json")
-        dead = json.loads(result.out)
+        dead = json.loads(result.out)["dead"]
         assert sorted(task["args"] for task in dead) == [[0], [1]]
         assert dead[0]["error"].startswith("Traceback")
         assert dead[0]["attempts"] == 2 and dead[0]["name"].endswith("explode")
 
         result = await run(tmp_path, "tasks", "requeue", "jobs:db", dead[0]["id"], "--json")
         assert result.code == 0, result.err
-        assert json.loads(result.out) == {"requeued": dead[0]["id"]}
+        assert json.loads(result.out)["requeued"] == dead[0]["id"]
         result = await run(tmp_path, "tasks", "status", "jobs:db")
         assert result.code == 0, result.err
-        assert "pending 2  running 0  dead 1  oldest due task waiting" in result.out
+        assert result.out.startswith("DATABASE_ ")
+        assert ": pending 2  running 0  dead 1  oldest due task waiting" in result.out
 
         result = await run(tmp_path, "tasks", "requeue", "jobs:db", "no-such-task")
         assert result.code == 1
@@ -157,7 +159,9 @@ async def test_work_runs_tasks_and_stops_on_sigterm(url: str, tmp_path: Path) ->
         events = [json.loads(line)["event"] for line in stdout.decode().splitlines()]
         assert events == ["started", "stopping", "stopped"]
         result = await run(tmp_path, "tasks", "status", "jobs:db", "--json")
-        assert json.loads(result.out) == {
+        status = json.loads(result.out)
+        assert status.pop("database").startswith("DATABASE_ ")
+        assert status == {
             "pending": 0,
             "running": 0,
             "dead": 0,
@@ -226,3 +230,91 @@ def test_usage_errors_exit_2() -> None:
     with pytest.raises(SystemExit) as exit:
         main(["tasks", "requeue", "jobs:db"])
     assert exit.value.code == 2
+
+
+#: An app with two databases (the second through another prefix), each with a task.
+TWO = """
+    import os
+    from sanic import Sanic
+    from sanic_sqlalchemy import Database
+
+    app = Sanic("two_dbs")
+    main = Database(config_prefix="DATABASE_")
+    other = Database(config_prefix="OTHER_DATABASE_")
+    main.init_app(app, {url!r}, tasks_table={table!r})
+    other.init_app(app, {url!r}, tasks_table={table!r} + "_b")
+
+    @other.task
+    async def note(text):
+        with open(os.environ["JOBS_OUT"], "a") as out:
+            out.write(text + "\\n")
+
+    async def prepare():
+        other.tasks.run_after_commit = False
+        for db in (main, other):
+            await db.tasks.create_table()
+        async with other:
+            note.defer("from other")
+        for db in (main, other):
+            await db.dispose()
+
+    async def drop():
+        for db in (main, other):
+            await db.tasks.drop_table()
+            await db.dispose()
+"""
+
+
+async def test_an_app_with_two_databases_names_them_and_takes_a_prefix(
+    url: str, tmp_path: Path
+) -> None:
+    """``status`` refuses to guess and lists the prefixes; ``--prefix`` picks one and the
+    output names it; ``work`` without a prefix runs the tasks of the database that has
+    some."""
+    table = f"t_{uuid.uuid4().hex[:10]}"
+    module(tmp_path, "two", TWO.format(url=url, table=table))
+    code = "import asyncio, two; asyncio.run(two.prepare())"
+    process = await asyncio.create_subprocess_exec(sys.executable, "-c", code, cwd=tmp_path)
+    assert await asyncio.wait_for(process.wait(), 30) == 0
+    out = tmp_path / "out.txt"
+    try:
+        result = await run(tmp_path, "tasks", "status", "two:app")
+        assert result.code == 1
+        assert "2 databases (DATABASE_, OTHER_DATABASE_)" in result.err
+        assert "--prefix" in result.err
+        result = await run(tmp_path, "tasks", "status", "two:app", "--prefix", "OTHER_DATABASE_")
+        assert result.code == 0, result.err
+        assert result.out.startswith("OTHER_DATABASE_ ")
+        assert ": pending 1  running 0  dead 0" in result.out
+        result = await run(tmp_path, "tasks", "status", "two:app", "--prefix", "NOPE_")
+        assert result.code == 1 and "no database with prefix 'NOPE_'" in result.err
+
+        process = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "sanic_sqlalchemy", "tasks", "work", "two:app", "--json",
+            cwd=tmp_path, env={**os.environ, "JOBS_OUT": str(out)},
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        )  # fmt: skip
+        await until(lambda: out.is_file() and bool(out.read_text()), 15)
+        process.send_signal(signal.SIGTERM)
+        stdout, stderr = await asyncio.wait_for(process.communicate(), 10)
+        assert process.returncode == 0, stderr.decode()
+        assert out.read_text() == "from other\n"
+        [started] = [json.loads(line) for line in stdout.decode().splitlines()][:1]
+        assert started["database"].startswith("OTHER_DATABASE_ ")
+    finally:
+        code = "import asyncio, two; asyncio.run(two.drop())"
+        process = await asyncio.create_subprocess_exec(sys.executable, "-c", code, cwd=tmp_path)
+        await asyncio.wait_for(process.wait(), 30)
+
+
+async def test_a_missing_tasks_table_says_how_to_create_it(url: str, tmp_path: Path) -> None:
+    module(
+        tmp_path,
+        "bare",
+        f"from sanic_sqlalchemy import Database\n"
+        f"db = Database({url!r}, tasks_table='t_missing_{uuid.uuid4().hex[:8]}')\n",
+    )
+    result = await run(tmp_path, "tasks", "status", "bare:db")
+    assert result.code == 1
+    assert "does not exist" in result.err
+    assert "await db.tasks.create_table()" in result.err and "db.tasks.metadata" in result.err

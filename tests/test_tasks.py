@@ -21,7 +21,7 @@ from sanic_sqlalchemy import (
     SanicSQLAlchemyError,
     current_task,
 )
-from sanic_sqlalchemy.errors import TaskArgumentError, TaskNotFoundError
+from sanic_sqlalchemy.errors import TaskArgumentError, TaskNotFoundError, TasksTableMissingError
 from sanic_sqlalchemy.tasks import dispatcher, sql
 from sanic_sqlalchemy.tasks.runner import DONE, LOST, run_claimed
 from sanic_sqlalchemy.testing import StatementLog, checked_out, rolled_back, schema
@@ -185,6 +185,66 @@ async def test_delay_and_key(db: Database) -> None:
         receipt.configure(key="order-7").defer(10)
     assert await db.tasks.run_pending() == 1
     assert await receipts(db) == [7, 10]
+
+
+async def test_a_key_is_free_while_its_task_runs_and_once_it_died(db: Database) -> None:
+    """PRODUCT.md rule 1: a key stores nothing only while its task *waits*.  A defer
+    while the keyed task runs stores a new task (the run may have read the data before
+    the change that deferred again), and so does one after it died; the run itself has
+    an id of its own, the key's id naming the waiting task."""
+    started, release = asyncio.Event(), asyncio.Event()
+    calls: list[tuple[int, str]] = []
+
+    @db.task(name="test.keyed", max_attempts=1)
+    async def keyed(n: int) -> None:
+        task = current_task()
+        assert task is not None
+        calls.append((n, task.id))
+        if n == 1:
+            started.set()
+            await release.wait()
+        if n == 3:
+            raise ValueError("dies")
+
+    async with db:
+        waiting = keyed.configure(key="k").defer(1)
+    run = asyncio.ensure_future(db.tasks.run_pending())
+    await asyncio.wait_for(started.wait(), 5)
+    async with db:
+        assert keyed.configure(key="k").defer(2) == waiting
+    async with db:
+        assert keyed.configure(key="k").defer(2) == waiting  # waits: stores nothing
+    assert await db.tasks.counts() == {"pending": 1, "running": 1, "dead": 0}
+    release.set()
+    assert await run == 2
+    assert [n for n, _ in calls] == [1, 2]
+    assert len({task_id for _, task_id in calls} | {waiting}) == 3
+    async with db:
+        keyed.configure(key="k").defer(3)
+    assert await db.tasks.run_pending() == 1
+    assert await db.tasks.counts() == {"pending": 0, "running": 0, "dead": 1}
+    async with db:
+        assert keyed.configure(key="k").defer(4) == waiting
+    assert await db.tasks.counts() == {"pending": 1, "running": 0, "dead": 1}
+    assert await db.tasks.run_pending() == 1
+    assert [n for n, _ in calls] == [1, 2, 3, 4]
+    [dead] = await db.tasks.dead()
+    assert dead.args == [3] and dead.id != waiting
+
+
+async def test_a_missing_table_is_an_error_that_says_how_to_create_it(url: str) -> None:
+    database = Database(url, tasks_table="t_never_created")
+
+    @database.task(name="test.orphan")
+    async def orphan() -> None:
+        pass
+
+    with pytest.raises(TasksTableMissingError, match=r"await db.tasks.create_table\(\)"):
+        await database.tasks.counts()
+    with pytest.raises(TasksTableMissingError, match=r"db\.tasks\.metadata"):
+        async with database:
+            orphan.defer()
+    await database.dispose()
 
 
 async def test_failures_retry_then_die_and_requeue_gives_attempts_back(db: Database) -> None:

@@ -120,7 +120,7 @@ async def test_two_dispatchers_run_each_task_once(
     url: str, tmp_path: Path, worker_db: None
 ) -> None:
     db = task_worker.db
-    total = 300
+    total = 1000
     async with db:
         for number in range(total):
             task_worker.effect.defer(number)

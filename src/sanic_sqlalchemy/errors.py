@@ -4,6 +4,7 @@ Every error the library raises on purpose derives from ``SanicSQLAlchemyError``:
 
     SanicSQLAlchemyError
     ├── ConfigurationError          bad or missing settings, raised at init
+    │   └── TasksTableMissingError  the durable tasks' table was never created
     ├── EngineNotInitialisedError   a unit was opened before any URL was configured
     ├── NoActiveUnitError           db.read / db.write / db.on_commit outside a unit
     ├── ReadOnlyError               a write attempted through db.read
@@ -45,6 +46,11 @@ class SanicSQLAlchemyError(Exception):
 
 class ConfigurationError(SanicSQLAlchemyError, ValueError):
     """A setting is missing or invalid; raised by ``init_app`` or at server start."""
+
+
+class TasksTableMissingError(ConfigurationError):
+    """The durable tasks' table does not exist: create it with
+    ``await db.tasks.create_table()`` or through Alembic (``db.tasks.metadata``)."""
 
 
 class EngineNotInitialisedError(SanicSQLAlchemyError, RuntimeError):

@@ -23,6 +23,9 @@ VARIANTS: dict[str, tuple[str, tuple[str, ...], str]] = {
     # Not run by default: ours on the previous main (BENCH_PREVIOUS_SRC), beside the
     # baseline, so that a change is compared with the main it replaces too.
     "ours-previous": ("ours_previous", ("postgresql", "mysql"), "ours, previous main"),
+    # Not run by default (benchmarks/tasks.py): POST /users with after-commit work.
+    "ours-defer": ("ours_defer", ("postgresql", "mysql"), "ours, defers a durable task"),
+    "ours-on-commit": ("ours_on_commit", ("postgresql", "mysql"), "ours, db.on_commit"),
     # Diagnostic (not run by default): ours's design by hand, without its guard rails.
     "orm-readonly": ("orm_readonly", ("postgresql",), "diagnostic: ours's design by hand"),
 }

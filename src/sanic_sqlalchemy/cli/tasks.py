@@ -7,6 +7,11 @@ rest back.  ``status`` shows the counts and how long the longest-waiting due tas
 waited (the number to watch: it grows when the dispatchers fall behind); ``dead`` the
 tasks out of attempts with their error's last line; ``requeue`` gives one its attempts
 back.  Each prints JSON with ``--json``.
+
+An app with several databases: ``--prefix ANALYTICS_DATABASE_`` (a database's
+``config_prefix``) picks one; without it, ``work`` dispatches the tasks of every database
+that has some, and the other actions refuse and list the prefixes to choose from.  Every
+output names its database (prefix and URL).
 """
 
 from __future__ import annotations
@@ -21,10 +26,38 @@ from sqlalchemy import func, select
 from ..database import DatabaseCore as Database
 from ..tasks.sql import now_ms
 from ..tasks.table import PENDING
-from .targets import CommandError, one_database, render
+from .targets import CommandError, databases, render
 
 #: Seconds running tasks get to finish after SIGINT/SIGTERM (Sanic's graceful-shutdown default).
 GRACE = 15.0
+
+
+def named(db: Database) -> str:
+    """How outputs name a database: its settings prefix and its URL."""
+    return f"{db.config_prefix} {render(db.settings.url)}"
+
+
+def chosen(target: str | None, prefix: str | None, action: str) -> list[Database]:
+    """The databases ``tasks ACTION`` works on: the one with ``prefix``, the only one,
+    or (``work`` only) every one that has tasks."""
+    if target is None:
+        raise CommandError("Which database? Pass MODULE:app, MODULE:db or a URL.")
+    found = databases(target)
+    prefixes = ", ".join(db.config_prefix for db in found)
+    if prefix is not None:
+        picked = [db for db in found if db.config_prefix == prefix]
+        if not picked:
+            raise CommandError(f"{target!r} has no database with prefix {prefix!r} ({prefixes}).")
+        return picked
+    if len(found) == 1:
+        return found
+    if action == "work":
+        with_tasks = [db for db in found if db.tasks.registered]
+        return with_tasks or found[:1]
+    raise CommandError(
+        f"{target!r} has {len(found)} databases ({prefixes}): pick one with --prefix, "
+        f"e.g. sanic-sqlalchemy tasks {action} {target} --prefix {found[-1].config_prefix}"
+    )
 
 
 async def status(db: Database) -> dict[str, Any]:
@@ -37,7 +70,7 @@ async def status(db: Database) -> dict[str, Any]:
         due = select(func.min(c.run_at)).where(c.state == PENDING, c.run_at <= now)
         oldest = (await connection.execute(due)).scalar()
     waited = None if oldest is None else round((now - oldest) / 1000, 1)
-    return {**counts, "oldest_waiting_s": waited}
+    return {"database": named(db), **counts, "oldest_waiting_s": waited}
 
 
 async def dead(db: Database) -> list[dict[str, Any]]:
@@ -55,9 +88,10 @@ async def dead(db: Database) -> list[dict[str, Any]]:
     ]
 
 
-async def work(db: Database, grace: float, out: TextIO, as_json: bool) -> None:
-    """Dispatch until SIGINT or SIGTERM, then stop within ``grace`` seconds."""
-    if not db.tasks.registered:
+async def work(dbs: list[Database], grace: float, out: TextIO, as_json: bool) -> None:
+    """Dispatch the tasks of ``dbs`` until SIGINT or SIGTERM, then stop within ``grace``
+    seconds."""
+    if not any(db.tasks.registered for db in dbs):
         raise CommandError(
             "no @db.task is registered on this database: pass the module that defines "
             "the tasks (MODULE:db or MODULE:app), not a URL or another module."
@@ -66,13 +100,14 @@ async def work(db: Database, grace: float, out: TextIO, as_json: bool) -> None:
     stop = asyncio.Event()
     for number in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(number, stop.set)
-    names = sorted(db.tasks.registered)
-    _say(out, as_json, {"event": "started", "url": render(db.settings.url), "tasks": names})
-    db.tasks.start()
+    for db in dbs:
+        names = sorted(db.tasks.registered)
+        _say(out, as_json, {"event": "started", "database": named(db), "tasks": names})
+        db.tasks.start()
     try:
         await stop.wait()
         _say(out, as_json, {"event": "stopping", "grace_s": grace})
-        await db.tasks.stop(grace)
+        await asyncio.gather(*(db.tasks.stop(grace) for db in dbs))
     finally:
         for number in (signal.SIGINT, signal.SIGTERM):
             loop.remove_signal_handler(number)
@@ -86,7 +121,7 @@ def _say(out: TextIO, as_json: bool, event: dict[str, Any]) -> None:
     kind = event["event"]
     if kind == "started":
         tasks = ", ".join(event["tasks"])
-        line = f"working on {event['url']}: {tasks} (Ctrl-C or SIGTERM stops)"
+        line = f"working on {event['database']}: {tasks} (Ctrl-C or SIGTERM stops)"
     elif kind == "stopping":
         line = f"stopping: running tasks get {event['grace_s']:g} s, the rest are handed back"
     else:
@@ -96,19 +131,21 @@ def _say(out: TextIO, as_json: bool, event: dict[str, Any]) -> None:
 
 async def run(args: Any, out: TextIO) -> Any:
     """Run ``tasks ACTION`` for the parsed ``args``; what to print (None: nothing)."""
-    db = one_database(args.target)
+    dbs = chosen(args.target, args.prefix, args.action)
+    db = dbs[0]
     try:
         if args.action == "work":
-            await work(db, args.grace, out, args.json)
+            await work(dbs, args.grace, out, args.json)
             return None
         if args.action == "status":
             return await status(db)
         if args.action == "dead":
-            return await dead(db)
+            return {"database": named(db), "dead": await dead(db)}
         await db.tasks.requeue(args.id)
-        return {"requeued": args.id}
+        return {"database": named(db), "requeued": args.id}
     finally:
-        await db.dispose()
+        for one in dbs:
+            await one.dispose()
 
 
 def print_status(result: dict[str, Any]) -> None:
@@ -118,13 +155,15 @@ def print_status(result: dict[str, Any]) -> None:
     # "sent": with a queue backend, published and waiting in the queue.
     sent = f"sent {result['sent']}  " if "sent" in result else ""
     print(
-        f"pending {result['pending']}  {sent}running {result['running']}  "
+        f"{result['database']}: pending {result['pending']}  {sent}running {result['running']}  "
         f"dead {result['dead']}  {late}"
     )
 
 
-def print_dead(tasks: list[dict[str, Any]]) -> None:
+def print_dead(result: dict[str, Any]) -> None:
     """``dead`` for a terminal: one line per task, its error's last line."""
+    tasks = result["dead"]
+    print(f"{result['database']}:")
     if not tasks:
         print("no dead tasks")
         return
@@ -167,6 +206,11 @@ def add_parser(commands: Any) -> None:
                 default=GRACE,
                 help=f"seconds running tasks get to finish at a stop (default {GRACE:g})",
             )
+        sub.add_argument(
+            "--prefix",
+            help="with several databases in the app: the config prefix of the one to use "
+            "(e.g. ANALYTICS_DATABASE_); work without it runs every database's tasks",
+        )
         sub.add_argument("--json", action="store_true", help="print JSON")
 
 
@@ -181,4 +225,4 @@ def printed(args: Any, result: Any) -> None:
     elif args.action == "dead":
         print_dead(result)
     else:
-        print(f"requeued {result['requeued']}")
+        print(f"{result['database']}: requeued {result['requeued']}")

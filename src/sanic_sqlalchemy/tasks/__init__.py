@@ -10,7 +10,8 @@ renew, finish, per backend), ``runner`` (one run, in a unit of its own), ``dispa
 
 from .context import TaskInfo, current_task
 from .decorator import Deferral, Task, TaskOptions
-from .registry import DeadTask, TaskRegistry
+from .registry import TaskRegistry
+from .upkeep import DeadTask
 
 __all__ = [
     "DeadTask",

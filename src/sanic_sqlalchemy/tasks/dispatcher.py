@@ -6,7 +6,8 @@ died or hangs is taken over, and at a stop it lets them finish within the grace 
 cancels the rest and hands their tasks back (no attempt counted).
 
 ``dispatch`` claims due tasks up to its concurrency and starts them, then waits for a
-notification (PostgreSQL), a free slot or the poll interval, until it is cancelled.
+notification (PostgreSQL), free slots (half of them while due tasks are left, so that
+one claim serves several runs) or the poll interval, until it is cancelled.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import logging
 from collections.abc import Collection
 from typing import TYPE_CHECKING
 
+from .finish import Finisher
 from .listen import Listener
 from .runner import run_claimed
 from .sql import HEARTBEAT, Claimed, hand_back_statement, renew_statement
@@ -37,12 +39,16 @@ class Runs:
         #: Set whenever a run ends (a dispatcher at full concurrency waits for it).
         self.finished = asyncio.Event()
         self._beating: asyncio.Task[None] | None = None
+        #: Deletes the rows of runs that wrote nothing, together.
+        self.finisher = Finisher(registry)
 
     def start(self, claimed: Claimed, after: tuple[object, ...] = ()) -> asyncio.Task[str]:
         """Run ``claimed`` in a task of its own, outside any unit."""
         registry = self._registry
         context = registry.db.scope.outside()
-        task = context.run(self.loop.create_task, run_claimed(registry, claimed, after))
+        task = context.run(
+            self.loop.create_task, run_claimed(registry, claimed, after, self.finisher)
+        )
         self.active[task] = claimed
         task.add_done_callback(self._ended)
         if self._beating is None or self._beating.done():
@@ -114,6 +120,8 @@ async def dispatch(registry: TaskHost, runs: Runs, concurrency: int, poll: float
         # other clients borrow, and hear nothing: the dispatcher polls there.
         settings = engines.settings
         listener = Listener(settings, engines.backend.url(settings.url), registry.table.name, wake)
+    #: The last claim filled every free slot: more tasks are probably due.
+    backlog = False
     try:
         while True:
             if listener is not None and not listener.listening:
@@ -127,9 +135,11 @@ async def dispatch(registry: TaskHost, runs: Runs, concurrency: int, poll: float
                     )
             runs.finished.clear()
             free = concurrency - len(runs.active)
-            claimed: list[Claimed] = []
-            if free > 0:
+            # With a backlog, claim once half the slots are free: one claim per
+            # several runs rather than one per run that ends.
+            if free > 0 and not (backlog and free * 2 < concurrency):
                 wake.clear()
+                claimed: list[Claimed] = []
                 try:
                     claimed = await registry.claim(free)
                 except Exception:
@@ -138,8 +148,9 @@ async def dispatch(registry: TaskHost, runs: Runs, concurrency: int, poll: float
                     )
                 for one in claimed:
                     runs.start(one)
-                if claimed and len(claimed) == free:
-                    continue  # more may be due: look again once a slot is free
+                backlog = bool(claimed) and len(claimed) == free
+                if backlog:
+                    continue  # more may be due: look again once slots are free
                 await _first_of((wake,), poll)
             else:
                 await _first_of((runs.finished,), poll)

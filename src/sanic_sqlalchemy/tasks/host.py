@@ -67,3 +67,6 @@ class TaskHost(Protocol):
 
     def transaction(self) -> AbstractAsyncContextManager[AsyncConnection]:
         """A transaction for the tasks table's own statements."""
+
+    async def finish(self, claims: list[Claimed]) -> int:
+        """Delete the rows of runs that wrote nothing, in one statement."""

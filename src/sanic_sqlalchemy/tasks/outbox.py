@@ -6,7 +6,11 @@ every task still kept is stored with one statement (per ``ROWS_PER_STATEMENT`` t
 on ``db.write``'s connection, in that transaction; a savepoint that rolls back drops
 its tasks, a released one hands them to the enclosing one, and a transaction that ends
 without committing drops all.
-After the commit, the process runs the tasks that are due at once (the fast path).
+After the commit, the process runs the tasks that are due at once (the fast path): when
+it will, it stores them already claimed by itself (``running``, its claim, a lease), so
+that running them costs no claim; should it die first, the lease runs out and a
+dispatcher takes them over.  Keyed tasks are stored waiting (another unit's task with
+the key may already wait) and claimed after the commit.
 """
 
 from __future__ import annotations
@@ -15,7 +19,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from .sql import insert_statement
+from sqlalchemy.exc import DBAPIError
+
+from .sql import LEASE, Claimed, insert_statement, is_keyed, new_claim, now_ms
+from .table import RUNNING, missing_table
 
 if TYPE_CHECKING:
     from sqlalchemy import Table
@@ -36,14 +43,23 @@ class Deferred:
 #: statement's bound parameters are limited: 32,767 with asyncpg, 12 per task here).
 ROWS_PER_STATEMENT = 1000
 
-#: Told the ids of the tasks a commit stored that are due now, and the commit's position.
-CommitHandler = Callable[[list[str], "str | None"], None]
+#: Told, after a commit, the tasks it stored claimed by this process, the ids of those
+#: due now still to claim (keyed), and the commit's position.
+CommitHandler = Callable[[list[Claimed], list[str], "str | None"], None]
 
 
 class Outbox:
     """One unit's deferred tasks (``unit.outbox``; see ``hooks.TaskOutbox``)."""
 
-    __slots__ = ("_backend", "_committed", "_entries", "_runs_here", "_table")
+    __slots__ = (
+        "_backend",
+        "_claimed",
+        "_claims_here",
+        "_committed",
+        "_entries",
+        "_runs_here",
+        "_table",
+    )
 
     def __init__(
         self,
@@ -51,13 +67,19 @@ class Outbox:
         backend: str,
         committed: CommitHandler,
         runs_here: Callable[[], bool],
+        claims_here: bool = True,
     ) -> None:
         self._table = table
         self._backend = backend
         self._committed = committed
         #: Whether this process will run the due tasks right after the commit.
         self._runs_here = runs_here
+        #: Whether the tasks it runs are stored already claimed (not when a relay
+        #: publishes them to a queue, whose workers claim them).
+        self._claims_here = claims_here
         self._entries: dict[str, Deferred] = {}
+        #: The tasks the commit under way stores claimed by this process.
+        self._claimed: list[Claimed] = []
 
     def add(self, entry: Deferred) -> str:
         """Keep ``entry`` for the commit; a keyed task already kept wins (its id)."""
@@ -67,22 +89,47 @@ class Outbox:
 
     def before_commit(self, session: Session) -> None:
         entries = self._entries
+        self._claimed = []
         if entries:
-            rows = [entry.row for entry in entries.values()]
+            runs_here = self._runs_here()
+            claim = new_claim() if runs_here and self._claims_here else None
+            rows = [self._stored(entry, claim) for entry in entries.values()]
             # Dispatchers need waking only for due tasks this process will not run at
             # once; delayed ones they find at a poll when they fall due.
-            wake = any(entry.immediate for entry in entries.values()) and not self._runs_here()
+            wake = not runs_here and any(entry.immediate for entry in entries.values())
             connection = session.connection()
             for start in range(0, len(rows), ROWS_PER_STATEMENT):
                 chunk = rows[start : start + ROWS_PER_STATEMENT]
                 statement = insert_statement(self._table, self._backend, chunk, wake=wake)
-                connection.execute(statement).close()
+                try:
+                    connection.execute(statement).close()
+                except DBAPIError as error:
+                    missing = missing_table(error, self._table.name)
+                    if missing is None:
+                        raise
+                    raise missing from error
+
+    def _stored(self, entry: Deferred, claim: str | None) -> dict[str, Any]:
+        """The row to insert: claimed (``claim``) by this process when it runs the task
+        right after the commit (an unkeyed task due now), else as deferred."""
+        row = entry.row
+        if claim is None or not entry.immediate or is_keyed(row["id"]):
+            return row
+        self._claimed.append(
+            Claimed(row["id"], row["name"], row["payload"], 1, row["max_attempts"], claim, None)
+        )
+        lease = now_ms() + int(LEASE * 1000)
+        return {**row, "state": RUNNING, "attempts": 1, "claim": claim, "lease_until": lease}
 
     def committed(self, commit_token: str | None) -> None:
         entries, self._entries = self._entries, {}
-        due = [task_id for task_id, entry in entries.items() if entry.immediate]
-        if due:
-            self._committed(due, commit_token)
+        claimed, self._claimed = self._claimed, []
+        mine = {one.id for one in claimed}
+        due = [
+            task_id for task_id, entry in entries.items() if entry.immediate and task_id not in mine
+        ]
+        if claimed or due:
+            self._committed(claimed, due, commit_token)
 
     def savepoint_released(self, savepoint: object, parent: object | None) -> None:
         for entry in self._entries.values():
@@ -98,3 +145,4 @@ class Outbox:
 
     def rolled_back(self) -> None:
         self._entries.clear()
+        self._claimed = []

@@ -12,33 +12,32 @@ import asyncio
 import contextlib
 import logging
 import uuid
-from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass
+from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any, ParamSpec, TypeVar, overload
 
-from sqlalchemy import MetaData, Table, func, select
+from sqlalchemy import MetaData, Table
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from ..errors import TaskNotFoundError, UnitStateError
+from ..errors import UnitStateError
 from ..replicas.probe import position_of
 from ..settings import TasksSettings
 from ..unit.sessions import stores_tasks, with_task_outbox
 from .decorator import Task, TaskOptions
 from .dispatcher import Runs, dispatch
 from .host import TaskDatabase
-from .outbox import Deferred, Outbox
-from .payload import decode, encode
+from .outbox import CommitHandler, Deferred, Outbox
+from .payload import encode
 from .relay import Relay, open_relay
 from .sql import (
     Claimed,
     claim,
-    counts_statement,
-    dead_statement,
+    done_many_statement,
     hand_back_statement,
     now_ms,
-    requeue_statement,
 )
-from .table import DEAD, PENDING, RUNNING, SENT, task_table
+from .table import PENDING, missing_table, task_table
+from .upkeep import Upkeep
 
 logger = logging.getLogger("sanic_sqlalchemy")
 P = ParamSpec("P")
@@ -48,20 +47,7 @@ T = TypeVar("T")
 _BATCH = 20
 
 
-@dataclass(frozen=True, slots=True)
-class DeadTask:
-    """A task out of attempts (``db.tasks.dead()``)."""
-
-    id: str
-    name: str
-    args: list[Any]
-    kwargs: dict[str, Any]
-    attempts: int
-    #: The last error, with its traceback.
-    error: str | None
-
-
-class TaskRegistry:
+class TaskRegistry(Upkeep):
     """``db.tasks``: the durable tasks of one ``Database``."""
 
     def __init__(self, db: TaskDatabase) -> None:
@@ -85,7 +71,11 @@ class TaskRegistry:
         self.relay: Relay | None = None
         #: What a unit's outbox tells after its commit, and asks before it (decided
         #: when the database is configured, not per unit).
-        self._outbox_handlers = (self._after_commit, self._runs_here)
+        self._outbox_handlers: tuple[CommitHandler, Callable[[], bool], bool] = (
+            self._after_commit,
+            self._runs_here,
+            True,
+        )
 
     # -- registering and deferring -----------------------------------------------
 
@@ -199,12 +189,12 @@ class TaskRegistry:
         target = settings.backend
         if target is None:
             self.relay = None
-            self._outbox_handlers = (self._after_commit, self._runs_here)
+            self._outbox_handlers = (self._after_commit, self._runs_here, True)
             return
         if self.relay is not None and self.relay.source == target:
             return  # configured again alike (init_app after Database(url, ...))
         relay = self.relay = open_relay(self, target)
-        self._outbox_handlers = (relay.committed, relay.publishes_here)
+        self._outbox_handlers = (relay.committed, relay.publishes_here, False)
 
     # -- the table --------------------------------------------------------------
 
@@ -244,49 +234,24 @@ class TaskRegistry:
         in the test kit's rolled-back tests, a savepoint of the test's connection
         (where the tasks its units deferred are)."""
         joined = self.db.joined
-        if joined is None:
-            async with self.db.engines.write.begin() as connection:
-                yield connection
-        else:
-            async with joined.begin_nested():
-                yield joined
+        with self._table_hint():
+            if joined is None:
+                async with self.db.engines.write.begin() as connection:
+                    yield connection
+            else:
+                async with joined.begin_nested():
+                    yield joined
 
-    # -- looking after it -------------------------------------------------------
-
-    async def counts(self) -> dict[str, int]:
-        """How many tasks wait (``pending``), run (``running``) or are ``dead``; with a
-        queue backend also how many the broker holds (``sent``)."""
-        counts = {PENDING: 0, RUNNING: 0, DEAD: 0}
-        if self.relay is not None:
-            counts[SENT] = 0
-        async with self.transaction() as connection:
-            for state, count in await connection.execute(counts_statement(self.table)):
-                counts[state] = count
-        return counts
-
-    async def dead(self) -> list[DeadTask]:
-        """The tasks out of attempts, oldest first, each with its last error."""
-        async with self.transaction() as connection:
-            rows = (await connection.execute(dead_statement(self.table))).all()
-        dead = []
-        for row in rows:
-            args, kwargs = decode(row.payload)
-            dead.append(DeadTask(row.id, row.name, args, kwargs, row.attempts, row.error))
-        return dead
-
-    async def requeue(self, task_id: str) -> None:
-        """Give dead task ``task_id`` its attempts back: it runs again (as attempt 1)."""
-        engines = self.db.engines
-        async with self.transaction() as connection:
-            result = await connection.execute(requeue_statement(self.table, task_id))
-            if result.rowcount != 1:
-                raise TaskNotFoundError(
-                    f"db.tasks.requeue({task_id!r}): no dead task has this id (it ran, "
-                    "is still waiting or running, or never existed); db.tasks.dead() "
-                    "lists the dead ones."
-                )
-            if engines.backend.name == "postgresql":
-                await connection.execute(select(func.pg_notify(self.table.name, "requeue")))
+    @contextlib.contextmanager
+    def _table_hint(self) -> Iterator[None]:
+        """Turns "no such table" into ``TasksTableMissingError``, which says what to do."""
+        try:
+            yield
+        except DBAPIError as error:
+            missing = missing_table(error, self.table.name)
+            if missing is None:
+                raise
+            raise missing from error
 
     # -- running ------------------------------------------------------------------
 
@@ -297,9 +262,30 @@ class TaskRegistry:
             runs = self._runs = Runs(self)
         return runs
 
+    @contextlib.asynccontextmanager
+    async def statement(self) -> AsyncIterator[AsyncConnection]:
+        """A connection for one statement on the tasks table that needs no transaction
+        around it on PostgreSQL (no ``BEGIN`` and ``COMMIT`` round trips); a
+        transaction elsewhere (MariaDB's claim is two statements; SQLite begins its own
+        transactions) and in the test kit's rolled-back tests."""
+        if self.db.joined is not None or self.db.engines.backend.name != "postgresql":
+            async with self.transaction() as connection:
+                yield connection
+            return
+        with self._table_hint():
+            async with self.db.engines.write.connect() as connection:
+                yield await connection.execution_options(isolation_level="AUTOCOMMIT")
+
+    async def finish(self, claims: list[Claimed]) -> int:
+        """Delete the rows of these runs that wrote nothing (still held): how many."""
+        async with self.statement() as connection:
+            result = await connection.execute(done_many_statement(self.table, claims))
+            return int(result.rowcount)
+
     async def claim(self, limit: int, ids: list[str] | None = None) -> list[Claimed]:
-        """Claim up to ``limit`` due tasks (among ``ids``), in a transaction of its own."""
-        async with self.transaction() as connection:
+        """Claim up to ``limit`` due tasks (among ``ids``) in one statement (MariaDB: a
+        transaction of its own)."""
+        async with self.statement() as connection:
             return await claim(connection, self.table, self.db.engines.backend.name, limit, ids)
 
     async def position_token(self) -> tuple[object, ...]:
@@ -401,12 +387,20 @@ class TaskRegistry:
         # Busy: a dispatcher runs them, rather than this process's pool running dry.
         return len(self._spawned) + (0 if runs is None else len(runs.active)) < self.limit
 
-    def _after_commit(self, ids: list[str], commit_token: str | None) -> None:
-        # Called in the commit's greenlet, right after COMMIT succeeded.
-        if not self._runs_here():
+    def _after_commit(
+        self, claimed: list[Claimed], ids: list[str], commit_token: str | None
+    ) -> None:
+        # Called in the commit's greenlet, right after COMMIT succeeded.  The tasks the
+        # commit stored claimed by this process run now, whatever happened meanwhile
+        # (else they would wait for their lease to run out).
+        after = () if commit_token is None else (commit_token,)
+        if claimed:
+            runs = self.runs()
+            for one in claimed:
+                runs.start(one, after)
+        if not ids or not self._runs_here():
             return
         loop = asyncio.get_running_loop()
-        after = () if commit_token is None else (commit_token,)
         context = self.db.scope.outside()
         spawned = context.run(loop.create_task, self._run_committed(ids, after))
         self._spawned.add(spawned)

@@ -29,6 +29,7 @@ if TYPE_CHECKING:
     from sqlalchemy.engine import CursorResult
 
     from .decorator import Task
+    from .finish import Finisher
     from .host import TaskHost
 
 logger = logging.getLogger("sanic_sqlalchemy")
@@ -41,19 +42,25 @@ LOST: Final = "lost"
 Outcome = Literal["done", "retry", "dead", "lost"]
 
 
-async def run_claimed(registry: TaskHost, claimed: Claimed, after: tuple[object, ...] = ()) -> str:
+async def run_claimed(
+    registry: TaskHost,
+    claimed: Claimed,
+    after: tuple[object, ...] = (),
+    finisher: Finisher | None = None,
+) -> str:
     """Run ``claimed`` to its end (``DONE``, ``RETRY``, ``DEAD`` or ``LOST``); a
-    cancellation (a stop) propagates, leaving the task to be handed back.  The
+    cancellation (a stop) propagates, leaving the task to be handed back.  A run that
+    wrote nothing is finished by ``finisher`` (with other runs), or alone.  The
     database's ``task_end`` listeners hear of every run whose outcome is stored (not of a
     lost claim: the run that took the task over reports it)."""
     info = TaskInfo(claimed.id, claimed.name, claimed.attempts, claimed.max_attempts)
     enter_task(info)
     listeners = registry.db.environment.listeners
     if listeners is None:
-        outcome, _error = await _run(registry, claimed, after)
+        outcome, _error = await _run(registry, claimed, after, finisher)
         return outcome
     started = perf_counter()
-    outcome, error = await _run(registry, claimed, after)
+    outcome, error = await _run(registry, claimed, after, finisher)
     if outcome == LOST:
         return outcome
     await listeners.task_ended(info, outcome, error, perf_counter() - started)
@@ -61,7 +68,7 @@ async def run_claimed(registry: TaskHost, claimed: Claimed, after: tuple[object,
 
 
 async def _run(
-    registry: TaskHost, claimed: Claimed, after: tuple[object, ...]
+    registry: TaskHost, claimed: Claimed, after: tuple[object, ...], finisher: Finisher | None
 ) -> tuple[Outcome, BaseException | None]:
     task = registry.registered.get(claimed.name)
     if claimed.attempts > claimed.max_attempts:
@@ -83,7 +90,12 @@ async def _run(
         args, kwargs = decode(claimed.payload)
         if not after:
             after = await registry.position_token()
-        await run_in_unit(registry, task, claimed, args, kwargs, after)
+        wrote = await run_in_unit(registry, task, claimed, args, kwargs, after)
+        if not wrote:
+            if finisher is None:
+                await registry.finish([claimed])
+            else:
+                await finisher.done(claimed)
     except ClaimLostError:
         logger.warning(
             "task %s (%s): its claim expired and another run took it over; this run's "
@@ -116,7 +128,10 @@ async def run_in_unit(
     args: list[Any],
     kwargs: dict[str, Any],
     after: tuple[object, ...],
-) -> None:
+) -> bool:
+    """Call the task in a unit of its own; when it wrote through ``db.write``, delete its
+    row in that transaction and commit both.  Whether it wrote (a run that did not is
+    finished by the caller, with other runs)."""
     db = registry.db
     unit = db.open_unit(after)
     # As in @db.retry: the run commits when the function returns (an explicit commit,
@@ -134,6 +149,9 @@ async def run_in_unit(
                 await _call(task, args, kwargs)
             else:
                 await asyncio.wait_for(_call(task, args, kwargs), timeout)
+            if unit.write_session is None:
+                await unit.end(True)
+                return False
             done = await unit.write.execute(done_statement(registry.table, claimed))
             if cast("CursorResult[Any]", done).rowcount != 1:
                 raise ClaimLostError(
@@ -146,6 +164,7 @@ async def run_in_unit(
             await unit.end(False, error)
             raise
         await unit.end(True)
+        return True
     finally:
         db.scope.leave(token)
 

@@ -10,8 +10,11 @@
   claim and one more attempt.  PostgreSQL and MariaDB lock the picked rows with
   ``FOR UPDATE SKIP LOCKED``, so dispatchers never wait for one another nor pick the
   same task; SQLite runs one writer at a time (one dispatcher, documented).
+  A keyed task leaves its key's id when it is claimed (its row takes a fresh id), so
+  that the key is free for the next ``defer`` while it runs.
 * Finish: a run's writes commit with the ``DELETE`` of its row, which names the run's
-  claim: a run whose claim was taken over deletes nothing and rolls back.
+  claim: a run whose claim was taken over deletes nothing and rolls back.  Runs that
+  wrote nothing are finished together, one ``DELETE`` for all that end meanwhile.
 """
 
 from __future__ import annotations
@@ -22,7 +25,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import String, Table, and_, cast, delete, func, or_, select, update
+from sqlalchemy import String, Table, and_, case, cast, delete, func, or_, select, tuple_, update
 from sqlalchemy.dialects.mysql import insert as mysql_insert
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
@@ -41,6 +44,16 @@ HEARTBEAT = LEASE / 4
 def now_ms() -> int:
     """The time as the tasks table counts it: milliseconds since the Unix epoch."""
     return int(time.time() * 1000)
+
+
+def new_claim() -> str:
+    """A claim's token: the rows a claim marks carry it, and only its runs finish them."""
+    return uuid.uuid4().hex
+
+
+def is_keyed(task_id: str) -> bool:
+    """Whether ``task_id`` is a key's (``Task.keyed_id``: a version-5 UUID; others are 4)."""
+    return task_id[14:15] == "5"
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,6 +98,23 @@ def insert_statement(
     return sqlite_insert(table).values(list(rows)).on_conflict_do_nothing(index_elements=[c.id])
 
 
+def _keyed(table: Table) -> Any:
+    """Rows whose id is a key's (``Task.keyed_id``: a version-5 UUID; others are version 4)."""
+    return func.substr(table.c.id, 15, 1) == "5"
+
+
+def _fresh_id(backend: str) -> Any:
+    """A new random id, made by the server (PostgreSQL, SQLite) for a claimed keyed row."""
+    if backend == "postgresql":
+        return cast(func.gen_random_uuid(), String)
+    # SQLite: 36 characters in the UUID layout (version 4), from randomblob().
+    parts = [func.lower(func.hex(func.randomblob(size))) for size in (4, 2, 2, 2, 6)]
+    return (
+        parts[0] + "-" + parts[1] + "-4" + func.substr(parts[2], 2) + "-a"
+        + func.substr(parts[3], 2) + "-" + parts[4]
+    )  # fmt: skip
+
+
 def _due(table: Table, now: int) -> Any:
     c = table.c
     return or_(
@@ -104,7 +134,7 @@ async def claim(
     connection's transaction, which the caller commits."""
     c = table.c
     now = now_ms()
-    token = uuid.uuid4().hex
+    token = new_claim()
     condition = _due(table, now)
     if ids is not None:
         condition = and_(c.id.in_(list(ids)), condition)
@@ -128,15 +158,25 @@ async def claim(
         ).all()
         if not picked:
             return []
+        fresh = {row.id: str(uuid.uuid4()) for row in picked if is_keyed(row.id)}
+        if fresh:
+            values["id"] = case(fresh, value=c.id, else_=c.id)
         await connection.execute(
             update(table).where(c.id.in_([row.id for row in picked])).values(**values)
         )
         return [
             Claimed(
-                row.id, row.name, row.payload, row.attempts + 1, row.max_attempts, token, row.error
+                fresh.get(row.id, row.id),
+                row.name,
+                row.payload,
+                row.attempts + 1,
+                row.max_attempts,
+                token,
+                row.error,
             )
             for row in picked
         ]
+    values["id"] = case((_keyed(table), _fresh_id(backend)), else_=c.id)
     pick = select(c.id).where(condition).order_by(c.run_at).limit(limit)
     if backend == "postgresql":
         # A CTE runs once: the rows locked are exactly the rows updated.
@@ -156,6 +196,15 @@ def done_statement(table: Table, claimed: Claimed) -> Executable:
     transaction of the run's own writes, just before it commits."""
     c = table.c
     return delete(table).where(c.id == claimed.id, c.claim == claimed.claim)
+
+
+def done_many_statement(table: Table, claims: Sequence[Claimed]) -> Executable:
+    """Deletes the rows of runs that wrote nothing, each if its run still holds its claim."""
+    c = table.c
+    pairs = [(claimed.id, claimed.claim) for claimed in claims]
+    if len(pairs) == 1:
+        return delete(table).where(c.id == pairs[0][0], c.claim == pairs[0][1])
+    return delete(table).where(tuple_(c.id, c.claim).in_(pairs))
 
 
 def failed_statement(

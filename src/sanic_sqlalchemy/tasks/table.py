@@ -12,6 +12,8 @@ from __future__ import annotations
 
 from sqlalchemy import BigInteger, Column, Index, Integer, MetaData, String, Table, Text
 
+from ..errors import TasksTableMissingError
+
 PENDING = "pending"
 RUNNING = "running"
 DEAD = "dead"
@@ -44,4 +46,22 @@ def task_table(name: str) -> Table:
         Column("error", Text, nullable=True),
         Index(f"ix_{name[:48]}_due", "state", "run_at"),
         Index(f"ix_{name[:48]}_lease", "state", "lease_until"),
+    )
+
+
+#: How PostgreSQL, MariaDB and SQLite say that a table does not exist.
+_MISSING = ("does not exist", "doesn't exist", "no such table")
+
+
+def missing_table(error: BaseException, name: str) -> TasksTableMissingError | None:
+    """The error to raise instead of ``error`` when it says that table ``name`` does
+    not exist (None otherwise)."""
+    text = str(getattr(error, "orig", None) or error)
+    if name not in text or not any(words in text for words in _MISSING):
+        return None
+    return TasksTableMissingError(
+        f"the durable tasks' table {name!r} does not exist on this database: create it "
+        "with `await db.tasks.create_table()` (quick start), or add db.tasks.metadata to "
+        "Alembic's target_metadata ([Base.metadata, db.tasks.metadata]) and run a "
+        "migration."
     )

@@ -61,7 +61,9 @@ async def consume(host: TaskHost, task: Task[Any, Any], task_id: str) -> str:
     started = perf_counter()
     try:
         args, kwargs = decode(claimed.payload)
-        await run_in_unit(host, task, claimed, args, kwargs, await host.position_token())
+        if not await run_in_unit(host, task, claimed, args, kwargs, await host.position_token()):
+            # It wrote nothing: its row is deleted on its own (naming the claim).
+            await host.finish([claimed])
     except ClaimLostError:
         # Another delivery took the task over after this run's claim expired.
         logger.warning("task %s (%s): claim lost, writes rolled back", claimed.id, task.name)

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from ...settings import QueueTarget
 from ..host import TaskHost
+from ..sql import Claimed
 from .sql import Leased, lease, release_statement, sent_statement
 
 if TYPE_CHECKING:
@@ -90,8 +91,9 @@ class Relay:
         the relay loops poll)."""
         return True
 
-    def committed(self, ids: list[str], commit_token: str | None) -> None:
-        """The fast path, in the commit's greenlet: publish the tasks just committed."""
+    def committed(self, _claimed: list[Claimed], ids: list[str], _commit_token: str | None) -> None:
+        """The fast path, in the commit's greenlet: publish the tasks just committed (none
+        is stored claimed: the outbox is told not to, since the queue's workers claim)."""
         host = self._host
         if self._stopping or not host.run_after_commit or host.db.joined is not None:
             return

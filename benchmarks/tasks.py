@@ -1,0 +1,291 @@
+"""Durable tasks' costs (issue 18), in one run on this machine:
+
+1. A writing endpoint (``POST /users``) that defers a durable no-op task, against the
+   same endpoint with an in-memory ``db.on_commit`` callback: the request's round trips
+   (1 and 5 tasks per request, the unit alone and with the task's own run), then req/s
+   under wrk (server on core 1, wrk on core 0), the variants interleaved round by round;
+   the ratio is taken within each round.
+2. Dispatcher throughput, one worker process, PostgreSQL: ours, pgqueuer and
+   procrastinate on the same database, interleaved round by round; no-op tasks and tasks
+   that insert one row each.
+3. The latency from a unit's commit to its task's start: on the fast path (the
+   committing process) and through a dispatcher woken by ``LISTEN/NOTIFY``.
+
+    ./benchmarks/run --tasks [--rounds 3] [--duration 5] [--count 5000] [--output PATH]
+
+Instructions per request (load-immune) come from ``instructions.py``::
+
+    benchmarks/.venv/bin/python benchmarks/instructions.py \\
+        --variants ours-defer,ours-on-commit --endpoints insert
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import datetime
+import json
+import os
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+
+from bench import db as bench_db  # noqa: E402
+from bench import queues  # noqa: E402
+from bench.http import Client  # noqa: E402
+from bench.machine import machine, source, versions  # noqa: E402
+from bench.proxy import CountingProxy  # noqa: E402
+from bench.servers import Server  # noqa: E402
+from bench.wrk import run_wrk, wrk_version  # noqa: E402
+
+SERVER_PORT = 18_281
+PROXY_PORT = 16_532
+#: (variant, tasks per request) measured under load.
+LOADS = [("ours-on-commit", 1), ("ours-defer", 1), ("ours-on-commit", 5), ("ours-defer", 5)]
+
+
+def log(message: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {message}", flush=True)
+
+
+def server(variant: str, url: str, port: int, per_request: int, fast: bool = True) -> Server:
+    env = {"BENCH_TASKS_PER_REQUEST": str(per_request), "BENCH_TASKS_FAST": "1" if fast else "0"}
+    logs = HERE / "work" / "logs" / f"tasks-{variant}-{per_request}.log"
+    return Server(variant, "postgresql", url, port, "1", logs, env)
+
+
+async def round_trips(target: bench_db.Target, requests: int) -> dict[str, float]:
+    """Round trips per ``POST /users``, counted by the proxy, sequential requests."""
+    out: dict[str, float] = {}
+    for variant, per_request in LOADS:
+        for fast in (False, True) if variant == "ours-defer" else (True,):
+            proxy = CountingProxy(PROXY_PORT, target.port, "postgresql")
+            await proxy.start()
+            one = server(variant, target.url(PROXY_PORT), SERVER_PORT, per_request, fast)
+            await one.start()
+            client = Client(SERVER_PORT)
+            try:
+                for n in range(requests + 20):
+                    if n == 20:
+                        await asyncio.sleep(0.3)
+                        before = proxy.snapshot()
+                    body = {"name": f"rt {n}", "email": f"rt{n}-{time.time_ns()}@example.com"}
+                    response = await client.request("POST", "/users", body)
+                    if response.status != 201:
+                        raise RuntimeError(f"{variant}: {response.status} {response.body!r}")
+                await asyncio.sleep(0.5)  # the tasks of the last requests
+                delta = proxy.snapshot().minus(before)
+            finally:
+                await client.close()
+                await one.stop()
+                await proxy.stop()
+            label = f"{variant} ×{per_request}" + ("" if fast else " (unit only)")
+            out[label] = delta.round_trips / requests
+            log(f"round trips {label}: {out[label]:.2f}")
+    return out
+
+
+async def load(target: bench_db.Target, rounds: int, duration: int) -> dict[str, Any]:
+    rates: dict[str, list[float]] = {}
+    latencies: dict[str, list[float]] = {}
+    for number in range(rounds):
+        order = LOADS[number % len(LOADS) :] + LOADS[: number % len(LOADS)]
+        for variant, per_request in order:
+            one = server(variant, target.url(), SERVER_PORT, per_request)
+            await one.start()
+            try:
+                await run_wrk(SERVER_PORT, "insert", seconds=2, core="0")  # warm-up
+                result = await run_wrk(SERVER_PORT, "insert", seconds=duration, core="0")
+            finally:
+                await one.stop()
+            if result.error_count:
+                raise RuntimeError(f"{variant}: wrk errors {result.errors}")
+            label = f"{variant} ×{per_request}"
+            rates.setdefault(label, []).append(result.rps)
+            latencies.setdefault(label, []).append(result.p99_ms)
+            log(f"round {number + 1} {label}: {result.rps:.0f} req/s")
+    ratios = {
+        str(n): [
+            d / c
+            for d, c in zip(rates[f"ours-defer ×{n}"], rates[f"ours-on-commit ×{n}"], strict=True)
+        ]
+        for n in (1, 5)
+    }
+    return {"rates": rates, "p99_ms": latencies, "ratios": ratios}
+
+
+def median_range(values: list[float], digits: int = 0) -> str:
+    def show(value: float) -> str:
+        return f"{value:,.{digits}f}"
+
+    return f"{show(statistics.median(values))} ({show(min(values))}–{show(max(values))})"
+
+
+def report(data: dict[str, Any]) -> str:
+    lines = [
+        "# Durable tasks: costs and throughput (issue 18)",
+        "",
+        f"Run {data['date']} with `{data['command']}`.",
+        "",
+        "## Machine and versions",
+        "",
+    ]
+    m = data["machine"]
+    lines += [
+        f"- {m['nproc']} cores, {m['cpu']}, {m['memory']}, {m['os']}, Python {m['python']}",
+        f"- load average at the start: {', '.join(f'{x:.2f}' for x in m['loadavg'])} (the "
+        "machine is shared with other sessions running test suites: absolute numbers move, "
+        "the ratios are taken within a round)",
+        f"- PostgreSQL: {data['postgres']}; wrk: {data['wrk']}",
+        "- " + ", ".join(f"{k} {v}" for k, v in data["versions"].items()),
+        f"- sanic-sqlalchemy at {data['source'].get('commit', '?')}"
+        + (" (src/ with local changes)" if data["source"].get("dirty") else ""),
+        "",
+    ]
+    if "round_trips" in data:
+        lines += [
+            "## 1. A writing endpoint that defers a task, against `db.on_commit`",
+            "",
+            "Round trips per `POST /users` (sequential requests on one connection, counted by "
+            "the proxy). *Unit only*: the committing process does not run the task (a "
+            "dispatcher would); otherwise the total includes the task's own run.",
+            "",
+            "| variant | round trips per request |",
+            "|---|---|",
+        ]
+        lines += [f"| {k} | {v:.2f} |" for k, v in data["round_trips"].items()]
+        load_data = data["load"]
+        lines += [
+            "",
+            f"req/s under wrk (`-t1 -c32`, {data['duration']} s per window, "
+            f"{data['rounds']} rounds, order rotated each round; median and min–max):",
+            "",
+            "| variant | req/s | p99 ms (median) |",
+            "|---|---|---|",
+        ]
+        for label, rates in load_data["rates"].items():
+            p99 = statistics.median(load_data["p99_ms"][label])
+            lines.append(f"| {label} | {median_range(rates)} | {p99:.1f} |")
+        lines += ["", "Ratio defer ÷ on_commit within each round (median, min–max):", ""]
+        for n, ratios in load_data["ratios"].items():
+            lines.append(f"- {n} task(s) per request: {median_range(ratios, 3)}")
+        lines.append("")
+    if "throughput" in data:
+        lines += [
+            "## 2. Dispatcher throughput, one worker process, PostgreSQL",
+            "",
+            f"{data['count']:,} tasks stored before the worker starts; {data['concurrency']} "
+            "at once; timed until every completion is stored. Tasks per second, median "
+            "(min–max) over rounds; ratio to pgqueuer within each round.",
+            "",
+            "| system | no-op tasks/s | ÷ pgqueuer | one-row tasks/s | ÷ pgqueuer |",
+            "|---|---|---|---|---|",
+        ]
+        results = data["throughput"]
+        for system in results["noop"]:
+            cells = []
+            for kind in ("noop", "write"):
+                rates = results[kind][system]
+                ratios = [r / p for r, p in zip(rates, results[kind]["pgqueuer"], strict=True)]
+                cells += [median_range(rates), f"{statistics.median(ratios):.2f}"]
+            lines.append(f"| {system} | " + " | ".join(cells) + " |")
+        lines.append("")
+    if "latency" in data:
+        lines += [
+            "## 3. From commit to task start",
+            "",
+            f"{data['latency_units']} units one after the other, 5 ms apart, each deferring one "
+            "task; from the start of the unit's COMMIT (its round trip included) to the "
+            "task's first line, in milliseconds.",
+            "",
+            "| path | p50 ms | p99 ms |",
+            "|---|---|---|",
+        ]
+        for path, (p50, p99) in data["latency"].items():
+            lines.append(f"| {path} | {p50:.2f} | {p99:.2f} |")
+        lines.append("")
+    return "\n".join(lines)
+
+
+async def postgres_version(target: bench_db.Target) -> str:
+    async with bench_db.pg_connect(target) as connection:
+        version = await connection.fetchval("SHOW server_version")
+        sync = await connection.fetchval("SHOW synchronous_commit")
+    return f"{version} (synchronous_commit {sync})"
+
+
+async def main_async(args: argparse.Namespace) -> dict[str, Any]:
+    user, _, rest = args.pg.partition("@")
+    hostport, _, database = rest.partition("/")
+    host, _, port = hostport.partition(":")
+    target = bench_db.Target("postgresql", host, int(port or 5432), user, database)
+    queue_url = target.url().replace(f"/{database}", f"/{args.queue_db}")
+    data: dict[str, Any] = {
+        "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "command": "./benchmarks/run --tasks " + " ".join(sys.argv[1:]),
+        "machine": machine(),
+        "versions": versions(),
+        "source": source(),
+        "wrk": wrk_version(),
+        "rounds": args.rounds,
+        "duration": args.duration,
+        "count": args.count,
+        "concurrency": args.concurrency,
+        "latency_units": args.latency_units,
+    }
+    await bench_db.prepare(target)
+    data["postgres"] = await postgres_version(target)
+    async with bench_db.pg_connect(target) as connection:
+        if not await connection.fetchval(
+            "SELECT 1 FROM pg_database WHERE datname = $1", args.queue_db
+        ):
+            await connection.execute(f'CREATE DATABASE "{args.queue_db}"')
+    if "endpoint" in args.parts:
+        data["round_trips"] = await round_trips(target, args.rt_requests)
+        data["load"] = await load(target, args.rounds, args.duration)
+    if "queues" in args.parts:
+        log("dispatcher throughput")
+        systems = ["ours", "pgqueuer", "procrastinate"]
+        data["throughput"] = await queues.throughput(
+            queue_url, systems, args.count, args.concurrency, args.rounds
+        )
+    if "latency" in args.parts:
+        data["latency"] = {}
+        for path, fast in (("fast path (committing process)", True), ("dispatcher", False)):
+            delays = await queues.latency(queue_url, args.latency_units, fast)
+            data["latency"][path] = queues.percentiles(delays)
+            log(f"latency {path}: p50/p99 {data['latency'][path]}")
+    return data
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(prog="benchmarks/run --tasks", description=__doc__)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--duration", type=int, default=5, help="seconds per wrk window")
+    parser.add_argument("--count", type=int, default=5000, help="tasks per throughput run")
+    parser.add_argument("--concurrency", type=int, default=10)
+    parser.add_argument("--latency-units", type=int, default=300)
+    parser.add_argument("--rt-requests", type=int, default=200)
+    parser.add_argument("--parts", default="endpoint,queues,latency")
+    parser.add_argument("--pg", default="postgres@127.0.0.1:5432/bench", help="user@host:port/db")
+    parser.add_argument("--queue-db", default="bench_tasks", help="database of part 2 and 3")
+    parser.add_argument("--output", type=Path, default=None, help="the report (markdown)")
+    args = parser.parse_args()
+    args.parts = args.parts.split(",")
+    data = asyncio.run(main_async(args))
+    text = report(data)
+    print(text)
+    if args.output is not None:
+        output = Path(os.environ.get("BENCH_CALLER_CWD", ".")) / args.output
+        output.write_text(text)
+        output.with_suffix(".json").write_text(json.dumps(data, indent=2, default=str) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
