@@ -142,3 +142,35 @@ async def test_a_write_on_a_connection_the_server_ended_fails_as_a_lost_connecti
     finally:
         await db.dispose()
         await admin.dispose()
+
+
+@pytest.mark.backends("postgresql")
+async def test_a_read_on_a_replica_connection_the_server_ended_runs_on_a_fresh_one(
+    backend: str, pg_cluster: Any
+) -> None:
+    """The same on a replica's pool, which has no failover handler before the lost
+    connection's (it once read a slot that only that handler fills, and the read failed
+    with an ``AttributeError``, a 500 in Sanic)."""
+    real = make_url(pg_cluster.replica_urls[0])
+    port = free_port()
+    proxy = EndHoldingProxy(real.host or "127.0.0.1", real.port or 5432)
+    admin = create_async_engine(real, poolclass=NullPool)
+    replica = real.set(host="127.0.0.1", port=port).render_as_string(hide_password=False)
+    db = Database(pg_cluster.primary_url, read_urls=[replica], pool_size=1, max_overflow=0)
+    try:
+        async with proxy.serving(port):
+            async with db as unit:
+                first = (await db.read.execute(select(text("pg_backend_pid()")))).scalar_one()
+                assert unit.read_from != "primary"
+            async with admin.connect() as connection:
+                await connection.execute(text(f"SELECT pg_terminate_backend({int(first)})"))
+            await asyncio.wait_for(proxy.server_ended.wait(), 5)
+            await asyncio.sleep(0.05)  # the client reads the FATAL error
+            async with db:
+                # On a fresh connection to the replica, or on the primary while the
+                # replica is taken out of the rotation for a moment: served either way.
+                second = (await db.read.execute(select(text("pg_backend_pid()")))).scalar_one()
+            assert second != first
+    finally:
+        await db.dispose()
+        await admin.dispose()

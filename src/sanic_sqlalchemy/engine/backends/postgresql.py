@@ -208,9 +208,10 @@ def _postgresql_protocol_lost(context: ExceptionContext) -> None:
     connection was lost, not asyncpg's "another operation is in progress", which reads
     like two tasks sharing a connection."""
     original = context.original_exception
-    if not _is_protocol_lost(original) or isinstance(
-        context.chained_exception, PrimaryUnavailableError
-    ):
+    # ``chained_exception`` is set only once an earlier handler returned an error (the
+    # slot is empty otherwise, so read with a default).
+    reported = getattr(context, "chained_exception", None)
+    if not _is_protocol_lost(original) or isinstance(reported, PrimaryUnavailableError):
         return  # not lost, or reported already as the primary lost (``cluster.failover``)
     context.is_disconnect = True
     dbapi = context.dialect.loaded_dbapi
