@@ -27,7 +27,7 @@ from .apps.task_worker import Base, KillOrder, KillReceipt
 from .conftest import free_port
 
 SCRIPT = Path(task_worker.__file__)
-KILLS = 24
+KILLS = 100
 
 
 @pytest.fixture
@@ -69,22 +69,29 @@ async def test_sigkilled_committers_lose_and_duplicate_nothing(
     env = _env(url, effects)
     monkeypatch.setenv("TASKS_EFFECTS", str(effects))  # the drain runs tasks here
     started = time.monotonic()
-    for _ in range(KILLS):
-        process = await asyncio.create_subprocess_exec(
-            sys.executable,
-            "-m",
-            "tests.apps.task_worker",
-            "commit",
-            env=env,
-            cwd=SCRIPT.parent.parent.parent,
-            stdout=asyncio.subprocess.PIPE,
-        )
-        assert process.stdout is not None
-        line = await asyncio.wait_for(process.stdout.readline(), 20)
-        assert line == b"ready\n"
-        await asyncio.sleep(random.uniform(0.0, 0.4))
-        process.send_signal(signal.SIGKILL)
-        await process.wait()
+    committers = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "tests.apps.task_worker",
+        "fork",
+        env=env,
+        cwd=SCRIPT.parent.parent.parent,
+        stdin=asyncio.subprocess.PIPE,
+        stdout=asyncio.subprocess.PIPE,
+    )
+    assert committers.stdin is not None and committers.stdout is not None
+    try:
+        for _ in range(KILLS):
+            committers.stdin.write(b"go\n")
+            await committers.stdin.drain()
+            line = await asyncio.wait_for(committers.stdout.readline(), 20)
+            word, _, pid = line.decode().partition(" ")
+            assert word == "ready", f"a committer did not start: {line.decode()}"
+            await asyncio.sleep(random.uniform(0.0, 0.2))
+            os.kill(int(pid), signal.SIGKILL)
+    finally:
+        committers.kill()
+        await committers.wait()
     db = task_worker.db
     table = db.tasks.table
     # Every process that claimed a task is dead: let their claims expire now rather

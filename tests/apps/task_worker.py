@@ -1,9 +1,11 @@
 """A process for the durable-task tests (``tests/test_tasks_processes.py``).
 
-``commit``: commits units that insert an order and defer its receipt, forever (one
-unit in ten defers, then rolls back), printing ``ready`` after the first commit; the
-parent kills it with SIGKILL at random moments.  ``work``: runs a dispatcher until no
-task is waiting or running.  Each task appends a line to ``TASKS_EFFECTS`` (its
+``fork``: loads everything once, then forks a committer for each line read on stdin;
+a committer commits units that insert an order and defer its receipt, forever (one unit
+in ten defers, then rolls back), printing ``ready PID`` after its first commit; the
+parent kills each with SIGKILL at a random moment (forking, not starting a process,
+makes a hundred kills take seconds).  ``work``: runs a dispatcher until no task is
+waiting or running.  Each task appends a line to ``TASKS_EFFECTS`` (its
 external effect) and inserts a row (its database effect).
 """
 
@@ -12,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import os
 import random
+import signal
 import sys
 
 from sqlalchemy import Integer, String
@@ -84,7 +87,7 @@ async def commit_forever() -> None:
             pass
         if not ready:
             ready = True
-            sys.stdout.write("ready\n")
+            sys.stdout.write(f"ready {os.getpid()}\n")
             sys.stdout.flush()
 
 
@@ -100,10 +103,28 @@ async def work_until_empty() -> None:
     await db.dispose()
 
 
+def fork_committers() -> None:
+    """A committer per line on stdin, each in a forked child; none connects before it
+    forks (engines are made on first use, in the child's own event loop)."""
+    signal.signal(signal.SIGCHLD, signal.SIG_IGN)  # the kernel reaps the killed children
+    for _line in sys.stdin:
+        if os.fork() == 0:
+            random.seed()  # each child its own moments to roll back
+            try:
+                asyncio.run(commit_forever())
+            except BaseException as error:
+                # Instead of the "ready" the parent waits for: why this child stopped.
+                sys.stdout.write(f"failed {error!r}\n".replace("\n", " ").strip() + "\n")
+                sys.stdout.flush()
+            os._exit(1)
+
+
 def main() -> None:
     db.configure_from(url=os.environ["TASKS_URL"], pool_size=10)
-    mode = sys.argv[1]
-    asyncio.run(commit_forever() if mode == "commit" else work_until_empty())
+    if sys.argv[1] == "fork":
+        fork_committers()
+    else:
+        asyncio.run(work_until_empty())
 
 
 if __name__ == "__main__":
