@@ -13,12 +13,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import pytest
 from sqlalchemy import select, text
-from sqlalchemy.engine import make_url
+from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.ext.asyncio import create_async_engine
 from sqlalchemy.pool import NullPool
@@ -88,24 +88,9 @@ async def test_a_read_on_a_connection_the_server_ended_runs_on_a_fresh_one(
     state", which is a lost connection, so the read runs again on a fresh connection
     (without the fix: an ``InternalError`` that SQLAlchemy did not see as a disconnect)."""
     real = make_url(backend_url(backend, tmp_path))
-    port = free_port()
-    proxy = EndHoldingProxy(real.host or "127.0.0.1", real.port or 5432)
-    admin = create_async_engine(real, poolclass=NullPool)
-    db = Database(real.set(host="127.0.0.1", port=port), pool_size=1, max_overflow=0)
-    try:
-        async with proxy.serving(port):
-            async with db:
-                first = (await db.read.execute(select(text("pg_backend_pid()")))).scalar_one()
-            async with admin.connect() as connection:
-                await connection.execute(text(f"SELECT pg_terminate_backend({int(first)})"))
-            await asyncio.wait_for(proxy.server_ended.wait(), 5)
-            await asyncio.sleep(0.05)  # the client reads the FATAL error
-            async with db:
-                second = (await db.read.execute(select(text("pg_backend_pid()")))).scalar_one()
-            assert second != first
-    finally:
-        await db.dispose()
-        await admin.dispose()
+    await _read_again_after_the_server_ended_it(
+        real, lambda proxied: Database(proxied, pool_size=1, max_overflow=0)
+    )
 
 
 @pytest.mark.backends("postgresql")
@@ -151,24 +136,38 @@ async def test_a_read_on_a_replica_connection_the_server_ended_runs_on_a_fresh_o
     """The same on a replica's pool, which has no failover handler before the lost
     connection's (it once read a slot that only that handler fills, and the read failed
     with an ``AttributeError``, a 500 in Sanic)."""
-    real = make_url(pg_cluster.replica_urls[0])
+    await _read_again_after_the_server_ended_it(
+        make_url(pg_cluster.replica_urls[0]),
+        lambda proxied: Database(
+            pg_cluster.primary_url,
+            read_urls=[proxied.render_as_string(hide_password=False)],
+            pool_size=1,
+            max_overflow=0,
+        ),
+    )
+
+
+async def _read_again_after_the_server_ended_it(
+    real: URL, database: Callable[[URL], Database]
+) -> None:
+    """Read once through a proxy to ``real`` (``database`` is made for the proxy's URL),
+    have the server end that session with only its FATAL error reaching the client, and
+    read again: served, by another server session."""
     port = free_port()
     proxy = EndHoldingProxy(real.host or "127.0.0.1", real.port or 5432)
     admin = create_async_engine(real, poolclass=NullPool)
-    replica = real.set(host="127.0.0.1", port=port).render_as_string(hide_password=False)
-    db = Database(pg_cluster.primary_url, read_urls=[replica], pool_size=1, max_overflow=0)
+    db = database(real.set(host="127.0.0.1", port=port))
     try:
         async with proxy.serving(port):
-            async with db as unit:
+            async with db:
                 first = (await db.read.execute(select(text("pg_backend_pid()")))).scalar_one()
-                assert unit.read_from != "primary"
             async with admin.connect() as connection:
                 await connection.execute(text(f"SELECT pg_terminate_backend({int(first)})"))
             await asyncio.wait_for(proxy.server_ended.wait(), 5)
             await asyncio.sleep(0.05)  # the client reads the FATAL error
             async with db:
-                # On a fresh connection to the replica, or on the primary while the
-                # replica is taken out of the rotation for a moment: served either way.
+                # A replica's read may go to the primary while the replica is out of the
+                # rotation for a moment: served either way, on a fresh session.
                 second = (await db.read.execute(select(text("pg_backend_pid()")))).scalar_one()
             assert second != first
     finally:
