@@ -116,7 +116,10 @@ async def test_read_time_is_the_time_in_the_database(db: Database, backend: str)
         elapsed = asyncio.get_running_loop().time() - started
     if backend != "sqlite":
         assert unit.stats.read_time >= 0.05
-    assert 0.5 * elapsed < unit.stats.read_time <= elapsed
+    # Waiting for a connection (a new SQLite connection's thread on a busy machine took
+    # 0.46 s once) is not time in the database: the rest is mostly the statement.
+    in_database = elapsed - unit.stats.connection_wait
+    assert 0.5 * in_database < unit.stats.read_time <= elapsed
 
 
 async def test_executemany_is_one_statement(db: Database) -> None:
