@@ -1,11 +1,14 @@
-"""Finishing runs that wrote nothing: one ``DELETE`` for every such run that ends while
-the previous one is under way (a group commit).
+"""Finishing runs that wrote nothing: their rows deleted together, with the next commit
+that stores tasks when one is near, else by a statement of their own.
 
 A run that wrote through ``db.write`` finishes in its own transaction, with its writes.
-A run that wrote nothing has nothing to commit with its row's deletion, so the runs of a
-busy dispatcher share one statement instead of a transaction each.  Should the process
-die before it is sent, the tasks run again: their effects were outside the database,
-which are at least once anyway.
+A run that wrote nothing has nothing to commit with its row's deletion.  On PostgreSQL,
+while units that defer tasks keep committing, the next of those commits carries it (the
+statement storing that unit's tasks also deletes the rows of the runs waiting here: no
+round trip, no connection of their own).  Otherwise, or if that commit fails, one
+``DELETE`` goes for every such run that ends while the previous one is under way (a
+group commit).  Should the process die before either, the tasks run again: their
+effects were outside the database, which are at least once anyway.
 """
 
 from __future__ import annotations
@@ -17,22 +20,66 @@ if TYPE_CHECKING:
     from .host import TaskHost
     from .sql import Claimed
 
+#: Seconds a finished run waits for a commit to carry its row's deletion, when commits
+#: that store tasks came this recently; it is sent alone after that.
+RIDE_WAIT = 0.05
+
+#: Runs waiting for their rows' deletion, each with what its run awaits.
+Waiting = list[tuple["Claimed", "asyncio.Future[None]"]]
+
 
 class Finisher:
     """Deletes the rows of ended runs that wrote nothing, many per statement."""
 
     def __init__(self, registry: TaskHost) -> None:
         self._registry = registry
-        self._waiting: list[tuple[Claimed, asyncio.Future[None]]] = []
+        self._loop = asyncio.get_running_loop()
+        self._waiting: Waiting = []
         self._sending: asyncio.Task[None] | None = None
+        #: While runs wait for a commit to carry their deletion: when they stop waiting.
+        self._timer: asyncio.TimerHandle | None = None
+        #: When a commit last took (or could have taken) waiting runs along.
+        self._last_ride = float("-inf")
 
     async def done(self, claimed: Claimed) -> None:
         """Return once ``claimed``'s row is deleted (with others ending meanwhile)."""
-        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        loop = self._loop
+        future: asyncio.Future[None] = loop.create_future()
         self._waiting.append((claimed, future))
-        if self._sending is None:
-            self._sending = asyncio.get_running_loop().create_task(self._send())
+        if self._sending is None and self._timer is None:
+            if loop.time() - self._last_ride < RIDE_WAIT:
+                self._timer = loop.call_later(RIDE_WAIT, self._send_now)
+            else:
+                self._send_now()
         await future
+
+    def ride(self) -> Waiting:
+        """The runs waiting now, handed to a commit that deletes their rows (it settles
+        them with ``settle``); also notes that commits are coming."""
+        self._last_ride = self._loop.time()
+        waiting, self._waiting = self._waiting, []
+        if waiting and self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        return waiting
+
+    def settle(self, waiting: Waiting, *, deleted: bool) -> None:
+        """The commit carrying ``waiting`` ended: their rows are deleted, or (it failed)
+        they are deleted at once by a statement of their own."""
+        if deleted:
+            for _, future in waiting:
+                if not future.done():
+                    future.set_result(None)
+            return
+        self._waiting.extend(waiting)
+        self._send_now()
+
+    def _send_now(self) -> None:
+        timer, self._timer = self._timer, None
+        if timer is not None:
+            timer.cancel()
+        if self._sending is None and self._waiting:
+            self._sending = self._loop.create_task(self._send())
 
     async def _send(self) -> None:
         try:

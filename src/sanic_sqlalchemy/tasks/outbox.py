@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 from sqlalchemy.exc import DBAPIError
 
+from .finish import Finisher, Waiting
 from .sql import LEASE, Claimed, insert_statement, is_keyed, new_claim, now_ms
 from .table import RUNNING, missing_table
 
@@ -47,6 +48,9 @@ ROWS_PER_STATEMENT = 1000
 #: due now still to claim (keyed), and the commit's position.
 CommitHandler = Callable[[list[Claimed], list[str], "str | None"], None]
 
+#: The finisher whose waiting runs a commit deletes with its tasks' statement, if any.
+RideHandler = Callable[[], "Finisher | None"]
+
 
 class Outbox:
     """One unit's deferred tasks (``unit.outbox``; see ``hooks.TaskOutbox``)."""
@@ -57,6 +61,8 @@ class Outbox:
         "_claims_here",
         "_committed",
         "_entries",
+        "_finishing",
+        "_ride",
         "_runs_here",
         "_table",
     )
@@ -68,6 +74,7 @@ class Outbox:
         committed: CommitHandler,
         runs_here: Callable[[], bool],
         claims_here: bool = True,
+        ride: RideHandler | None = None,
     ) -> None:
         self._table = table
         self._backend = backend
@@ -77,6 +84,11 @@ class Outbox:
         #: Whether the tasks it runs are stored already claimed (not when a relay
         #: publishes them to a queue, whose workers claim them).
         self._claims_here = claims_here
+        #: Where runs that wrote nothing wait for their rows' deletion, which this
+        #: commit's statement can carry (PostgreSQL: a data-modifying CTE).
+        self._ride = ride if backend == "postgresql" else None
+        #: The runs the commit under way finishes, and their finisher.
+        self._finishing: tuple[Finisher, Waiting] | None = None
         self._entries: dict[str, Deferred] = {}
         #: The tasks the commit under way stores claimed by this process.
         self._claimed: list[Claimed] = []
@@ -97,17 +109,38 @@ class Outbox:
             # Dispatchers need waking only for due tasks this process will not run at
             # once; delayed ones they find at a poll when they fall due.
             wake = not runs_here and any(entry.immediate for entry in entries.values())
+            finishing = self._rides_along()
             connection = session.connection()
             for start in range(0, len(rows), ROWS_PER_STATEMENT):
                 chunk = rows[start : start + ROWS_PER_STATEMENT]
-                statement = insert_statement(self._table, self._backend, chunk, wake=wake)
+                statement, parameters = insert_statement(
+                    self._table, self._backend, chunk, wake=wake, finishing=finishing
+                )
+                finishing = []
                 try:
-                    connection.execute(statement).close()
+                    connection.execute(statement, parameters).close()
                 except DBAPIError as error:
                     missing = missing_table(error, self._table.name)
                     if missing is None:
                         raise
                     raise missing from error
+
+    def _rides_along(self) -> list[Claimed]:
+        """The runs whose rows this commit deletes with its tasks' statement."""
+        finisher = None if self._ride is None else self._ride()
+        if finisher is None:
+            return []
+        waiting = finisher.ride()
+        if not waiting:
+            return []
+        self._finishing = (finisher, waiting)
+        return [claimed for claimed, _ in waiting]
+
+    def _settle_finishing(self, *, deleted: bool) -> None:
+        finishing, self._finishing = self._finishing, None
+        if finishing is not None:
+            finisher, waiting = finishing
+            finisher.settle(waiting, deleted=deleted)
 
     def _stored(self, entry: Deferred, claim: str | None) -> dict[str, Any]:
         """The row to insert: claimed (``claim``) by this process when it runs the task
@@ -122,6 +155,7 @@ class Outbox:
         return {**row, "state": RUNNING, "attempts": 1, "claim": claim, "lease_until": lease}
 
     def committed(self, commit_token: str | None) -> None:
+        self._settle_finishing(deleted=True)
         entries, self._entries = self._entries, {}
         claimed, self._claimed = self._claimed, []
         mine = {one.id for one in claimed}
@@ -144,5 +178,6 @@ class Outbox:
         }
 
     def rolled_back(self) -> None:
+        self._settle_finishing(deleted=False)
         self._entries.clear()
         self._claimed = []

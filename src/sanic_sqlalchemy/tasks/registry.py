@@ -25,8 +25,9 @@ from ..settings import TasksSettings
 from ..unit.sessions import stores_tasks, with_task_outbox
 from .decorator import Task, TaskOptions
 from .dispatcher import Runs, dispatch
+from .finish import Finisher
 from .host import TaskDatabase
-from .outbox import CommitHandler, Deferred, Outbox
+from .outbox import CommitHandler, Deferred, Outbox, RideHandler
 from .payload import encode
 from .relay import Relay, open_relay
 from .sql import (
@@ -71,11 +72,9 @@ class TaskRegistry(Upkeep):
         self.relay: Relay | None = None
         #: What a unit's outbox tells after its commit, and asks before it (decided
         #: when the database is configured, not per unit).
-        self._outbox_handlers: tuple[CommitHandler, Callable[[], bool], bool] = (
-            self._after_commit,
-            self._runs_here,
-            True,
-        )
+        self._outbox_handlers: tuple[
+            CommitHandler, Callable[[], bool], bool, RideHandler | None
+        ] = (self._after_commit, self._runs_here, True, self._finisher_to_ride)
 
     # -- registering and deferring -----------------------------------------------
 
@@ -189,12 +188,17 @@ class TaskRegistry(Upkeep):
         target = settings.backend
         if target is None:
             self.relay = None
-            self._outbox_handlers = (self._after_commit, self._runs_here, True)
+            self._outbox_handlers = (
+                self._after_commit,
+                self._runs_here,
+                True,
+                self._finisher_to_ride,
+            )
             return
         if self.relay is not None and self.relay.source == target:
             return  # configured again alike (init_app after Database(url, ...))
         relay = self.relay = open_relay(self, target)
-        self._outbox_handlers = (relay.committed, relay.publishes_here, False)
+        self._outbox_handlers = (relay.committed, relay.publishes_here, False, None)
 
     # -- the table --------------------------------------------------------------
 
@@ -279,7 +283,7 @@ class TaskRegistry(Upkeep):
     async def finish(self, claims: list[Claimed]) -> int:
         """Delete the rows of these runs that wrote nothing (still held): how many."""
         async with self.statement() as connection:
-            result = await connection.execute(done_many_statement(self.table, claims))
+            result = await connection.execute(*done_many_statement(self.table, claims))
             return int(result.rowcount)
 
     async def claim(self, limit: int, ids: list[str] | None = None) -> list[Claimed]:
@@ -386,6 +390,14 @@ class TaskRegistry(Upkeep):
         runs = self._runs
         # Busy: a dispatcher runs them, rather than this process's pool running dry.
         return len(self._spawned) + (0 if runs is None else len(runs.active)) < self.limit
+
+    def _finisher_to_ride(self) -> Finisher | None:
+        """Where this loop's runs that wrote nothing wait for a commit to delete their
+        rows (not in the test kit's rolled-back tests, which finish them at once)."""
+        runs = self._runs
+        if runs is None or self.db.joined is not None:
+            return None
+        return runs.finisher if runs.loop is asyncio.get_running_loop() else None
 
     def _after_commit(
         self, claimed: list[Claimed], ids: list[str], commit_token: str | None

@@ -152,7 +152,7 @@ async def run_in_unit(
             if unit.write_session is None:
                 await unit.end(True)
                 return False
-            done = await unit.write.execute(done_statement(registry.table, claimed))
+            done = await unit.write.execute(*done_statement(registry.table, claimed))
             if cast("CursorResult[Any]", done).rowcount != 1:
                 raise ClaimLostError(
                     f"task {claimed.id} ({claimed.name}): the run's claim expired and "

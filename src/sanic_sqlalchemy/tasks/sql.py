@@ -19,14 +19,29 @@
 
 from __future__ import annotations
 
+import functools
 import time
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import String, Table, and_, case, cast, delete, func, or_, select, tuple_, update
+from sqlalchemy import (
+    String,
+    Table,
+    and_,
+    bindparam,
+    case,
+    cast,
+    delete,
+    func,
+    or_,
+    select,
+    tuple_,
+    update,
+)
 from sqlalchemy.dialects.mysql import insert as mysql_insert
+from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncConnection
@@ -74,28 +89,80 @@ class Claimed:
 
 
 def insert_statement(
-    table: Table, backend: str, rows: Sequence[dict[str, Any]], *, wake: bool = True
-) -> Executable:
+    table: Table,
+    backend: str,
+    rows: Sequence[dict[str, Any]],
+    *,
+    wake: bool = True,
+    finishing: Sequence[Claimed] = (),
+) -> tuple[Executable, dict[str, Any] | list[dict[str, Any]]]:
     """One statement storing ``rows``, skipping ids already stored (keyed tasks); on
-    PostgreSQL with ``wake``, it also wakes the dispatchers when it commits."""
-    c = table.c
-    if backend == "postgresql" and wake:
-        stored = (
-            pg_insert(table)
-            .values(list(rows))
-            .on_conflict_do_nothing(index_elements=[c.id])
-            .returning(c.id)
-            .cte("deferred")
-        )
-        # One statement still: the notification is sent when the transaction commits.
-        return select(func.pg_notify(table.name, cast(func.count(), String))).select_from(stored)
+    PostgreSQL with ``wake``, it also wakes the dispatchers when it commits, and with
+    ``finishing``, it also deletes the rows of those runs (that wrote nothing), each if
+    its run still holds its claim.  With its parameters: the statement is built and
+    compiled once, whatever the number of rows.
+
+    PostgreSQL inserts the rows from one array per column (``unnest``), so its text is
+    the same for any number of rows (asyncpg prepares it once).  MariaDB and SQLite run
+    the one-row statement over all rows (``executemany``: the MariaDB driver sends one
+    multi-row ``INSERT``, SQLite runs it in its thread without a round trip each).  A
+    multi-row ``VALUES`` would be compiled anew for every unit: SQLAlchemy cannot cache
+    it."""
     if backend == "postgresql":
-        return pg_insert(table).values(list(rows)).on_conflict_do_nothing(index_elements=[c.id])
+        arrays = {f"{column.name}s": [row[column.name] for row in rows] for column in table.c}
+        if finishing:
+            arrays["done_ids"] = [claimed.id for claimed in finishing]
+            arrays["done_claims"] = [claimed.claim for claimed in finishing]
+        return _unnest_insert(table, wake, bool(finishing)), arrays
+    if finishing:
+        raise ValueError("only PostgreSQL finishes runs in the statement storing tasks")
+    parameters = list(rows) if len(rows) > 1 else dict(rows[0])
+    return _one_row_insert(table, backend), parameters
+
+
+def _array(name: str, column: Any) -> Any:
+    return bindparam(name, type_=ARRAY(column.type, dimensions=1))
+
+
+@functools.lru_cache(maxsize=16)
+def _unnest_insert(table: Table, wake: bool, finishing: bool) -> Executable:
+    c = table.c
+    names = [column.name for column in c]
+    arrays = func.unnest(*(_array(f"{column.name}s", column) for column in c))
+    rows = arrays.table_valued(*names).render_derived()
+    statement = (
+        pg_insert(table)
+        .from_select(names, select(*rows.c))
+        .on_conflict_do_nothing(index_elements=[c.id])
+    )
+    finished = None
+    if finishing:
+        # Runs that wrote nothing, finished with this commit rather than in a
+        # transaction of their own (``finish.Finisher``).
+        claims = func.unnest(_array("done_ids", c.id), _array("done_claims", c.claim))
+        pairs = claims.table_valued("id", "claim").render_derived()
+        finished = (
+            delete(table)
+            .where(tuple_(c.id, c.claim).in_(select(pairs.c.id, pairs.c.claim)))
+            .cte("finished")
+        )
+    if wake:
+        stored = statement.returning(c.id).cte("deferred")
+        # One statement still: the notification is sent when the transaction commits.
+        notify = select(func.pg_notify(table.name, cast(func.count(), String)))
+        notify = notify.select_from(stored)
+        # A data-modifying CTE must be at the top level (it runs even unreferenced).
+        return notify if finished is None else notify.add_cte(finished)
+    return statement if finished is None else statement.add_cte(finished)
+
+
+@functools.lru_cache(maxsize=16)
+def _one_row_insert(table: Table, backend: str) -> Executable:
     if backend == "mysql":
-        statement = mysql_insert(table).values(list(rows))
+        statement = mysql_insert(table)
         # A no-op on a duplicate id (INSERT IGNORE would also hide other errors).
         return statement.on_duplicate_key_update(id=statement.inserted.id)
-    return sqlite_insert(table).values(list(rows)).on_conflict_do_nothing(index_elements=[c.id])
+    return sqlite_insert(table).on_conflict_do_nothing(index_elements=[table.c.id])
 
 
 def _keyed(table: Table) -> Any:
@@ -115,12 +182,18 @@ def _fresh_id(backend: str) -> Any:
     )  # fmt: skip
 
 
-def _due(table: Table, now: int) -> Any:
+def _due(table: Table, now: Any) -> Any:
     c = table.c
     return or_(
         and_(c.state == PENDING, c.run_at <= now),
         and_(c.state == RUNNING, c.lease_until < now),
     )
+
+
+#: The columns a claim reads back.
+def _claimed_columns(table: Table) -> tuple[Any, ...]:
+    c = table.c
+    return (c.id, c.name, c.payload, c.attempts, c.max_attempts, c.error)
 
 
 async def claim(
@@ -132,79 +205,126 @@ async def claim(
 ) -> list[Claimed]:
     """Claim up to ``limit`` due tasks (only among ``ids`` when given), in the
     connection's transaction, which the caller commits."""
-    c = table.c
     now = now_ms()
     token = new_claim()
-    condition = _due(table, now)
-    if ids is not None:
-        condition = and_(c.id.in_(list(ids)), condition)
-    columns = (c.id, c.name, c.payload, c.attempts, c.max_attempts, c.error)
-    values = {
-        "state": RUNNING,
+    if backend == "mysql":
+        return await _claim_mysql(connection, table, now, token, limit, ids)
+    parameters: dict[str, Any] = {
+        "now": now,
         "claim": token,
         "lease_until": now + int(LEASE * 1000),
-        "attempts": c.attempts + 1,
+        "limit": limit,
     }
-    if backend == "mysql":
-        # MariaDB has no UPDATE ... RETURNING: lock and read, then mark.
-        picked = (
-            await connection.execute(
-                select(*columns)
-                .where(condition)
-                .order_by(c.run_at)
-                .limit(limit)
-                .with_for_update(skip_locked=True)
-            )
-        ).all()
-        if not picked:
-            return []
-        fresh = {row.id: str(uuid.uuid4()) for row in picked if is_keyed(row.id)}
-        if fresh:
-            values["id"] = case(fresh, value=c.id, else_=c.id)
-        await connection.execute(
-            update(table).where(c.id.in_([row.id for row in picked])).values(**values)
-        )
-        return [
-            Claimed(
-                fresh.get(row.id, row.id),
-                row.name,
-                row.payload,
-                row.attempts + 1,
-                row.max_attempts,
-                token,
-                row.error,
-            )
-            for row in picked
-        ]
-    values["id"] = case((_keyed(table), _fresh_id(backend)), else_=c.id)
-    pick = select(c.id).where(condition).order_by(c.run_at).limit(limit)
-    if backend == "postgresql":
-        # A CTE runs once: the rows locked are exactly the rows updated.
-        chosen = pick.with_for_update(skip_locked=True).cte("chosen")
-        statement = update(table).where(c.id == chosen.c.id)
-    else:
-        statement = update(table).where(c.id.in_(pick.scalar_subquery()))
-    result = await connection.execute(statement.values(**values).returning(*columns))
+    if ids is not None:
+        parameters["ids"] = list(ids)
+    result = await connection.execute(_claim_statement(table, backend, ids is not None), parameters)
     return [
         Claimed(row.id, row.name, row.payload, row.attempts, row.max_attempts, token, row.error)
         for row in result
     ]
 
 
-def done_statement(table: Table, claimed: Claimed) -> Executable:
+@functools.lru_cache(maxsize=16)
+def _claim_statement(table: Table, backend: str, among: bool) -> Executable:
+    """PostgreSQL's and SQLite's claim, one statement built once: parameters ``now``,
+    ``claim``, ``lease_until``, ``limit`` and, with ``among``, ``ids``."""
+    c = table.c
+    condition = _due(table, bindparam("now"))
+    if among:
+        condition = and_(c.id.in_(bindparam("ids", expanding=True)), condition)
+    values = {
+        "state": RUNNING,
+        "claim": bindparam("claim"),
+        "lease_until": bindparam("lease_until"),
+        "attempts": c.attempts + 1,
+        "id": case((_keyed(table), _fresh_id(backend)), else_=c.id),
+    }
+    pick = select(c.id).where(condition).order_by(c.run_at).limit(bindparam("limit"))
+    if backend == "postgresql":
+        # A CTE runs once: the rows locked are exactly the rows updated.
+        chosen = pick.with_for_update(skip_locked=True).cte("chosen")
+        statement = update(table).where(c.id == chosen.c.id)
+    else:
+        statement = update(table).where(c.id.in_(pick.scalar_subquery()))
+    return statement.values(**values).returning(*_claimed_columns(table))
+
+
+async def _claim_mysql(
+    connection: AsyncConnection,
+    table: Table,
+    now: int,
+    token: str,
+    limit: int,
+    ids: Sequence[str] | None,
+) -> list[Claimed]:
+    """MariaDB has no UPDATE ... RETURNING: lock and read, then mark."""
+    c = table.c
+    condition = _due(table, now)
+    if ids is not None:
+        condition = and_(c.id.in_(list(ids)), condition)
+    picked = (
+        await connection.execute(
+            select(*_claimed_columns(table))
+            .where(condition)
+            .order_by(c.run_at)
+            .limit(limit)
+            .with_for_update(skip_locked=True)
+        )
+    ).all()
+    if not picked:
+        return []
+    values: dict[str, Any] = {
+        "state": RUNNING,
+        "claim": token,
+        "lease_until": now + int(LEASE * 1000),
+        "attempts": c.attempts + 1,
+    }
+    fresh = {row.id: str(uuid.uuid4()) for row in picked if is_keyed(row.id)}
+    if fresh:
+        values["id"] = case(fresh, value=c.id, else_=c.id)
+    await connection.execute(
+        update(table).where(c.id.in_([row.id for row in picked])).values(**values)
+    )
+    return [
+        Claimed(
+            fresh.get(row.id, row.id),
+            row.name,
+            row.payload,
+            row.attempts + 1,
+            row.max_attempts,
+            token,
+            row.error,
+        )
+        for row in picked
+    ]
+
+
+def done_statement(table: Table, claimed: Claimed) -> tuple[Executable, dict[str, Any]]:
     """Deletes the task's row if this run still holds its claim (one row) — run in the
     transaction of the run's own writes, just before it commits."""
+    return _done_statement(table), {"done_id": claimed.id, "done_claim": claimed.claim}
+
+
+@functools.lru_cache(maxsize=16)
+def _done_statement(table: Table) -> Executable:
     c = table.c
-    return delete(table).where(c.id == claimed.id, c.claim == claimed.claim)
+    return delete(table).where(c.id == bindparam("done_id"), c.claim == bindparam("done_claim"))
 
 
-def done_many_statement(table: Table, claims: Sequence[Claimed]) -> Executable:
+def done_many_statement(
+    table: Table, claims: Sequence[Claimed]
+) -> tuple[Executable, dict[str, Any]]:
     """Deletes the rows of runs that wrote nothing, each if its run still holds its claim."""
-    c = table.c
+    if len(claims) == 1:
+        return done_statement(table, claims[0])
     pairs = [(claimed.id, claimed.claim) for claimed in claims]
-    if len(pairs) == 1:
-        return delete(table).where(c.id == pairs[0][0], c.claim == pairs[0][1])
-    return delete(table).where(tuple_(c.id, c.claim).in_(pairs))
+    return _done_many_statement(table), {"done_pairs": pairs}
+
+
+@functools.lru_cache(maxsize=16)
+def _done_many_statement(table: Table) -> Executable:
+    c = table.c
+    return delete(table).where(tuple_(c.id, c.claim).in_(bindparam("done_pairs", expanding=True)))
 
 
 def failed_statement(

@@ -1,0 +1,128 @@
+"""Finishing runs that wrote nothing (``tasks/finish.py``) on PostgreSQL: while units
+that defer tasks keep committing, each commit's statement also deletes the rows of the
+runs that ended before it (no statement of their own); a commit that fails hands them
+back, and they are deleted at once by a statement of their own."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+
+import pytest
+from sqlalchemy import Integer, UniqueConstraint
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+from sanic_sqlalchemy import Database
+from sanic_sqlalchemy.tasks import finish
+from sanic_sqlalchemy.testing import StatementLog, schema
+
+pytestmark = pytest.mark.backends("postgresql")
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class Ticket(Base):
+    """A unique number checked at COMMIT (deferred), so that a commit can fail after
+    its statements, the tasks' included, ran."""
+
+    __tablename__ = "finish_tickets"
+    __table_args__ = (UniqueConstraint("number", deferrable=True, initially="DEFERRED"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    number: Mapped[int] = mapped_column(Integer)
+
+
+@pytest.fixture
+async def db(url: str) -> AsyncIterator[Database]:
+    database = Database(url, pool_size=5, pool_timeout=10)
+    async with schema(database, Base.metadata), schema(database, database.tasks.metadata):
+        yield database
+        await database.tasks.stop(5)
+    await database.dispose()
+
+
+def own_deletes(log: StatementLog, table: str) -> list[str]:
+    """The statements that deleted finished runs' rows on their own."""
+    return [s for _, s in log.statements if s.lstrip().startswith(f"DELETE FROM {table}")]
+
+
+def carried(log: StatementLog) -> list[str]:
+    """The statements storing tasks that also deleted finished runs' rows."""
+    return [s for _, s in log.statements if "WITH finished AS" in s]
+
+
+async def until_empty(db: Database, seconds: float) -> float:
+    """Wait until the tasks table is empty; how long it took."""
+    started = time.monotonic()
+    while await db.tasks.counts() != {"pending": 0, "running": 0, "dead": 0}:
+        if time.monotonic() - started > seconds:
+            raise AssertionError(f"tasks left after {seconds} s: {await db.tasks.counts()}")
+        await asyncio.sleep(0.02)
+    return time.monotonic() - started
+
+
+async def test_commits_that_store_tasks_finish_the_runs_before_them(db: Database) -> None:
+    ran: list[int] = []
+
+    @db.task(name="finish.noted")
+    async def noted(n: int) -> None:
+        ran.append(n)  # writes nothing: its row is deleted by the finisher
+
+    table = db.tasks.table.name
+    async with db:
+        noted.defer(-1)  # starts this loop's runs (and their finisher)
+    await until_empty(db, 10)
+    log = StatementLog(db)
+    for n in range(30):
+        async with db:
+            db.write.add(Ticket(number=n))
+            noted.defer(n)
+        await asyncio.sleep(0.005)
+    await until_empty(db, 10)
+    log.detach()
+    assert sorted(ran) == list(range(-1, 30))
+    # Without the ride, each of the 30 runs deletes its row with a statement of its
+    # own; with it, nearly every commit carries the runs that ended before it.
+    assert len(carried(log)) >= 20, log.statements
+    assert len(own_deletes(log, table)) <= 5, own_deletes(log, table)
+
+
+async def test_a_commit_that_fails_hands_its_finished_runs_back(
+    db: Database, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The commit carrying a finished run's deletion fails at COMMIT: the deletion is
+    rolled back with it, so the run's row is deleted at once on its own, long before
+    the wait for a ride would have ended."""
+    monkeypatch.setattr(finish, "RIDE_WAIT", 30.0)
+    ran: list[int] = []
+
+    @db.task(name="finish.noted")
+    async def noted(n: int) -> None:
+        ran.append(n)
+
+    table = db.tasks.table.name
+    async with db:
+        noted.defer(0)
+    await until_empty(db, 10)
+    async with db:
+        db.write.add(Ticket(number=1))
+        noted.defer(1)  # its run ends and waits (up to 30 s) for the next commit
+    for _ in range(200):
+        if ran == [0, 1]:
+            break
+        await asyncio.sleep(0.01)
+    assert ran == [0, 1]
+    assert await db.tasks.counts() == {"pending": 0, "running": 1, "dead": 0}
+    log = StatementLog(db)
+    with pytest.raises(IntegrityError):
+        async with db:
+            db.write.add_all([Ticket(number=2), Ticket(number=2)])  # fails at COMMIT
+            noted.defer(2)
+    took = await until_empty(db, 10)
+    log.detach()
+    assert len(carried(log)) == 1 and len(own_deletes(log, table)) == 1, log.statements
+    assert took < 5 and ran == [0, 1]
