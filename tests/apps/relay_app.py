@@ -1,9 +1,9 @@
 """A shop whose committed tasks go to an existing queue (``tests/test_tasks_relay.py``).
 
-The same module is the test's application (its brokers reach RabbitMQ and Redis through
-the test's TCP proxies, on ports picked at import) and the queue's worker process
-(``RELAY_ROLE=worker``: the brokers reach the servers directly, and the database is
-configured from ``RELAY_DB_URL`` with ``RELAY_BACKEND``).  Every queue, exchange and
+The same module is the test's application (its brokers reach RabbitMQ, Redis and NATS
+through the test's TCP proxies, on ports picked at import) and the queue's worker
+process (``RELAY_ROLE=worker``: the brokers reach the servers directly, and the database
+is configured from ``RELAY_DB_URL`` with ``RELAY_BACKEND``).  Every queue, exchange and
 stream is named after ``RELAY_QUEUE``, unique per test run, so parallel runs on the
 shared brokers never meet; RabbitMQ drops the queues once unused.  Each task appends a
 line to ``RELAY_EFFECTS`` (its external effect) and inserts a receipt (its database
