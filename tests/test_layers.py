@@ -18,7 +18,7 @@ ROOT = Path(__file__).resolve().parent.parent / "src" / PACKAGE
 #: Bottom to top: a module may import its own part and the parts of lower layers only.
 #: Parts of one layer are independent of each other.
 LAYERS: list[set[str]] = [
-    {"_keys", "errors", "hooks"},
+    {"_keys", "_lookup", "errors", "hooks"},
     {"settings"},
     {"insight", "readonly", "replicas", "cluster"},
     {"engine"},

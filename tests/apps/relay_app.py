@@ -1,9 +1,9 @@
 """A shop whose committed tasks go to an existing queue (``tests/test_tasks_relay.py``).
 
-The same module is the test's application (its brokers reach RabbitMQ and Redis through
-the test's TCP proxies, on ports picked at import) and the queue's worker process
-(``RELAY_ROLE=worker``: the brokers reach the servers directly, and the database is
-configured from ``RELAY_DB_URL`` with ``RELAY_BACKEND``).  Every queue, exchange and
+The same module is the test's application (its brokers reach RabbitMQ, Redis and NATS
+through the test's TCP proxies, on ports picked at import) and the queue's worker
+process (``RELAY_ROLE=worker``: the brokers reach the servers directly, and the database
+is configured from ``RELAY_DB_URL`` with ``RELAY_BACKEND``).  Every queue, exchange and
 stream is named after ``RELAY_QUEUE``, unique per test run, so parallel runs on the
 shared brokers never meet; RabbitMQ drops the queues once unused.  Each task appends a
 line to ``RELAY_EFFECTS`` (its external effect) and inserts a receipt (its database
@@ -19,10 +19,12 @@ import uuid
 
 from celery import Celery
 from kombu import Queue as KombuQueue
+from nats.js.api import RetentionPolicy, StreamConfig
 from sqlalchemy import Integer
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 from taskiq import InMemoryBroker, SimpleRetryMiddleware
 from taskiq_aio_pika import AioPikaBroker, Exchange, Queue, QueueType
+from taskiq_nats import PullBasedJetStreamBroker
 from taskiq_redis import RedisStreamBroker
 
 from sanic_sqlalchemy import Database, current_task
@@ -40,8 +42,10 @@ QUEUE = os.environ.get("RELAY_QUEUE") or f"relay-{uuid.uuid4().hex[:12]}"
 #: Where the test's proxies listen (the worker connects to the servers directly).
 AMQP_PROXY_PORT = _free_port()
 REDIS_PROXY_PORT = _free_port()
+NATS_PROXY_PORT = _free_port()
 AMQP_URL = os.environ.get("RELAY_AMQP_URL") or f"amqp://guest:guest@127.0.0.1:{AMQP_PROXY_PORT}/"
 REDIS_URL = os.environ.get("RELAY_REDIS_URL") or f"redis://127.0.0.1:{REDIS_PROXY_PORT}/0"
+NATS_URL = os.environ.get("RELAY_NATS_URL") or f"nats://127.0.0.1:{NATS_PROXY_PORT}"
 #: Unused queues, exchanges' queues and streams go away by themselves (milliseconds).
 EXPIRES = {"x-expires": 600_000}
 
@@ -55,6 +59,16 @@ rabbit = AioPikaBroker(
 redis = RedisStreamBroker(REDIS_URL, queue_name=QUEUE, consumer_group_name=QUEUE).with_middlewares(
     SimpleRetryMiddleware()
 )
+
+#: A JetStream stream (stored, acknowledged: a message published while no worker
+#: listens waits) with one durable pull consumer, both named after the queue.
+nats = PullBasedJetStreamBroker(
+    NATS_URL,
+    subject=QUEUE,
+    stream_name=QUEUE,
+    durable=QUEUE,
+    stream_config=StreamConfig(retention=RetentionPolicy.WORK_QUEUE),
+).with_middlewares(SimpleRetryMiddleware())
 
 #: Runs each task as it is published, in the publishing process (no retries).
 memory = InMemoryBroker(await_inplace=True)
@@ -72,6 +86,7 @@ celery_app.conf.update(
 BACKENDS = {
     "taskiq-rabbitmq": "taskiq:tests.apps.relay_app:rabbit",
     "taskiq-redis": "taskiq:tests.apps.relay_app:redis",
+    "taskiq-nats": "taskiq:tests.apps.relay_app:nats",
     "celery-rabbitmq": "celery:tests.apps.relay_app:celery_app",
     "taskiq-memory": "taskiq:tests.apps.relay_app:memory",
 }

@@ -5,13 +5,13 @@ the server."""
 
 from __future__ import annotations
 
-import importlib
 import os
 import sys
 from typing import Any
 
 from sqlalchemy.engine import URL
 
+from .._lookup import AttributeNotFound, ImportFailed, MalformedName, find
 from ..database import DatabaseCore as Database
 from ..errors import SanicSQLAlchemyError
 from ..settings import public_url
@@ -29,29 +29,28 @@ def render(url: URL) -> str:
 
 def load(target: str) -> Any:
     """The object named by ``module:attribute`` (the current directory is importable)."""
-    module_name, sep, attribute = target.partition(":")
-    if not sep or not module_name or not attribute:
-        raise CommandError(
-            f"{target!r}: expected MODULE:NAME, e.g. 'myapp.server:app' or 'myapp.db:db'."
-        )
     if os.getcwd() not in sys.path:
         sys.path.insert(0, os.getcwd())
     try:
-        module = importlib.import_module(module_name)
-    except ModuleNotFoundError as error:
-        if error.name is not None and module_name.startswith(error.name):
+        return find(target)
+    except MalformedName:
+        raise CommandError(
+            f"{target!r}: expected MODULE:NAME, e.g. 'myapp.server:app' or 'myapp.db:db'."
+        ) from None
+    except ImportFailed as failure:
+        if failure.absent:
             raise CommandError(
-                f"{target!r}: no module named {module_name!r} (run the command from the "
+                f"{target!r}: no module named {failure.module!r} (run the command from the "
                 "directory that contains it, or install the project)."
-            ) from error
-        raise
-    value: Any = module
-    for part in attribute.split("."):
-        try:
-            value = getattr(value, part)
-        except AttributeError:
-            raise CommandError(f"{target!r}: {module_name!r} has no {attribute!r}.") from None
-    return value
+            ) from failure.error
+        error = failure.error
+    except AttributeNotFound as failure:
+        raise CommandError(
+            f"{target!r}: {failure.module!r} has no {failure.attribute!r}."
+        ) from None
+    # A module that fails as it runs: its own error and traceback, as Python shows them
+    # (raised here, out of the handler, so that nothing is chained to it).
+    raise error
 
 
 def databases(target: str) -> list[Database]:

@@ -24,13 +24,13 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import importlib
 import os
 from collections.abc import Callable
 from typing import Any
 
 import pytest
 
+from .._lookup import AttributeNotFound, ImportFailed, MalformedName, find
 from ..database import DatabaseCore as Database
 from ..errors import ConfigurationError
 from ..sanic.install import installed_beside
@@ -72,16 +72,18 @@ def pytest_configure(config: pytest.Config) -> None:
 def load(spec: str, key: str) -> Any:
     """The object ``spec`` (``package.module:attribute.path``) names; ``key`` names the
     setting in errors."""
-    module_name, _, path = spec.partition(":")
-    if not module_name or not path:
-        raise ConfigurationError(f"{key} must look like 'package.module:name', not {spec!r}")
-    target: Any = importlib.import_module(module_name)
-    for name in path.split("."):
-        try:
-            target = getattr(target, name)
-        except AttributeError:
-            raise ConfigurationError(f"{key}: {spec!r} has no attribute {name!r}") from None
-    return target
+    try:
+        return find(spec)
+    except MalformedName:
+        raise ConfigurationError(
+            f"{key} must look like 'package.module:name', not {spec!r}"
+        ) from None
+    except ImportFailed as failure:
+        raise ConfigurationError(
+            f"{key}: importing module {failure.module!r} (from {spec!r}) failed: {failure.error!r}"
+        ) from failure.error
+    except AttributeNotFound as failure:
+        raise ConfigurationError(f"{key}: {spec!r} has no attribute {failure.name!r}") from None
 
 
 def _database(spec: str, key: str) -> Database:

@@ -3,8 +3,7 @@ imported, the broker or app looked up, the queue's package imported only then.""
 
 from __future__ import annotations
 
-import importlib
-
+from ..._lookup import AttributeNotFound, ImportFailed, find
 from ...errors import ConfigurationError
 from ...settings import QueueTarget
 from .relay import Queue, Relay, RelayHost
@@ -19,16 +18,15 @@ def open_relay(host: RelayHost, target: QueueTarget) -> Relay:
     of that kind."""
     text = f"{target.kind}:{target.module}:{target.attribute}"
     try:
-        module = importlib.import_module(target.module)
-    except Exception as error:
+        # The setting's parser made sure of the shape: no MalformedName here.
+        found = find(f"{target.module}:{target.attribute}")
+    except ImportFailed as failure:
         raise ConfigurationError(
             f"{target.key}: importing module {target.module!r} (from {text!r}) failed: "
-            f"{error!r}. Name a module importable here, such as 'shop.queue' for "
+            f"{failure.error!r}. Name a module importable here, such as 'shop.queue' for "
             "shop/queue.py on the path."
-        ) from error
-    try:
-        found = getattr(module, target.attribute)
-    except AttributeError:
+        ) from failure.error
+    except AttributeNotFound:
         raise ConfigurationError(
             f"{target.key}: module {target.module!r} has no attribute "
             f"{target.attribute!r} (from {text!r}). If that module configures this "

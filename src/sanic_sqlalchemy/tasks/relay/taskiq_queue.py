@@ -6,13 +6,17 @@ published as ``AsyncKicker(name).with_task_id(id).kiq(*args, **kwargs)`` with th
 ``queue_name`` (its queue: taskiq-aio-pika routes by it when the broker declares several
 queues, taskiq-redis uses it as the list or stream) and ``retry_on_error`` /
 ``max_retries`` (its ``max_attempts``), which taskiq's retry middlewares read.  Only
-this module imports taskiq, and only when that backend is configured.
+this module imports taskiq, and only when that backend is configured.  taskiq-nats
+ignores ``queue_name`` (one subject per broker); its JetStream brokers are confirmed by
+JetStream's ack, and a NATS client of theirs that was closed is replaced at the next
+start.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import sys
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -78,6 +82,7 @@ class TaskiqQueue:
             self._starting = (loop, asyncio.Lock())
         async with self._starting[1]:
             if self._started is not loop:
+                _renew_nats_client(broker)
                 await broker.startup()
                 self._started = loop
 
@@ -110,6 +115,17 @@ class TaskiqQueue:
             # Closing a connection the broker already dropped: the next start makes a
             # new one.
             logger.info("closing the connection to %s failed", self.target, exc_info=True)
+
+
+def _renew_nats_client(broker: AsyncBroker) -> None:
+    """Give a taskiq-nats broker whose NATS client was closed (by ``reset``, or by the
+    client itself after its reconnects ran out) a new one: the broker keeps one client
+    for life, and a closed one cannot connect again."""
+    nats_client = sys.modules.get("nats.aio.client")  # imported if the broker is one
+    held: Any = broker
+    client = getattr(held, "client", None)
+    if nats_client is not None and isinstance(client, nats_client.Client) and client.is_closed:
+        held.client = nats_client.Client()
 
 
 def taskiq_queue(broker: object, target: str, key: str, host: TaskHost) -> TaskiqQueue:
