@@ -102,22 +102,27 @@ def insert_statement(
     its run still holds its claim.  With its parameters: the statement is built and
     compiled once, whatever the number of rows.
 
-    PostgreSQL inserts the rows from one array per column (``unnest``), so its text is
-    the same for any number of rows (asyncpg prepares it once).  MariaDB and SQLite run
+    PostgreSQL inserts one row from one parameter per column, and more from one array
+    per column (``unnest``), so its text is the same for any number of rows (asyncpg
+    prepares it once).  MariaDB and SQLite run
     the one-row statement over all rows (``executemany``: the MariaDB driver sends one
     multi-row ``INSERT``, SQLite runs it in its thread without a round trip each).  A
     multi-row ``VALUES`` would be compiled anew for every unit: SQLAlchemy cannot cache
     it."""
     if backend == "postgresql":
-        arrays = {f"{column.name}s": [row[column.name] for row in rows] for column in table.c}
+        one = len(rows) == 1
+        if one:
+            parameters: dict[str, Any] = dict(rows[0])
+        else:
+            parameters = {f"{c.name}s": [row[c.name] for row in rows] for c in table.c}
         if finishing:
-            arrays["done_ids"] = [claimed.id for claimed in finishing]
-            arrays["done_claims"] = [claimed.claim for claimed in finishing]
-        return _unnest_insert(table, wake, bool(finishing)), arrays
+            parameters["done_ids"] = [claimed.id for claimed in finishing]
+            parameters["done_claims"] = [claimed.claim for claimed in finishing]
+        return _postgresql_insert(table, wake, bool(finishing), one), parameters
     if finishing:
         raise ValueError("only PostgreSQL finishes runs in the statement storing tasks")
-    parameters = list(rows) if len(rows) > 1 else dict(rows[0])
-    return _one_row_insert(table, backend), parameters
+    many = list(rows) if len(rows) > 1 else dict(rows[0])
+    return _one_row_insert(table, backend), many
 
 
 def _array(name: str, column: Any) -> Any:
@@ -125,16 +130,18 @@ def _array(name: str, column: Any) -> Any:
 
 
 @functools.lru_cache(maxsize=16)
-def _unnest_insert(table: Table, wake: bool, finishing: bool) -> Executable:
+def _postgresql_insert(table: Table, wake: bool, finishing: bool, one: bool) -> Executable:
+    """One row from one parameter per column (the usual unit defers one task; arrays
+    cost more to send), else rows from one array per column."""
     c = table.c
-    names = [column.name for column in c]
-    arrays = func.unnest(*(_array(f"{column.name}s", column) for column in c))
-    rows = arrays.table_valued(*names).render_derived()
-    statement = (
-        pg_insert(table)
-        .from_select(names, select(*rows.c))
-        .on_conflict_do_nothing(index_elements=[c.id])
-    )
+    if one:
+        statement = pg_insert(table).values({column.name: bindparam(column.name) for column in c})
+    else:
+        names = [column.name for column in c]
+        arrays = func.unnest(*(_array(f"{column.name}s", column) for column in c))
+        rows = arrays.table_valued(*names).render_derived()
+        statement = pg_insert(table).from_select(names, select(*rows.c))
+    statement = statement.on_conflict_do_nothing(index_elements=[c.id])
     finished = None
     if finishing:
         # Runs that wrote nothing, finished with this commit rather than in a
