@@ -126,3 +126,36 @@ async def test_a_commit_that_fails_hands_its_finished_runs_back(
     log.detach()
     assert len(carried(log)) == 1 and len(own_deletes(log, table)) == 1, log.statements
     assert took < 5 and ran == [0, 1]
+
+
+async def test_a_commit_that_wakes_dispatchers_also_finishes_runs(
+    db: Database, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A commit whose tasks this process will not run (a dispatcher must be woken)
+    still carries the deletion of the runs waiting: one statement stores, notifies and
+    finishes."""
+    monkeypatch.setattr(finish, "RIDE_WAIT", 30.0)
+    ran: list[int] = []
+
+    @db.task(name="finish.noted")
+    async def noted(n: int) -> None:
+        ran.append(n)
+
+    async with db:
+        noted.defer(0)
+    await until_empty(db, 10)
+    async with db:
+        noted.defer(1)  # its run ends and waits for the next commit
+    for _ in range(200):
+        if ran == [0, 1]:
+            break
+        await asyncio.sleep(0.01)
+    db.tasks.run_after_commit = False  # the next commit's task is a dispatcher's
+    log = StatementLog(db)
+    async with db:
+        noted.defer(2)
+    log.detach()
+    [statement] = carried(log)
+    assert "pg_notify" in statement
+    assert await db.tasks.counts() == {"pending": 1, "running": 0, "dead": 0}
+    assert ran == [0, 1]

@@ -45,12 +45,13 @@ def build(url: str, mode: str) -> Sanic[Any, Any]:
 
     if not fast:
 
-        # After the library's own listener, which starts the dispatcher last of all.
-        @app.after_server_start(priority=-2_000_000)
         async def no_dispatcher(_app: Sanic[Any, Any]) -> None:
             # The unit's own round trips only: nothing runs the tasks in this process
             # (a worker process elsewhere would).
             await db.tasks.stop(0)
+
+        # After the library's own listener, which starts the dispatcher last of all.
+        app.register_listener(no_dispatcher, "after_server_start", priority=-2_000_000)
 
     @app.get("/noop")
     async def noop(request: Request) -> HTTPResponse:
