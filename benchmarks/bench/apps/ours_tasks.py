@@ -43,11 +43,12 @@ def build(url: str, mode: str) -> Sanic[Any, Any]:
     async def create_tasks_table(_app: Sanic[Any, Any]) -> None:
         await db.tasks.create_table()
 
-    if not fast:
+    if not fast or mode != "defer":
 
         async def no_dispatcher(_app: Sanic[Any, Any]) -> None:
             # The unit's own round trips only: nothing runs the tasks in this process
-            # (a worker process elsewhere would).
+            # (a worker process elsewhere would), and db.on_commit has no dispatcher
+            # looking for tasks.
             await db.tasks.stop(0)
 
         # After the library's own listener, which starts the dispatcher last of all.

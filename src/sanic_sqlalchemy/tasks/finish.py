@@ -40,6 +40,9 @@ class Finisher:
         self._timer: asyncio.TimerHandle | None = None
         #: When a commit last took (or could have taken) waiting runs along.
         self._last_ride = float("-inf")
+        #: Runs whose function ended and which only wait for their rows' deletion
+        #: (they hold no connection: the process may start others meanwhile).
+        self.finishing = 0
 
     async def done(self, claimed: Claimed) -> None:
         """Return once ``claimed``'s row is deleted (with others ending meanwhile)."""
@@ -51,7 +54,11 @@ class Finisher:
                 self._timer = loop.call_later(RIDE_WAIT, self._send_now)
             else:
                 self._send_now()
-        await future
+        self.finishing += 1
+        try:
+            await future
+        finally:
+            self.finishing -= 1
 
     def ride(self) -> Waiting:
         """The runs waiting now, handed to a commit that deletes their rows (it settles

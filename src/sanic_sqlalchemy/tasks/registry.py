@@ -388,8 +388,10 @@ class TaskRegistry(Upkeep):
         if self._stopping or not self.run_after_commit or self.db.joined is not None:
             return False
         runs = self._runs
-        # Busy: a dispatcher runs them, rather than this process's pool running dry.
-        return len(self._spawned) + (0 if runs is None else len(runs.active)) < self.limit
+        # Busy: a dispatcher runs them, rather than this process's pool running dry
+        # (runs that only wait for their rows' deletion hold no connection).
+        busy = 0 if runs is None else len(runs.active) - runs.finisher.finishing
+        return len(self._spawned) + busy < self.limit
 
     def _finisher_to_ride(self) -> Finisher | None:
         """Where this loop's runs that wrote nothing wait for a commit to delete their
