@@ -119,7 +119,9 @@ def serve() -> None:
 
     for name in PRELOAD:
         importlib.import_module(name)
+    # Replies on a descriptor of their own: what anything prints goes to stderr.
     replies = os.fdopen(os.dup(1), "w")
+    os.dup2(2, 1)
     for line in sys.stdin:
         request = json.loads(line)
         sys.stdout.flush()
