@@ -30,7 +30,7 @@ import pytest
 from sqlalchemy.engine import make_url
 
 from .conftest import backend_url, backends_required
-from .pgserver import OS_USER, _as_postgres, _free_port
+from .pgserver import OS_USER, _free_port
 
 PGBOUNCER = os.environ.get("TEST_PGBOUNCER", "/usr/sbin/pgbouncer")
 #: Server connections PgBouncer keeps per database and user.
@@ -88,8 +88,13 @@ class PgBouncer:
 
     def start(self) -> None:
         config = self._write_config()
+        # As the postgres user straight away, not through runuser: on SIGTERM runuser
+        # waits 2 s after its child has exited.
         self.process = subprocess.Popen(
-            _as_postgres([PGBOUNCER, str(config)]),
+            [PGBOUNCER, str(config)],
+            user=OS_USER,
+            group=OS_USER,
+            extra_groups=[],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.STDOUT,
             start_new_session=True,
@@ -131,7 +136,7 @@ class PgBouncer:
         process, self.process = self.process, None
         if process is None or process.poll() is not None:
             return
-        # runuser forwards the signal to pgbouncer; the whole group, to be sure.
+        # The whole group, to be sure.
         os.killpg(process.pid, signal.SIGTERM)
         try:
             process.wait(timeout=START_TIMEOUT)

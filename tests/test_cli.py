@@ -1,9 +1,12 @@
-"""The ``sanic-sqlalchemy`` command, run as a real subprocess against real databases."""
+"""The ``sanic-sqlalchemy`` command, run as a real child process against real databases:
+forked by ``tests/forkserver.py`` (Python's start-up paid once), and started from
+scratch as ``python -m sanic_sqlalchemy`` and as the console script."""
 
 from __future__ import annotations
 
 import asyncio
 import json
+import os
 import socket
 import sys
 import textwrap
@@ -19,6 +22,8 @@ from sqlalchemy.engine import make_url
 
 from sanic_sqlalchemy import Database
 
+from .forkserver import FORKS
+
 
 @dataclass
 class Result:
@@ -30,7 +35,20 @@ class Result:
 
 
 async def run(cwd: Path, *args: str) -> Result:
-    """``python -m sanic_sqlalchemy ARGS`` in ``cwd``."""
+    """``python -m sanic_sqlalchemy ARGS`` in ``cwd``: a child of the fork server, whose
+    imports are done already (``tests/forkserver.py``)."""
+    return await python(cwd, "-m", "sanic_sqlalchemy", *args)
+
+
+async def python(cwd: Path, *argv: str) -> Result:
+    """``python ARGV`` (``-m MODULE ...`` or ``-c CODE``) in ``cwd``, forked by the fork
+    server, with this process's environment."""
+    code, out, err = await asyncio.to_thread(FORKS.run, list(argv), cwd, dict(os.environ), 60)
+    return Result(code, out, err)
+
+
+async def run_started(cwd: Path, *args: str) -> Result:
+    """``python -m sanic_sqlalchemy ARGS`` in ``cwd``, a Python started for it."""
     process = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
@@ -152,6 +170,36 @@ async def test_check_json_stays_json_with_echo_on(existing: str, tmp_path: Path)
     assert result.code == 0, result.out + result.err
     assert "sqlalchemy.engine" not in result.out
     assert result.out.rstrip().endswith("OK")
+
+
+async def test_a_started_python_answers_as_the_forked_child(tmp_path: Path) -> None:
+    """The same command, started from scratch as ``python -m sanic_sqlalchemy`` and
+    forked by the fork server the other tests use, gives the same exit code, the same
+    report on stdout and the echo on stderr, for a target imported from ``cwd``; and
+    the same usage error (argparse's exit 2)."""
+    (tmp_path / "e.db").touch()
+    module(
+        tmp_path,
+        "cli_both",
+        "from sanic_sqlalchemy import Database\n"
+        f"db = Database('sqlite+aiosqlite:///{tmp_path / 'e.db'}', echo=True)\n",
+    )
+    started = await run_started(tmp_path, "check", "cli_both:db", "--json")
+    forked = await run(tmp_path, "check", "cli_both:db", "--json")
+    assert (started.code, forked.code) == (0, 0), started.err + forked.err
+    reports = []
+    for result in (started, forked):
+        (report,) = json.loads(result.out)
+        for server in report["servers"]:
+            assert server.pop("latency_ms") >= 0
+        reports.append(report)
+        assert "INFO sqlalchemy.engine.Engine" in result.err
+    assert reports[0] == reports[1]
+    assert started.err.count("sqlalchemy.engine") == forked.err.count("sqlalchemy.engine")
+    # A usage error: argparse's SystemExit(2) and its message.
+    started, forked = await run_started(tmp_path, "check"), await run(tmp_path, "check")
+    assert (started.code, started.out, started.err) == (forked.code, forked.out, forked.err)
+    assert started.code == 2 and "required: APP_OR_DB" in started.err
 
 
 async def test_a_missing_sqlite_file_is_a_problem_and_is_not_created(tmp_path: Path) -> None:

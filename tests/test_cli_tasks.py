@@ -1,6 +1,7 @@
-"""``sanic-sqlalchemy tasks work|status|dead|requeue``, run as real subprocesses against
-real databases: tasks that fail until they are dead, and a dispatcher process stopped by
-SIGTERM."""
+"""``sanic-sqlalchemy tasks work|status|dead|requeue``, run as real child processes
+against real databases (forked by ``tests/forkserver.py``; the dispatcher under test
+started from scratch): tasks that fail until they are dead, and a dispatcher process
+stopped by SIGTERM."""
 
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ import pytest
 
 from sanic_sqlalchemy.cli import main
 
-from .test_cli import module, run
+from .test_cli import module, python, run
 
 #: A module with a task that always fails, one that appends to a file and a slow one;
 #: ``prepare`` creates a fresh table, runs the failing ones until they are dead, then
@@ -77,8 +78,8 @@ async def jobs(
     # Imported as ``jobs`` (not run as ``__main__``): the tasks' names are those the
     # command's import gives them.
     code = f"import asyncio, jobs; asyncio.run(jobs.prepare({failing}, {noting}, {slows!r}))"
-    process = await asyncio.create_subprocess_exec(sys.executable, "-c", code, cwd=cwd)
-    assert await asyncio.wait_for(process.wait(), 30) == 0
+    result = await python(cwd, "-c", code)
+    assert result.code == 0, result.err
 
 
 async def until(condition: Callable[[], bool], timeout: float) -> None:
@@ -91,9 +92,8 @@ async def until(condition: Callable[[], bool], timeout: float) -> None:
 
 
 async def drop(cwd: Path) -> None:
-    code = "import asyncio, jobs; asyncio.run(jobs.drop())"
-    process = await asyncio.create_subprocess_exec(sys.executable, "-c", code, cwd=cwd)
-    await asyncio.wait_for(process.wait(), 30)
+    result = await python(cwd, "-c", "import asyncio, jobs; asyncio.run(jobs.drop())")
+    assert result.code == 0, result.err
 
 
 async def test_status_dead_and_requeue(url: str, tmp_path: Path) -> None:
@@ -273,9 +273,8 @@ async def test_an_app_with_two_databases_names_them_and_takes_a_prefix(
     some."""
     table = f"t_{uuid.uuid4().hex[:10]}"
     module(tmp_path, "two", TWO.format(url=url, table=table))
-    code = "import asyncio, two; asyncio.run(two.prepare())"
-    process = await asyncio.create_subprocess_exec(sys.executable, "-c", code, cwd=tmp_path)
-    assert await asyncio.wait_for(process.wait(), 30) == 0
+    result = await python(tmp_path, "-c", "import asyncio, two; asyncio.run(two.prepare())")
+    assert result.code == 0, result.err
     out = tmp_path / "out.txt"
     try:
         result = await run(tmp_path, "tasks", "status", "two:app")
@@ -302,9 +301,8 @@ async def test_an_app_with_two_databases_names_them_and_takes_a_prefix(
         [started] = [json.loads(line) for line in stdout.decode().splitlines()][:1]
         assert started["database"].startswith("OTHER_DATABASE_ ")
     finally:
-        code = "import asyncio, two; asyncio.run(two.drop())"
-        process = await asyncio.create_subprocess_exec(sys.executable, "-c", code, cwd=tmp_path)
-        await asyncio.wait_for(process.wait(), 30)
+        result = await python(tmp_path, "-c", "import asyncio, two; asyncio.run(two.drop())")
+        assert result.code == 0, result.err
 
 
 async def test_a_missing_tasks_table_says_how_to_create_it(url: str, tmp_path: Path) -> None:

@@ -45,6 +45,8 @@ from sybil.parsers.myst import CodeBlockParser, SkipParser
 
 from sanic_sqlalchemy import Database
 
+from .forkserver import FORKS
+
 ROOT = Path(__file__).resolve().parent.parent
 PAGES = sorted(
     [ROOT / "README.md", *(ROOT / "docs").rglob("*.md")],
@@ -207,23 +209,29 @@ def test_page_examples_run(page: Path, tmp_path: Path, monkeypatch: pytest.Monke
     if tmp_path / "migrations" / "env.py" in runner.written:
         run_project_migrations(tmp_path)
     if any(path.relative_to(tmp_path).parts[0] == "tests" for path in runner.written):
+        # Started afresh: pytest imports the library's plugin itself, as in the project.
         run_project(tmp_path, "pytest", "-q", "-p", "no:cacheprovider")
 
 
-def run_project(folder: Path, *command: str, **environment: str) -> None:
-    """Run ``python -m COMMAND`` in the project a page wrote; fail with its output."""
+def run_project(folder: Path, *command: str, forked: bool = False, **environment: str) -> None:
+    """Run ``python -m COMMAND`` in the project a page wrote; fail with its output.
+    ``forked``: a child of the fork server (``tests/forkserver.py``), whose imports are
+    done already; otherwise a Python started for it."""
     variables = {k: v for k, v in os.environ.items() if not k.startswith("PYTEST_")}
-    result = subprocess.run(
-        [sys.executable, "-m", *command],
-        cwd=folder,
-        env={**variables, **environment},
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert result.returncode == 0, (
-        f"{' '.join(command)} fails in the page's project:\n{result.stdout}{result.stderr}"
-    )
+    env = {**variables, **environment}
+    if forked:
+        code, out, err = FORKS.run(["-m", *command], folder, env, 120)
+    else:
+        result = subprocess.run(
+            [sys.executable, "-m", *command],
+            cwd=folder,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        code, out, err = result.returncode, result.stdout, result.stderr
+    assert code == 0, f"{' '.join(command)} fails in the page's project:\n{out}{err}"
 
 
 def run_project_migrations(folder: Path) -> None:
@@ -233,10 +241,12 @@ def run_project_migrations(folder: Path) -> None:
     env_py.unlink()
     env_py.parent.rmdir()
     database = {"SANIC_DATABASE_URL": "sqlite+aiosqlite:///migrated.db"}
-    run_project(folder, "alembic", "init", "-t", "async", "migrations")
+    run_project(folder, "alembic", "init", "-t", "async", "migrations", forked=True)
     env_py.write_text(written)
-    run_project(folder, "alembic", "revision", "--autogenerate", "-m", "first", **database)
-    run_project(folder, "alembic", "upgrade", "head", **database)
+    run_project(
+        folder, "alembic", "revision", "--autogenerate", "-m", "first", forked=True, **database
+    )
+    run_project(folder, "alembic", "upgrade", "head", forked=True, **database)
     with sqlite3.connect(folder / "migrated.db") as connection:
         tables = {row[0] for row in connection.execute("SELECT name FROM sqlite_master")}
     assert {"users", "orders", "alembic_version"} <= tables, tables
