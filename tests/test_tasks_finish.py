@@ -159,3 +159,35 @@ async def test_a_commit_that_wakes_dispatchers_also_finishes_runs(
     assert "pg_notify" in statement
     assert await db.tasks.counts() == {"pending": 1, "running": 0, "dead": 0}
     assert ran == [0, 1]
+
+
+async def test_a_commit_storing_several_tasks_finishes_runs_too(
+    db: Database, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Several tasks (stored from arrays) and the finished runs, in one statement (the
+    last runs, with no commit after them, go alone after the wait)."""
+    monkeypatch.setattr(finish, "RIDE_WAIT", 1.0)
+    ran: list[int] = []
+
+    @db.task(name="finish.noted")
+    async def noted(n: int) -> None:
+        ran.append(n)
+
+    async with db:
+        noted.defer(0)
+    await until_empty(db, 10)
+    async with db:
+        noted.defer(1)
+    for _ in range(200):
+        if ran == [0, 1]:
+            break
+        await asyncio.sleep(0.01)
+    log = StatementLog(db)
+    async with db:
+        for n in (2, 3, 4):
+            noted.defer(n)
+    await until_empty(db, 10)
+    log.detach()
+    [statement] = carried(log)
+    assert "unnest" in statement
+    assert sorted(ran) == [0, 1, 2, 3, 4]

@@ -104,11 +104,10 @@ def insert_statement(
 
     PostgreSQL inserts one row from one parameter per column, and more from one array
     per column (``unnest``), so its text is the same for any number of rows (asyncpg
-    prepares it once).  MariaDB and SQLite run
-    the one-row statement over all rows (``executemany``: the MariaDB driver sends one
-    multi-row ``INSERT``, SQLite runs it in its thread without a round trip each).  A
-    multi-row ``VALUES`` would be compiled anew for every unit: SQLAlchemy cannot cache
-    it."""
+    prepares it once).  MariaDB and SQLite run the one-row statement over all rows
+    (``executemany``: the MariaDB driver sends one multi-row ``INSERT``, SQLite runs it
+    in its thread without a round trip each).  A multi-row ``VALUES`` would be compiled
+    anew for every unit: SQLAlchemy cannot cache it."""
     if backend == "postgresql":
         one = len(rows) == 1
         if one:
@@ -126,6 +125,7 @@ def insert_statement(
 
 
 def _array(name: str, column: Any) -> Any:
+    """A parameter holding one array of ``column``'s values."""
     return bindparam(name, type_=ARRAY(column.type, dimensions=1))
 
 
@@ -197,8 +197,8 @@ def _due(table: Table, now: Any) -> Any:
     )
 
 
-#: The columns a claim reads back.
 def _claimed_columns(table: Table) -> tuple[Any, ...]:
+    """The columns a claim reads back."""
     c = table.c
     return (c.id, c.name, c.payload, c.attempts, c.max_attempts, c.error)
 
