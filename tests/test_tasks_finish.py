@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import AsyncIterator
+from typing import Any
 
 import pytest
 from sqlalchemy import Integer, UniqueConstraint
@@ -65,13 +66,36 @@ async def until_empty(db: Database, seconds: float) -> float:
     return time.monotonic() - started
 
 
-async def test_commits_that_store_tasks_finish_the_runs_before_them(db: Database) -> None:
+def noted_task(db: Database) -> tuple[Any, list[int]]:
+    """A task that writes nothing (its row is deleted by the finisher), and the
+    numbers it ran with."""
     ran: list[int] = []
 
     @db.task(name="finish.noted")
     async def noted(n: int) -> None:
-        ran.append(n)  # writes nothing: its row is deleted by the finisher
+        ran.append(n)
 
+    return noted, ran
+
+
+async def one_run_waiting(db: Database, noted: Any, ran: list[int]) -> None:
+    """Run task 0 alone (starting this loop's runs and finisher), then commit task 1
+    and wait until its run ended: it now waits for the next commit to carry its
+    row's deletion."""
+    async with db:
+        noted.defer(0)
+    await until_empty(db, 10)
+    async with db:
+        noted.defer(1)
+    for _ in range(200):
+        if ran == [0, 1]:
+            break
+        await asyncio.sleep(0.01)
+    assert ran == [0, 1]
+
+
+async def test_commits_that_store_tasks_finish_the_runs_before_them(db: Database) -> None:
+    noted, ran = noted_task(db)
     table = db.tasks.table.name
     async with db:
         noted.defer(-1)  # starts this loop's runs (and their finisher)
@@ -98,24 +122,9 @@ async def test_a_commit_that_fails_hands_its_finished_runs_back(
     rolled back with it, so the run's row is deleted at once on its own, long before
     the wait for a ride would have ended."""
     monkeypatch.setattr(finish, "RIDE_WAIT", 30.0)
-    ran: list[int] = []
-
-    @db.task(name="finish.noted")
-    async def noted(n: int) -> None:
-        ran.append(n)
-
+    noted, ran = noted_task(db)
     table = db.tasks.table.name
-    async with db:
-        noted.defer(0)
-    await until_empty(db, 10)
-    async with db:
-        db.write.add(Ticket(number=1))
-        noted.defer(1)  # its run ends and waits (up to 30 s) for the next commit
-    for _ in range(200):
-        if ran == [0, 1]:
-            break
-        await asyncio.sleep(0.01)
-    assert ran == [0, 1]
+    await one_run_waiting(db, noted, ran)  # task 1's run waits (up to 30 s)
     assert await db.tasks.counts() == {"pending": 0, "running": 1, "dead": 0}
     log = StatementLog(db)
     with pytest.raises(IntegrityError):
@@ -135,21 +144,8 @@ async def test_a_commit_that_wakes_dispatchers_also_finishes_runs(
     still carries the deletion of the runs waiting: one statement stores, notifies and
     finishes."""
     monkeypatch.setattr(finish, "RIDE_WAIT", 30.0)
-    ran: list[int] = []
-
-    @db.task(name="finish.noted")
-    async def noted(n: int) -> None:
-        ran.append(n)
-
-    async with db:
-        noted.defer(0)
-    await until_empty(db, 10)
-    async with db:
-        noted.defer(1)  # its run ends and waits for the next commit
-    for _ in range(200):
-        if ran == [0, 1]:
-            break
-        await asyncio.sleep(0.01)
+    noted, ran = noted_task(db)
+    await one_run_waiting(db, noted, ran)
     db.tasks.run_after_commit = False  # the next commit's task is a dispatcher's
     log = StatementLog(db)
     async with db:
@@ -167,21 +163,8 @@ async def test_a_commit_storing_several_tasks_finishes_runs_too(
     """Several tasks (stored from arrays) and the finished runs, in one statement (the
     last runs, with no commit after them, go alone after the wait)."""
     monkeypatch.setattr(finish, "RIDE_WAIT", 1.0)
-    ran: list[int] = []
-
-    @db.task(name="finish.noted")
-    async def noted(n: int) -> None:
-        ran.append(n)
-
-    async with db:
-        noted.defer(0)
-    await until_empty(db, 10)
-    async with db:
-        noted.defer(1)
-    for _ in range(200):
-        if ran == [0, 1]:
-            break
-        await asyncio.sleep(0.01)
+    noted, ran = noted_task(db)
+    await one_run_waiting(db, noted, ran)
     log = StatementLog(db)
     async with db:
         for n in (2, 3, 4):

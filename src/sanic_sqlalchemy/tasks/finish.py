@@ -74,9 +74,7 @@ class Finisher:
         """The commit carrying ``waiting`` ended: their rows are deleted, or (it failed)
         they are deleted at once by a statement of their own."""
         if deleted:
-            for _, future in waiting:
-                if not future.done():
-                    future.set_result(None)
+            _resolve(waiting)
             return
         self._waiting.extend(waiting)
         self._send_now()
@@ -99,8 +97,13 @@ class Finisher:
                         if not future.done():
                             future.set_exception(error)
                     continue
-                for _, future in batch:
-                    if not future.done():
-                        future.set_result(None)
+                _resolve(batch)
         finally:
             self._sending = None
+
+
+def _resolve(waiting: Waiting) -> None:
+    """Tell the runs ``waiting`` that their rows are deleted."""
+    for _, future in waiting:
+        if not future.done():
+            future.set_result(None)

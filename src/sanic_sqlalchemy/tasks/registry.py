@@ -74,7 +74,7 @@ class TaskRegistry(Upkeep):
         #: when the database is configured, not per unit).
         self._outbox_handlers: tuple[
             CommitHandler, Callable[[], bool], bool, RideHandler | None
-        ] = (self._after_commit, self._runs_here, True, self._finisher_to_ride)
+        ] = self._local_handlers()
 
     # -- registering and deferring -----------------------------------------------
 
@@ -188,17 +188,19 @@ class TaskRegistry(Upkeep):
         target = settings.backend
         if target is None:
             self.relay = None
-            self._outbox_handlers = (
-                self._after_commit,
-                self._runs_here,
-                True,
-                self._finisher_to_ride,
-            )
+            self._outbox_handlers = self._local_handlers()
             return
         if self.relay is not None and self.relay.source == target:
             return  # configured again alike (init_app after Database(url, ...))
         relay = self.relay = open_relay(self, target)
         self._outbox_handlers = (relay.committed, relay.publishes_here, False, None)
+
+    def _local_handlers(
+        self,
+    ) -> tuple[CommitHandler, Callable[[], bool], bool, RideHandler | None]:
+        """What an outbox is told without a queue backend: this process runs the tasks
+        (stored claimed), and its commits finish the runs that wrote nothing."""
+        return (self._after_commit, self._runs_here, True, self._finisher_to_ride)
 
     # -- the table --------------------------------------------------------------
 
