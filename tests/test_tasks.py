@@ -10,7 +10,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
-from sqlalchemy import Integer, String, func, select, update
+from sqlalchemy import Integer, String, event, func, select, update
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
@@ -37,6 +37,13 @@ class Receipt(Base):
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     order_id: Mapped[int] = mapped_column(Integer)
     note: Mapped[str] = mapped_column(String(100), default="")
+
+
+class Order(Base):
+    __tablename__ = "task_orders"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    amount: Mapped[int] = mapped_column(Integer)
 
 
 @pytest.fixture
@@ -133,6 +140,27 @@ async def test_rollbacks_leave_nothing(db: Database) -> None:
     await deferring()
     assert await db.tasks.run_pending() == 3
     assert await receipts(db) == [2, 4, 12]
+
+
+async def test_tasks_deferred_by_the_commits_own_flush_are_stored(db: Database) -> None:
+    """An ORM event of the flush that the commit runs defers a task (the row had no id
+    before): it is stored with that commit, like one deferred in the handler."""
+    receipt = add_receipt_task(db)
+
+    def receipt_for(_mapper: Any, _connection: Any, order: Order) -> None:
+        receipt.defer(order.id, note="from after_insert")
+
+    event.listen(Order, "after_insert", receipt_for)
+    try:
+        async with db:
+            db.write.add(Order(amount=5))  # flushed by the commit
+    finally:
+        event.remove(Order, "after_insert", receipt_for)
+    assert await db.tasks.counts() == {"pending": 1, "running": 0, "dead": 0}
+    assert await db.tasks.run_pending() == 1
+    async with db:
+        [order_id] = (await db.read.scalars(select(Order.id))).all()
+    assert await receipts(db) == [order_id]
 
 
 async def test_arguments_are_checked_as_json_at_defer(db: Database) -> None:

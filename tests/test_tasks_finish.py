@@ -52,8 +52,13 @@ def own_deletes(log: StatementLog, table: str) -> list[str]:
 
 
 def carried(log: StatementLog) -> list[str]:
-    """The statements storing tasks that also deleted finished runs' rows."""
-    return [s for _, s in log.statements if "WITH finished AS" in s]
+    """The statements storing tasks that also deleted finished runs' rows: one statement
+    with a CTE, or (a unit that wrote before) SQL its COMMIT carried."""
+    return [
+        s
+        for _, s in log.statements
+        if "WITH finished AS" in s or (s.startswith("INSERT INTO") and "DELETE FROM" in s)
+    ]
 
 
 async def until_empty(db: Database, seconds: float) -> float:

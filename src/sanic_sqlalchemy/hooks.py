@@ -72,6 +72,10 @@ class TaskOutbox(Protocol):
         """The unit's transaction (not a savepoint) is about to commit on ``session``
         (the write session's synchronous half): store the tasks, in one statement."""
 
+    def commit_error(self, error: BaseException, /) -> BaseException | None:
+        """What to raise instead of ``error``, which failed the commit (``None``: raise
+        it as it is)."""
+
     def committed(self, commit_token: str | None, /) -> None:
         """That commit succeeded (``commit_token``: its position, with replicas)."""
 

@@ -83,6 +83,12 @@ class Engines:
             for name in ("pool_size", "max_overflow", "pool_timeout"):
                 del options[name]
         options.update(self.backend.engine_options(role, settings))
+        if role is Role.WRITE and url is None:
+            # The COMMIT can carry statements (a unit's durable tasks): they then cost
+            # no round trip of their own (``backends.carried_commit``).
+            carrying = self.backend.commit_carrying_args(options)
+            if carrying is not None:
+                options["connect_args"] = carrying
         if url is not None:
             # A replica that does not answer must fail fast, so the unit moves on.
             options["connect_args"] = {

@@ -36,7 +36,8 @@ class Finisher:
         self._loop = asyncio.get_running_loop()
         self._waiting: Waiting = []
         self._sending: asyncio.Task[None] | None = None
-        #: While runs wait for a commit to carry their deletion: when they stop waiting.
+        #: While runs may wait for a commit to carry their deletion: when the runs then
+        #: waiting stop waiting.
         self._timer: asyncio.TimerHandle | None = None
         #: When a commit last took (or could have taken) waiting runs along.
         self._last_ride = float("-inf")
@@ -65,9 +66,8 @@ class Finisher:
         them with ``settle``); also notes that commits are coming."""
         self._last_ride = self._loop.time()
         waiting, self._waiting = self._waiting, []
-        if waiting and self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
+        # The timer stays: when it fires, runs that ended since and found no commit
+        # yet go alone (one timer per RIDE_WAIT at most, not one per run).
         return waiting
 
     def settle(self, waiting: Waiting, *, deleted: bool) -> None:

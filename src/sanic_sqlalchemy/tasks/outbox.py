@@ -21,12 +21,14 @@ from typing import TYPE_CHECKING, Any
 
 from sqlalchemy.exc import DBAPIError
 
+from .carried import carried_statements
 from .finish import Finisher, Waiting
 from .sql import LEASE, Claimed, insert_statement, is_keyed, new_claim, now_ms
 from .table import RUNNING, missing_table
 
 if TYPE_CHECKING:
     from sqlalchemy import Table
+    from sqlalchemy.engine import Connection
     from sqlalchemy.orm import Session
 
 
@@ -111,6 +113,8 @@ class Outbox:
             wake = not runs_here and any(entry.immediate for entry in entries.values())
             finishing = self._rides_along()
             connection = session.connection()
+            if self._carried_by_commit(connection, rows, wake, finishing):
+                return
             for start in range(0, len(rows), ROWS_PER_STATEMENT):
                 chunk = rows[start : start + ROWS_PER_STATEMENT]
                 statement, parameters = insert_statement(
@@ -124,6 +128,30 @@ class Outbox:
                     if missing is None:
                         raise
                     raise missing from error
+
+    def _carried_by_commit(
+        self,
+        connection: Connection,
+        rows: list[dict[str, Any]],
+        wake: bool,
+        finishing: list[Claimed],
+    ) -> bool:
+        """Hand the statements to the transaction's ``COMMIT``, which sends them in its
+        own message (PostgreSQL through asyncpg: ``carried``); whether it took them.
+        Not where the session's commit only releases a savepoint (the test kit joins
+        the test's transaction so): no ``COMMIT`` would carry them."""
+        if self._backend != "postgresql" or connection.in_nested_transaction():
+            return False
+        carry = getattr(connection.connection.driver_connection, "carry_on_commit", None)
+        if carry is None:
+            return False
+        statements = carried_statements(self._table, rows, wake=wake, finishing=finishing)
+        return statements is not None and bool(carry(statements))
+
+    def commit_error(self, error: BaseException) -> BaseException | None:
+        """What to raise instead of ``error``, which failed the commit (the tasks'
+        statements it carried may have failed it), or ``None``."""
+        return missing_table(error, self._table.name)
 
     def _rides_along(self) -> list[Claimed]:
         """The runs whose rows this commit deletes with its tasks' statement."""

@@ -90,7 +90,9 @@ class StatementLog:
     Replica probes are not recorded: they are the library's, not a unit's.
 
     ``BEGIN``, ``COMMIT`` and ``ROLLBACK`` of the write engine go through the driver's
-    transaction methods, which this log records as such; the read engine runs in
+    transaction methods, which this log records as such (with, right before a
+    ``COMMIT``, the statements it carries in its message: a unit's durable tasks on
+    PostgreSQL); the read engine runs in
     autocommit, where those methods send nothing (except MySQL drivers, which still
     send a ``ROLLBACK`` when a read connection goes back to the pool).
     """
@@ -114,7 +116,12 @@ class StatementLog:
         def on_begin(_conn: Any) -> None:
             self.statements.append((role, "BEGIN"))
 
-        def on_commit(_conn: Any) -> None:
+        def on_commit(conn: Any) -> None:
+            # Statements the COMMIT carries in its own message (a unit's durable tasks,
+            # on PostgreSQL) are sent right before it.
+            carried = getattr(conn.connection.driver_connection, "carried", None)
+            if carried:
+                self.statements.append((role, carried))
             self.statements.append((role, "COMMIT"))
 
         def on_rollback(_conn: Any) -> None:

@@ -50,6 +50,12 @@ class Backend:
         # and pool check-in), two round trips for nothing.
         return {"isolation_level": "AUTOCOMMIT", "skip_autocommit_rollback": True}
 
+    def commit_carrying_args(self, options: Mapping[str, Any]) -> dict[str, Any] | None:
+        """The write engine's ``connect_args`` with connections whose ``COMMIT`` can carry
+        statements (``carried_commit``), from ``create_async_engine``'s ``options``; or
+        ``None`` where the driver cannot (the statements then go one by one)."""
+        return None
+
     def install(self, engine: AsyncEngine, role: Role) -> None:
         """Attach this backend's connection set-up to ``engine`` (and to it only)."""
 

@@ -60,6 +60,16 @@ class PostgreSQL(Backend):
             )
         return options
 
+    def commit_carrying_args(self, options: Mapping[str, Any]) -> dict[str, Any] | None:
+        connect_args: dict[str, Any] = dict(options.get("connect_args", {}))
+        if "connection_class" in connect_args:
+            return None  # the application's own class: statements go one by one
+        # Imported here: asyncpg is an optional dependency, needed only by PostgreSQL.
+        from .carried_commit import CarryingConnection
+
+        connect_args["connection_class"] = CarryingConnection
+        return connect_args
+
     def install(self, engine: AsyncEngine, role: Role) -> None:
         event.listen(engine.sync_engine, "handle_error", _postgresql_protocol_lost)
         if role is Role.READ:

@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 from sqlalchemy import event
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncSession, AsyncSessionTransaction
 from sqlalchemy.orm import InstanceState, Session, SessionTransaction
 
@@ -250,14 +251,31 @@ class _TaskWriteSyncSession(_WriteSyncSession):
     follow its savepoints as callbacks do.  A database gets it once a task is
     registered (``with_task_outbox``), so that others pay nothing for tasks."""
 
+    def commit(self) -> None:
+        try:
+            super().commit()
+        except DBAPIError as error:
+            # The COMMIT may have carried the tasks' statements (PostgreSQL), whose
+            # failure the outbox explains (their table missing).
+            outbox: TaskOutbox | None = getattr(self._unit, "outbox", None)
+            replacement = None if outbox is None else outbox.commit_error(error)
+            if replacement is None:
+                raise
+            raise replacement from error
+
 
 @event.listens_for(_TaskWriteSyncSession, "before_commit")
 def _store_tasks(session: Session) -> None:
     assert isinstance(session, _TaskWriteSyncSession)
+    if session.get_nested_transaction() is not None:
+        return  # a savepoint's commit: its tasks wait for the unit's
+    # The unit's own commit: its tasks are stored now, in its transaction, after the
+    # commit's flush (which SQLAlchemy would run after this hook), so that tasks that
+    # the flush's ORM events defer are stored too, and on PostgreSQL the transaction
+    # has begun, for its COMMIT to carry them.
+    session.flush()
     outbox: TaskOutbox | None = getattr(session._unit, "outbox", None)
-    if outbox is not None and session.get_nested_transaction() is None:
-        # The unit's own commit (not a savepoint's): its tasks are stored now, in its
-        # transaction.
+    if outbox is not None:
         outbox.before_commit(session)
 
 
