@@ -179,3 +179,20 @@ async def test_a_commit_storing_several_tasks_finishes_runs_too(
     [statement] = carried(log)
     assert "unnest" in statement
     assert sorted(ran) == [0, 1, 2, 3, 4]
+
+
+async def test_a_stop_deletes_the_rows_of_runs_that_wait_for_a_commit(
+    db: Database, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A run that wrote nothing ends at once, its row waiting for a commit to carry its
+    deletion (here up to 30 s); a stop does not wait that long, nor leaves the row to
+    run again: it deletes it."""
+    monkeypatch.setattr(finish, "RIDE_WAIT", 30.0)
+    noted, ran = noted_task(db)
+    await one_run_waiting(db, noted, ran)
+    assert db.tasks.running  # the row still waits for its deletion
+    started = time.monotonic()
+    await db.tasks.stop(5)
+    assert time.monotonic() - started < 5
+    assert await db.tasks.counts() == {"pending": 0, "running": 0, "dead": 0}
+    assert not db.tasks.running

@@ -3,7 +3,8 @@
 ``Runs`` holds every run of one event loop (fast path, dispatcher, ``run_pending``):
 it renews their claims every ``HEARTBEAT`` seconds, so that only a run whose process
 died or hangs is taken over, and at a stop it lets them finish within the grace time,
-cancels the rest and hands their tasks back (no attempt counted).
+cancels the rest and hands their tasks back (no attempt counted), and deletes the rows
+of ended runs still waiting for it (``finish.Finisher``).
 
 ``dispatch`` claims due tasks up to its concurrency and starts them, then waits for a
 notification (PostgreSQL), free slots (half of them while due tasks are left, so that
@@ -46,9 +47,10 @@ class Runs:
         """Run ``claimed`` in a task of its own, outside any unit."""
         registry = self._registry
         context = registry.db.scope.outside()
-        task = context.run(
-            self.loop.create_task, run_claimed(registry, claimed, after, self.finisher)
-        )
+        # In a rolled-back test the runs share the test's one connection: each deletes
+        # its own row before it ends, rather than a statement sent beside the next run.
+        finisher = self.finisher if registry.db.joined is None else None
+        task = context.run(self.loop.create_task, run_claimed(registry, claimed, after, finisher))
         self.active[task] = claimed
         task.add_done_callback(self._ended)
         if self._beating is None or self._beating.done():
@@ -99,6 +101,7 @@ class Runs:
         if left:
             await asyncio.wait(left)
         stopped = [claimed for task, claimed in left.items() if task.cancelled()]
+        await self.finisher.drain()
         if stopped:
             registry = self._registry
             async with registry.transaction() as connection:

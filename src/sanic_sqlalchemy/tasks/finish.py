@@ -14,22 +14,28 @@ effects were outside the database, which are at least once anyway.
 from __future__ import annotations
 
 import asyncio
+import logging
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from .host import TaskHost
     from .sql import Claimed
 
+logger = logging.getLogger("sanic_sqlalchemy")
+
 #: Seconds a finished run waits for a commit to carry its row's deletion, when commits
 #: that store tasks came this recently; it is sent alone after that.
 RIDE_WAIT = 0.05
 
-#: Runs waiting for their rows' deletion, each with what its run awaits.
-Waiting = list[tuple["Claimed", "asyncio.Future[None]"]]
+#: Runs waiting for their rows' deletion.
+Waiting = list["Claimed"]
 
 
 class Finisher:
-    """Deletes the rows of ended runs that wrote nothing, many per statement."""
+    """Deletes the rows of ended runs that wrote nothing, many per statement.
+
+    A run hands its row over and ends at once: it holds no slot and no connection while
+    the row waits.  ``drain`` deletes what still waits (a stop, ``run_pending``)."""
 
     def __init__(self, registry: TaskHost) -> None:
         self._registry = registry
@@ -41,25 +47,29 @@ class Finisher:
         self._timer: asyncio.TimerHandle | None = None
         #: When a commit last took (or could have taken) waiting runs along.
         self._last_ride = float("-inf")
-        #: Runs whose function ended and which only wait for their rows' deletion
-        #: (they hold no connection: the process may start others meanwhile).
-        self.finishing = 0
 
-    async def done(self, claimed: Claimed) -> None:
-        """Return once ``claimed``'s row is deleted (with others ending meanwhile)."""
-        loop = self._loop
-        future: asyncio.Future[None] = loop.create_future()
-        self._waiting.append((claimed, future))
+    @property
+    def pending(self) -> bool:
+        """Whether rows wait for their deletion or are being deleted."""
+        return bool(self._waiting) or self._sending is not None
+
+    def finish(self, claimed: Claimed) -> None:
+        """Have ``claimed``'s row deleted soon (with others ending meanwhile)."""
+        self._waiting.append(claimed)
         if self._sending is None and self._timer is None:
+            loop = self._loop
             if loop.time() - self._last_ride < RIDE_WAIT:
                 self._timer = loop.call_later(RIDE_WAIT, self._send_now)
             else:
                 self._send_now()
-        self.finishing += 1
-        try:
-            await future
-        finally:
-            self.finishing -= 1
+
+    async def drain(self) -> None:
+        """Delete the rows waiting now; return once they are (or their statement failed)."""
+        self._send_now()
+        sending = self._sending
+        if sending is not None:
+            # Not cancelled with the caller: the rows' statement is on its way.
+            await asyncio.wait([sending])
 
     def ride(self) -> Waiting:
         """The runs waiting now, handed to a commit that deletes their rows (it settles
@@ -73,11 +83,9 @@ class Finisher:
     def settle(self, waiting: Waiting, *, deleted: bool) -> None:
         """The commit carrying ``waiting`` ended: their rows are deleted, or (it failed)
         they are deleted at once by a statement of their own."""
-        if deleted:
-            _resolve(waiting)
-            return
-        self._waiting.extend(waiting)
-        self._send_now()
+        if not deleted:
+            self._waiting.extend(waiting)
+            self._send_now()
 
     def _send_now(self) -> None:
         timer, self._timer = self._timer, None
@@ -91,19 +99,15 @@ class Finisher:
             while self._waiting:
                 batch, self._waiting = self._waiting, []
                 try:
-                    await self._registry.finish([claimed for claimed, _ in batch])
-                except Exception as error:
-                    for _, future in batch:
-                        if not future.done():
-                            future.set_exception(error)
-                    continue
-                _resolve(batch)
+                    await self._registry.finish(batch)
+                except Exception:
+                    # Their claims run out and the tasks run again: their effects were
+                    # outside the database, which are at least once anyway.
+                    logger.warning(
+                        "deleting the rows of %d finished task run(s) failed; they run "
+                        "again once their claims expire",
+                        len(batch),
+                        exc_info=True,
+                    )
         finally:
             self._sending = None
-
-
-def _resolve(waiting: Waiting) -> None:
-    """Tell the runs ``waiting`` that their rows are deleted."""
-    for _, future in waiting:
-        if not future.done():
-            future.set_result(None)

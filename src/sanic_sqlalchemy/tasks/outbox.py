@@ -162,7 +162,7 @@ class Outbox:
         if not waiting:
             return []
         self._finishing = (finisher, waiting)
-        return [claimed for claimed, _ in waiting]
+        return waiting
 
     def _settle_finishing(self, *, deleted: bool) -> None:
         finishing, self._finishing = self._finishing, None

@@ -320,6 +320,8 @@ class TaskRegistry(Upkeep):
                         await self._hand_back(batch[index + 1 :])
                     raise
                 ran += 1
+            # The rows of the runs that wrote nothing are deleted before the next claim.
+            await runs.finisher.drain()
 
     async def _hand_back(self, claims: list[Claimed]) -> None:
         async with self.transaction() as connection:
@@ -381,7 +383,7 @@ class TaskRegistry(Upkeep):
         relay = self.relay
         return (
             self._dispatcher is not None
-            or bool(runs is not None and runs.active)
+            or bool(runs is not None and (runs.active or runs.finisher.pending))
             or (relay is not None and relay.active)
         )
 
@@ -390,9 +392,8 @@ class TaskRegistry(Upkeep):
         if self._stopping or not self.run_after_commit or self.db.joined is not None:
             return False
         runs = self._runs
-        # Busy: a dispatcher runs them, rather than this process's pool running dry
-        # (runs that only wait for their rows' deletion hold no connection).
-        busy = 0 if runs is None else len(runs.active) - runs.finisher.finishing
+        # Busy: a dispatcher runs them, rather than this process's pool running dry.
+        busy = 0 if runs is None else len(runs.active)
         return len(self._spawned) + busy < self.limit
 
     def _finisher_to_ride(self) -> Finisher | None:

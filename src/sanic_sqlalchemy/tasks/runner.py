@@ -50,7 +50,8 @@ async def run_claimed(
 ) -> str:
     """Run ``claimed`` to its end (``DONE``, ``RETRY``, ``DEAD`` or ``LOST``); a
     cancellation (a stop) propagates, leaving the task to be handed back.  A run that
-    wrote nothing is finished by ``finisher`` (with other runs), or alone.  The
+    wrote nothing hands its row to ``finisher`` (deleted with other runs' after the run
+    ended), or deletes it alone.  The
     database's ``task_end`` listeners hear of every run whose outcome is stored (not of a
     lost claim: the run that took the task over reports it)."""
     info = TaskInfo(claimed.id, claimed.name, claimed.attempts, claimed.max_attempts)
@@ -95,7 +96,7 @@ async def _run(
             if finisher is None:
                 await registry.finish([claimed])
             else:
-                await finisher.done(claimed)
+                finisher.finish(claimed)
     except ClaimLostError:
         logger.warning(
             "task %s (%s): its claim expired and another run took it over; this run's "
