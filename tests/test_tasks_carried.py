@@ -61,6 +61,20 @@ def seen_task(db: Database) -> Any:
     return seen
 
 
+async def commit_order_deferring(
+    database: Database, seen: Any, *args: Any, **kwargs: Any
+) -> list[str]:
+    """Commit a unit that inserts an order, flushed (the transaction begins), and
+    defers ``seen(*args, **kwargs)``; the statements the unit sent, in order."""
+    log = StatementLog(database)
+    async with database:
+        database.write.add(Order(note="with a task"))
+        await database.write.flush()
+        seen.defer(*args, **kwargs)
+    log.detach()
+    return [statement for _, statement in log.statements]
+
+
 async def round_trips_of_units(url: str, tasks_per_unit: int, flush: bool) -> float:
     """Round trips per unit, counted on the wire, of units that insert an order and
     defer ``tasks_per_unit`` tasks (``flush``: the order is flushed in the unit, for its
@@ -103,14 +117,8 @@ async def test_a_writing_unit_stores_its_tasks_at_no_round_trip(
 
 
 async def test_the_statement_log_shows_what_the_commit_carried(db: Database) -> None:
-    seen = seen_task(db)
-    log = StatementLog(db)
-    async with db:
-        db.write.add(Order(note="logged"))
-        seen.defer(1)
-    log.detach()
+    statements = await commit_order_deferring(db, seen_task(db), 1)
     table = db.tasks.table.name
-    statements = [s for _, s in log.statements]
     assert statements[-1] == "COMMIT"
     assert statements[-2].startswith(f"INSERT INTO {table} ")
     assert "pg_notify" in statements[-2]  # no process runs it now: dispatchers are woken
@@ -168,19 +176,14 @@ async def test_hostile_arguments_arrive_intact(url: str, conforming: str) -> Non
     database.tasks.run_after_commit = False
     seen = seen_task(database)
     async with schema(database, Base.metadata), schema(database, database.tasks.metadata):
-        log = StatementLog(database)
-        async with database:
-            database.write.add(Order(note="kept"))
-            await database.write.flush()
-            seen.defer(*HOSTILE, key_arg=HOSTILE[3])
-        log.detach()
-        assert log.statements[-2][1].startswith("INSERT INTO"), log.statements
+        statements = await commit_order_deferring(database, seen, *HOSTILE, key_arg=HOSTILE[3])
+        assert statements[-2].startswith("INSERT INTO"), statements  # carried by COMMIT
         assert await database.tasks.run_pending() == 1
         async with database:
             [received] = (await database.read.scalars(select(Seen.args))).all()
             orders = await database.read.scalar(select(func.count()).select_from(Order))
         assert received == {"args": HOSTILE, "kwargs": {"key_arg": HOSTILE[3]}}
-        assert orders == 1
+        assert orders == 1  # the unit's order; the SQL in an argument never ran
     await database.dispose()
 
 
@@ -195,16 +198,11 @@ async def test_an_application_connection_class_is_kept_and_tasks_go_on_their_own
     database.tasks.run_after_commit = False
     seen = seen_task(database)
     async with schema(database, Base.metadata), schema(database, database.tasks.metadata):
-        log = StatementLog(database)
         async with database:
-            database.write.add(Order(note="own class"))
-            await database.write.flush()
-            seen.defer("x")
-            driver = (await database.write.connection()).sync_connection
-            assert driver is not None
-            assert type(driver.connection.driver_connection) is OwnConnection
-        log.detach()
-        statements = [s for _, s in log.statements]
+            connection = (await database.write.connection()).sync_connection
+            assert connection is not None
+            assert type(connection.connection.driver_connection) is OwnConnection
+        statements = await commit_order_deferring(database, seen, "x")
         assert statements[-1] == "COMMIT" and "INSERT INTO" in statements[-2]
         assert "$1" in statements[-2]  # a statement of its own, with parameters
         assert await database.tasks.run_pending() == 1
