@@ -10,6 +10,9 @@ from typing import Any
 
 from ..errors import TaskArgumentError
 
+#: Compact JSON; made once (``json.dumps`` with options makes an encoder per call).
+_ENCODER = json.JSONEncoder(separators=(",", ":"))
+
 
 def encode(task: str, args: tuple[Any, ...], kwargs: Mapping[str, Any]) -> str:
     """``args`` and ``kwargs`` as JSON, or ``TaskArgumentError`` naming the argument
@@ -18,7 +21,7 @@ def encode(task: str, args: tuple[Any, ...], kwargs: Mapping[str, Any]) -> str:
         _check(task, value, f"positional argument {position}")
     for name, value in kwargs.items():
         _check(task, value, f"keyword argument {name!r}")
-    return json.dumps({"args": list(args), "kwargs": dict(kwargs)}, separators=(",", ":"))
+    return _ENCODER.encode({"args": list(args), "kwargs": dict(kwargs)})
 
 
 def decode(payload: str) -> tuple[list[Any], dict[str, Any]]:

@@ -20,6 +20,7 @@
 from __future__ import annotations
 
 import functools
+import os
 import time
 import uuid
 from collections.abc import Sequence
@@ -63,7 +64,7 @@ def now_ms() -> int:
 
 def new_claim() -> str:
     """A claim's token: the rows a claim marks carry it, and only its runs finish them."""
-    return uuid.uuid4().hex
+    return os.urandom(16).hex()  # as random as a UUID's hex, without building one
 
 
 def is_keyed(task_id: str) -> bool:
