@@ -397,6 +397,50 @@ async def test_the_committing_process_runs_its_tasks_after_the_commit(db: Databa
     assert await db.tasks.counts() == {"pending": 1, "running": 0, "dead": 0}
 
 
+async def test_a_burst_of_commits_runs_here_a_few_at_a_time(db: Database) -> None:
+    """More commits than run slots (``limit``, half the pool: 2 here): every task is
+    stored claimed by the committing process (no claim, no dispatcher needed: none
+    runs here), and at most ``limit`` run at once; those waiting for a slot that a
+    stop finds are handed back without an attempt."""
+    db.tasks.run_after_commit = True
+    assert db.tasks.limit == 2
+    release = asyncio.Event()
+    running: list[int] = []
+    peak = 0
+
+    @db.task(name="test.held")
+    async def held(n: int) -> None:
+        nonlocal peak
+        running.append(n)
+        peak = max(peak, len(running))
+        await release.wait()
+        running.remove(n)
+
+    for n in range(7):
+        async with db:
+            held.defer(n)
+    await asyncio.sleep(0.2)
+    assert peak == 2 and len(running) == 2
+    assert await db.tasks.counts() == {"pending": 0, "running": 7, "dead": 0}
+    release.set()
+    for _ in range(100):
+        if await db.tasks.counts() == {"pending": 0, "running": 0, "dead": 0}:
+            break
+        await asyncio.sleep(0.05)
+    assert await db.tasks.counts() == {"pending": 0, "running": 0, "dead": 0}
+    assert peak == 2
+    release.clear()
+    for n in range(3):
+        async with db:
+            held.defer(10 + n)
+    await asyncio.sleep(0.2)
+    await db.tasks.stop(0)  # 2 run, 1 waits for a slot: all handed back
+    table = db.tasks.table
+    async with db.engines.write.connect() as connection:
+        rows = (await connection.execute(select(table.c.state, table.c.attempts))).all()
+    assert sorted(rows) == [("pending", 0)] * 3
+
+
 async def test_stop_hands_running_tasks_back_without_an_attempt(db: Database) -> None:
     db.tasks.run_after_commit = True
     started = asyncio.Event()

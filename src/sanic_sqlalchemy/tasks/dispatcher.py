@@ -15,8 +15,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Collection
-from typing import TYPE_CHECKING
+from collections.abc import Collection, Coroutine
+from typing import TYPE_CHECKING, Any
 
 from .finish import Finisher
 from .listen import Listener
@@ -42,20 +42,39 @@ class Runs:
         self._beating: asyncio.Task[None] | None = None
         #: Deletes the rows of runs that wrote nothing, together.
         self.finisher = Finisher(registry)
+        #: The slots of the runs that commits start (``start(gated=True)``).
+        self._gate: asyncio.Semaphore | None = None
 
-    def start(self, claimed: Claimed, after: tuple[object, ...] = ()) -> asyncio.Task[str]:
-        """Run ``claimed`` in a task of its own, outside any unit."""
+    def start(
+        self, claimed: Claimed, after: tuple[object, ...] = (), *, gated: bool = False
+    ) -> asyncio.Task[str]:
+        """Run ``claimed`` in a task of its own, outside any unit; ``gated`` (the tasks a
+        commit stored claimed by this process): once one of ``registry.limit`` slots is
+        free, so that a burst of commits does not run more at once (nor hold more of the
+        pool's connections) than the dispatcher would."""
         registry = self._registry
-        context = registry.db.scope.outside()
         # In a rolled-back test the runs share the test's one connection: each deletes
         # its own row before it ends, rather than a statement sent beside the next run.
         finisher = self.finisher if registry.db.joined is None else None
-        task = context.run(self.loop.create_task, run_claimed(registry, claimed, after, finisher))
+        run = run_claimed(registry, claimed, after, finisher)
+        if gated:
+            run = self._when_free(run)
+        task = registry.db.scope.outside().run(self.loop.create_task, run)
         self.active[task] = claimed
         task.add_done_callback(self._ended)
         if self._beating is None or self._beating.done():
             self._beating = self.loop.create_task(self._beat())
         return task
+
+    async def _when_free(self, run: Coroutine[Any, Any, str]) -> str:
+        gate = self._gate
+        if gate is None:
+            gate = self._gate = asyncio.Semaphore(self._registry.limit)
+        try:
+            async with gate:
+                return await run
+        finally:
+            run.close()  # never started when cancelled while waiting (a stop)
 
     def _ended(self, task: asyncio.Task[str]) -> None:
         claimed = self.active.pop(task, None)

@@ -59,6 +59,10 @@ class TaskHost(Protocol):
     @property
     def default_options(self) -> TaskOptions: ...
 
+    @property
+    def limit(self) -> int:
+        """How many runs the process starts at once."""
+
     async def position_token(self) -> tuple[object, ...]:
         """With replicas, a token the run's reads must wait for."""
 

@@ -46,6 +46,9 @@ T = TypeVar("T")
 
 #: Claimed at once by ``run_pending`` (and run one after the other).
 _BATCH = 20
+#: How many runs (of ``limit`` at once) a process may have under way or waiting for a
+#: slot, as a multiple of ``limit``, and still take the tasks it commits.
+FAST_BACKLOG = 4
 
 
 class TaskRegistry(Upkeep):
@@ -392,9 +395,11 @@ class TaskRegistry(Upkeep):
         if self._stopping or not self.run_after_commit or self.db.joined is not None:
             return False
         runs = self._runs
-        # Busy: a dispatcher runs them, rather than this process's pool running dry.
+        # Runs past ``limit`` wait for a slot here, claimed already (no claim, no
+        # notification); past a backlog of ``FAST_BACKLOG`` times as many, the tasks
+        # are left to the dispatchers of every process, which claim them as they can.
         busy = 0 if runs is None else len(runs.active)
-        return len(self._spawned) + busy < self.limit
+        return len(self._spawned) + busy < self.limit * FAST_BACKLOG
 
     def _finisher_to_ride(self) -> Finisher | None:
         """Where this loop's runs that wrote nothing wait for a commit to delete their
@@ -414,7 +419,7 @@ class TaskRegistry(Upkeep):
         if claimed:
             runs = self.runs()
             for one in claimed:
-                runs.start(one, after)
+                runs.start(one, after, gated=True)
         if not ids or not self._runs_here():
             return
         loop = asyncio.get_running_loop()
@@ -434,4 +439,4 @@ class TaskRegistry(Upkeep):
             return
         runs = self.runs()
         for one in claimed:
-            runs.start(one, after)
+            runs.start(one, after, gated=True)
