@@ -6,9 +6,9 @@ A run that wrote nothing has nothing to commit with its row's deletion.  On Post
 while units that defer tasks keep committing, the next of those commits carries it (the
 statement storing that unit's tasks also deletes the rows of the runs waiting here: no
 round trip, no connection of their own).  Otherwise, or if that commit fails, one
-``DELETE`` goes for every such run that ends while the previous one is under way (a
-group commit).  Should the process die before either, the tasks run again: their
-effects were outside the database, which are at least once anyway.
+``DELETE`` goes for all such runs that ended meanwhile (a group commit).  Should the
+process die before either, the tasks run again: their effects were outside the
+database, which are at least once anyway.
 """
 
 from __future__ import annotations
@@ -35,18 +35,22 @@ class Finisher:
     """Deletes the rows of ended runs that wrote nothing, many per statement.
 
     A run hands its row over and ends at once: it holds no slot and no connection while
-    the row waits.  ``drain`` deletes what still waits (a stop, ``run_pending``)."""
+    the row waits.  While commits that store tasks come (one in the last ``RIDE_WAIT``
+    seconds), each takes the rows waiting then; once none came for that long, the rows
+    still waiting go with a statement of their own.  ``drain`` deletes what still waits
+    (a stop, ``run_pending``)."""
 
     def __init__(self, registry: TaskHost) -> None:
         self._registry = registry
         self._loop = asyncio.get_running_loop()
         self._waiting: Waiting = []
         self._sending: asyncio.Task[None] | None = None
-        #: While runs may wait for a commit to carry their deletion: when the runs then
-        #: waiting stop waiting.
+        #: Set while rows wait for a ride: when to look whether commits still come.
         self._timer: asyncio.TimerHandle | None = None
         #: When a commit last took (or could have taken) waiting runs along.
         self._last_ride = float("-inf")
+        #: Send the rows waiting once the statement under way is done, ride or not.
+        self._urgent = False
 
     @property
     def pending(self) -> bool:
@@ -57,27 +61,22 @@ class Finisher:
         """Have ``claimed``'s row deleted soon (with others ending meanwhile)."""
         self._waiting.append(claimed)
         if self._sending is None and self._timer is None:
-            loop = self._loop
-            if loop.time() - self._last_ride < RIDE_WAIT:
-                self._timer = loop.call_later(RIDE_WAIT, self._send_now)
-            else:
-                self._send_now()
+            self._schedule()
 
     async def drain(self) -> None:
         """Delete the rows waiting now; return once they are (or their statement failed)."""
-        self._send_now()
-        sending = self._sending
-        if sending is not None:
-            # Not cancelled with the caller: the rows' statement is on its way.
-            await asyncio.wait([sending])
+        while self.pending:
+            self._send_now()
+            sending = self._sending
+            if sending is not None:
+                # Not cancelled with the caller: the rows' statement is on its way.
+                await asyncio.wait([sending])
 
     def ride(self) -> Waiting:
         """The runs waiting now, handed to a commit that deletes their rows (it settles
         them with ``settle``); also notes that commits are coming."""
         self._last_ride = self._loop.time()
         waiting, self._waiting = self._waiting, []
-        # The timer stays: when it fires, runs that ended since and found no commit
-        # yet go alone (one timer per RIDE_WAIT at most, not one per run).
         return waiting
 
     def settle(self, waiting: Waiting, *, deleted: bool) -> None:
@@ -87,27 +86,48 @@ class Finisher:
             self._waiting.extend(waiting)
             self._send_now()
 
+    def _schedule(self) -> None:
+        """Send the rows waiting now, or, while commits come to carry them, look again
+        when the next one would be late."""
+        if self._sending is not None or self._timer is not None or not self._waiting:
+            return
+        loop = self._loop
+        late = self._last_ride + RIDE_WAIT
+        if loop.time() < late:
+            self._timer = loop.call_at(late, self._look_again)
+        else:
+            self._sending = loop.create_task(self._send())
+
+    def _look_again(self) -> None:
+        self._timer = None
+        self._schedule()
+
     def _send_now(self) -> None:
         timer, self._timer = self._timer, None
         if timer is not None:
             timer.cancel()
-        if self._sending is None and self._waiting:
+        if self._sending is not None:
+            self._urgent = True
+        elif self._waiting:
             self._sending = self._loop.create_task(self._send())
 
     async def _send(self) -> None:
+        batch, self._waiting = self._waiting, []
         try:
-            while self._waiting:
-                batch, self._waiting = self._waiting, []
-                try:
-                    await self._registry.finish(batch)
-                except Exception:
-                    # Their claims run out and the tasks run again: their effects were
-                    # outside the database, which are at least once anyway.
-                    logger.warning(
-                        "deleting the rows of %d finished task run(s) failed; they run "
-                        "again once their claims expire",
-                        len(batch),
-                        exc_info=True,
-                    )
+            await self._registry.finish(batch)
+        except Exception:
+            # Their claims run out and the tasks run again: their effects were outside
+            # the database, which are at least once anyway.
+            logger.warning(
+                "deleting the rows of %d finished task run(s) failed; they run again "
+                "once their claims expire",
+                len(batch),
+                exc_info=True,
+            )
         finally:
             self._sending = None
+            urgent, self._urgent = self._urgent, False
+            if urgent:
+                self._send_now()
+            else:
+                self._schedule()  # the rows that ended meanwhile: ride, or go now
