@@ -22,7 +22,7 @@ from sanic_sqlalchemy import (
     current_task,
 )
 from sanic_sqlalchemy.errors import TaskArgumentError, TaskNotFoundError, TasksTableMissingError
-from sanic_sqlalchemy.tasks import dispatcher, sql
+from sanic_sqlalchemy.tasks import dispatcher, sql, wake
 from sanic_sqlalchemy.tasks.runner import DONE, LOST, run_claimed
 from sanic_sqlalchemy.testing import StatementLog, checked_out, rolled_back, schema
 
@@ -504,6 +504,44 @@ async def test_postgresql_dispatcher_wakes_on_notify(url: str) -> None:
             await worker
         assert await receipts(database) == [3]
         assert time.monotonic() - started < 2
+    await writer.dispose()
+    await database.dispose()
+
+
+@pytest.mark.backends("postgresql")
+async def test_a_burst_of_commits_notifies_once_and_every_task_still_runs_at_once(
+    url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Forty commits in a row from one process, within one gap between notifications
+    (half a second here): the first notifies, the rest owe one notification, sent once
+    the gap is over; a dispatcher polling once a minute runs all forty by then."""
+    monkeypatch.setattr(wake, "NOTIFY_GAP", 0.5)
+    database = Database(url, tasks_poll=60)
+    writer = Database(url, pool_size=2)
+    writer.tasks.run_after_commit = False
+    async with schema(database, Base.metadata), schema(database, database.tasks.metadata):
+        add_receipt_task(database)
+        receipt = add_receipt_task(writer)
+        worker = asyncio.create_task(database.tasks.work())
+        await asyncio.sleep(0.5)  # listening (and the first look done)
+        log = StatementLog(writer)
+        started = time.monotonic()
+        for n in range(40):
+            async with writer:
+                receipt.defer(n)
+        for _ in range(100):
+            if len(await receipts(database)) == 40:
+                break
+            await asyncio.sleep(0.02)
+        took = time.monotonic() - started
+        log.detach()
+        worker.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await worker
+        assert await receipts(database) == list(range(40))
+        assert 0.5 <= took < 2, took
+        notifications = [s for _, s in log.statements if "pg_notify" in s]
+        assert len(notifications) == 2, notifications
     await writer.dispose()
     await database.dispose()
 

@@ -84,11 +84,16 @@ def noted_task(db: Database) -> tuple[Any, list[int]]:
 
 
 async def one_run_waiting(db: Database, noted: Any, ran: list[int]) -> None:
-    """Run task 0 alone (starting this loop's runs and finisher), then commit task 1
-    and wait until its run ended: it now waits for the next commit to carry its
-    row's deletion."""
+    """Run task 0 (starting this loop's runs and finisher; its row is deleted now,
+    without waiting for a ride), then commit task 1 and wait until its run ended: it
+    now waits for the next commit to carry its row's deletion."""
     async with db:
         noted.defer(0)
+    for _ in range(200):
+        if ran == [0]:
+            break
+        await asyncio.sleep(0.01)
+    await db.tasks.runs().finisher.drain()
     await until_empty(db, 10)
     async with db:
         noted.defer(1)

@@ -22,6 +22,7 @@ from .finish import Finisher
 from .listen import Listener
 from .runner import run_claimed
 from .sql import HEARTBEAT, Claimed, hand_back_statement, renew_statement
+from .wake import Waker
 
 if TYPE_CHECKING:
     from .host import TaskHost
@@ -42,6 +43,8 @@ class Runs:
         self._beating: asyncio.Task[None] | None = None
         #: Deletes the rows of runs that wrote nothing, together.
         self.finisher = Finisher(registry)
+        #: Decides which of this loop's commits wake the dispatchers (PostgreSQL).
+        self.waker = Waker(registry)
         #: The slots of the runs that commits start (``start(gated=True)``).
         self._gate: asyncio.Semaphore | None = None
 
@@ -121,6 +124,7 @@ class Runs:
             await asyncio.wait(left)
         stopped = [claimed for task, claimed in left.items() if task.cancelled()]
         await self.finisher.drain()
+        await self.waker.drain()
         if stopped:
             registry = self._registry
             async with registry.transaction() as connection:

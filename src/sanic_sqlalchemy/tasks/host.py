@@ -74,3 +74,6 @@ class TaskHost(Protocol):
 
     async def finish(self, claims: list[Claimed]) -> int:
         """Delete the rows of runs that wrote nothing, in one statement."""
+
+    async def notify(self) -> None:
+        """Wake the dispatchers listening (PostgreSQL)."""

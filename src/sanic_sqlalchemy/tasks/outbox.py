@@ -31,6 +31,9 @@ if TYPE_CHECKING:
     from sqlalchemy.engine import Connection
     from sqlalchemy.orm import Session
 
+    from .dispatcher import Runs
+    from .wake import Waker
+
 
 @dataclass(slots=True)
 class Deferred:
@@ -50,8 +53,9 @@ ROWS_PER_STATEMENT = 1000
 #: due now still to claim (keyed), and the commit's position.
 CommitHandler = Callable[[list[Claimed], list[str], "str | None"], None]
 
-#: The finisher whose waiting runs a commit deletes with its tasks' statement, if any.
-RideHandler = Callable[[], "Finisher | None"]
+#: The runs of the committing loop: their finisher, whose waiting runs a commit deletes
+#: with its tasks' statement, and their waker, which decides whether it notifies.
+RunsHandler = Callable[[], "Runs | None"]
 
 
 class Outbox:
@@ -64,7 +68,8 @@ class Outbox:
         "_committed",
         "_entries",
         "_finishing",
-        "_ride",
+        "_owes_wake",
+        "_runs",
         "_runs_here",
         "_table",
     )
@@ -76,7 +81,7 @@ class Outbox:
         committed: CommitHandler,
         runs_here: Callable[[], bool],
         claims_here: bool = True,
-        ride: RideHandler | None = None,
+        runs: RunsHandler | None = None,
     ) -> None:
         self._table = table
         self._backend = backend
@@ -87,8 +92,11 @@ class Outbox:
         #: publishes them to a queue, whose workers claim them).
         self._claims_here = claims_here
         #: Where runs that wrote nothing wait for their rows' deletion, which this
-        #: commit's statement can carry (PostgreSQL: a data-modifying CTE).
-        self._ride = ride if backend == "postgresql" else None
+        #: commit's statement can carry, and what decides whether it notifies (both
+        #: PostgreSQL only).
+        self._runs = runs if backend == "postgresql" else None
+        #: Whose notification this commit left to be sent after it.
+        self._owes_wake: Waker | None = None
         #: The runs the commit under way finishes, and their finisher.
         self._finishing: tuple[Finisher, Waiting] | None = None
         self._entries: dict[str, Deferred] = {}
@@ -111,7 +119,11 @@ class Outbox:
             # Dispatchers need waking only for due tasks this process will not run at
             # once; delayed ones they find at a poll when they fall due.
             wake = not runs_here and any(entry.immediate for entry in entries.values())
-            finishing = self._rides_along()
+            runs = None if self._runs is None else self._runs()
+            if wake and runs is not None and not runs.waker.with_commit():
+                wake = False
+                self._owes_wake = runs.waker
+            finishing = self._rides_along(runs)
             connection = session.connection()
             if self._carried_by_commit(connection, rows, wake, finishing):
                 return
@@ -153,11 +165,11 @@ class Outbox:
         statements it carried may have failed it), or ``None``."""
         return missing_table(error, self._table.name)
 
-    def _rides_along(self) -> list[Claimed]:
+    def _rides_along(self, runs: Runs | None) -> list[Claimed]:
         """The runs whose rows this commit deletes with its tasks' statement."""
-        finisher = None if self._ride is None else self._ride()
-        if finisher is None:
+        if runs is None:
             return []
+        finisher = runs.finisher
         waiting = finisher.ride()
         if not waiting:
             return []
@@ -184,6 +196,9 @@ class Outbox:
 
     def committed(self, commit_token: str | None) -> None:
         self._settle_finishing(deleted=True)
+        waker, self._owes_wake = self._owes_wake, None
+        if waker is not None:
+            waker.owed()
         entries, self._entries = self._entries, {}
         claimed, self._claimed = self._claimed, []
         mine = {one.id for one in claimed}
@@ -207,5 +222,6 @@ class Outbox:
 
     def rolled_back(self) -> None:
         self._settle_finishing(deleted=False)
+        self._owes_wake = None
         self._entries.clear()
         self._claimed = []

@@ -25,9 +25,8 @@ from ..settings import TasksSettings
 from ..unit.sessions import stores_tasks, with_task_outbox
 from .decorator import Task, TaskOptions
 from .dispatcher import Runs, dispatch
-from .finish import Finisher
 from .host import TaskDatabase
-from .outbox import CommitHandler, Deferred, Outbox, RideHandler
+from .outbox import CommitHandler, Deferred, Outbox, RunsHandler
 from .payload import encode
 from .relay import Relay, open_relay
 from .sql import (
@@ -35,6 +34,7 @@ from .sql import (
     claim,
     done_many_statement,
     hand_back_statement,
+    notify_statement,
     now_ms,
 )
 from .table import PENDING, missing_table, task_table
@@ -76,7 +76,7 @@ class TaskRegistry(Upkeep):
         #: What a unit's outbox tells after its commit, and asks before it (decided
         #: when the database is configured, not per unit).
         self._outbox_handlers: tuple[
-            CommitHandler, Callable[[], bool], bool, RideHandler | None
+            CommitHandler, Callable[[], bool], bool, RunsHandler | None
         ] = self._local_handlers()
 
     # -- registering and deferring -----------------------------------------------
@@ -200,10 +200,10 @@ class TaskRegistry(Upkeep):
 
     def _local_handlers(
         self,
-    ) -> tuple[CommitHandler, Callable[[], bool], bool, RideHandler | None]:
+    ) -> tuple[CommitHandler, Callable[[], bool], bool, RunsHandler | None]:
         """What an outbox is told without a queue backend: this process runs the tasks
         (stored claimed), and its commits finish the runs that wrote nothing."""
-        return (self._after_commit, self._runs_here, True, self._finisher_to_ride)
+        return (self._after_commit, self._runs_here, True, self._loop_runs)
 
     # -- the table --------------------------------------------------------------
 
@@ -290,6 +290,11 @@ class TaskRegistry(Upkeep):
         async with self.statement() as connection:
             result = await connection.execute(*done_many_statement(self.table, claims))
             return int(result.rowcount)
+
+    async def notify(self) -> None:
+        """Wake the dispatchers listening on PostgreSQL."""
+        async with self.statement() as connection:
+            await connection.execute(notify_statement(self.table))
 
     async def claim(self, limit: int, ids: list[str] | None = None) -> list[Claimed]:
         """Claim up to ``limit`` due tasks (among ``ids``) in one statement (MariaDB: a
@@ -386,7 +391,9 @@ class TaskRegistry(Upkeep):
         relay = self.relay
         return (
             self._dispatcher is not None
-            or bool(runs is not None and (runs.active or runs.finisher.pending))
+            or bool(
+                runs is not None and (runs.active or runs.finisher.pending or runs.waker.pending)
+            )
             or (relay is not None and relay.active)
         )
 
@@ -401,13 +408,10 @@ class TaskRegistry(Upkeep):
         busy = 0 if runs is None else len(runs.active)
         return len(self._spawned) + busy < self.limit * FAST_BACKLOG
 
-    def _finisher_to_ride(self) -> Finisher | None:
-        """Where this loop's runs that wrote nothing wait for a commit to delete their
-        rows (not in the test kit's rolled-back tests, which finish them at once)."""
-        runs = self._runs
-        if runs is None or self.db.joined is not None:
-            return None
-        return runs.finisher if runs.loop is asyncio.get_running_loop() else None
+    def _loop_runs(self) -> Runs | None:
+        """The runs of this loop, whose finished rows and wake-ups its commits carry
+        (not in the test kit's rolled-back tests: each run finishes its row at once)."""
+        return None if self.db.joined is not None else self.runs()
 
     def _after_commit(
         self, claimed: list[Claimed], ids: list[str], commit_token: str | None

@@ -387,6 +387,11 @@ def requeue_statement(table: Table, task_id: str) -> Executable:
     )
 
 
+def notify_statement(table: Table) -> Executable:
+    """Wakes the dispatchers listening on PostgreSQL (``wake.Waker``)."""
+    return select(func.pg_notify(table.name, "1"))
+
+
 def counts_statement(table: Table) -> Executable:
     c = table.c
     return select(c.state, func.count()).group_by(c.state)
