@@ -65,6 +65,15 @@ def log(message: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {message}", flush=True)
 
 
+async def empty_tasks_table(target: bench_db.Target) -> None:
+    """No variant finds another's tasks: a "unit only" server leaves its tasks waiting,
+    which the next server's dispatcher would otherwise run while it is measured."""
+    async with bench_db.pg_connect(target) as connection:
+        exists = await connection.fetchval("SELECT to_regclass('sanic_sqlalchemy_tasks')")
+        if exists is not None:
+            await connection.execute("TRUNCATE sanic_sqlalchemy_tasks")
+
+
 def server(variant: str, url: str, port: int, per_request: int, fast: bool = True) -> Server:
     env = {"BENCH_TASKS_PER_REQUEST": str(per_request), "BENCH_TASKS_FAST": "1" if fast else "0"}
     logs = HERE / "work" / "logs" / f"tasks-{variant}-{per_request}-{int(fast)}.log"
@@ -75,6 +84,7 @@ async def round_trips(target: bench_db.Target, requests: int) -> dict[str, float
     """Round trips per ``POST /users``, counted by the proxy, sequential requests."""
     out: dict[str, float] = {}
     for variant, per_request, fast in LOADS:
+        await empty_tasks_table(target)
         proxy = CountingProxy(PROXY_PORT, target.port, "postgresql")
         await proxy.start()
         one = server(variant, target.url(PROXY_PORT), SERVER_PORT, per_request, fast)
@@ -107,6 +117,7 @@ async def load(target: bench_db.Target, rounds: int, duration: int) -> dict[str,
     for number in range(rounds):
         order = LOADS[number % len(LOADS) :] + LOADS[: number % len(LOADS)]
         for variant, per_request, fast in order:
+            await empty_tasks_table(target)
             one = server(variant, target.url(), SERVER_PORT, per_request, fast)
             await one.start()
             try:
