@@ -24,29 +24,51 @@ from .sql import Claimed
 
 
 class _NoLiteral(Exception):
-    """A value ``_literal`` cannot write."""
+    """A value that cannot be written as a literal."""
 
 
-def _literal(value: Any) -> str:
-    if value is None:
-        return "NULL"
-    if isinstance(value, str):
-        if "\x00" in value:
-            raise _NoLiteral
-        return "E'" + value.replace("\\", "\\\\").replace("'", "''") + "'"
-    if isinstance(value, int) and not isinstance(value, bool):
-        return str(value)
-    raise _NoLiteral
+#: The columns whose few values recur from row to row (task names, queues, states):
+#: their literals are written once, then looked up.
+_RECURRING = frozenset({"name", "queue", "state"})
+_recurring: dict[str, str] = {}
+
+
+def _quoted(text: str) -> str:
+    if "\x00" in text:
+        raise _NoLiteral
+    return "E'" + text.replace("\\", "\\\\").replace("'", "''") + "'"
+
+
+def _values(row: dict[str, Any], columns: tuple[tuple[str, bool], ...]) -> str:
+    """``row``'s values, in the order of ``columns`` (name, recurring), as literals."""
+    literals = []
+    for column, recurring in columns:
+        value = row[column]
+        kind = type(value)
+        if kind is str:
+            literal = _recurring.get(value) if recurring else None
+            if literal is None:
+                literal = _quoted(value)
+                if recurring:
+                    _recurring[value] = literal
+        elif kind is int:
+            literal = str(value)
+        elif value is None:
+            literal = "NULL"
+        else:
+            raise _NoLiteral  # a bool, a float, an int subclass: not from defer
+        literals.append(literal)
+    return "(" + ", ".join(literals) + ")"
 
 
 @functools.lru_cache(maxsize=16)
-def _texts(table: Table) -> tuple[tuple[str, ...], str, str]:
-    """The columns' names, and the text around the values of the ``INSERT`` and the
-    ``DELETE`` (quoted for PostgreSQL; built once per table)."""
+def _texts(table: Table) -> tuple[tuple[tuple[str, bool], ...], str, str]:
+    """The columns (name, whether its values recur), and the text around the values of
+    the ``INSERT`` and the ``DELETE`` (quoted for PostgreSQL; built once per table)."""
     preparer = PGDialect().identifier_preparer  # type: ignore[no-untyped-call]
     name = preparer.format_table(table)
-    columns = tuple(column.name for column in table.c)
-    quoted = ", ".join(preparer.quote(column) for column in columns)
+    columns = tuple((column.name, column.name in _RECURRING) for column in table.c)
+    quoted = ", ".join(preparer.quote(column) for column, _ in columns)
     insert = f"INSERT INTO {name} ({quoted}) VALUES "
     delete = f"DELETE FROM {name} WHERE ({preparer.quote('id')}, {preparer.quote('claim')}) IN ("
     return columns, insert, delete
@@ -64,11 +86,9 @@ def carried_statements(
     notifies the dispatchers; ``None`` when a value cannot be written as a literal."""
     columns, insert, delete = _texts(table)
     try:
-        values = ", ".join(
-            "(" + ", ".join([_literal(row[column]) for column in columns]) + ")" for row in rows
-        )
+        values = ", ".join([_values(row, columns) for row in rows])
         pairs = ", ".join(
-            f"({_literal(claimed.id)}, {_literal(claimed.claim)})" for claimed in finishing
+            [f"({_quoted(claimed.id)}, {_quoted(claimed.claim)})" for claimed in finishing]
         )
     except _NoLiteral:
         return None
@@ -77,5 +97,5 @@ def carried_statements(
         sql += f"{delete}{pairs});"
     if wake:
         # Delivered when the transaction commits, to every dispatcher listening.
-        sql += f"SELECT pg_notify({_literal(table.name)}, '{len(rows)}');"
+        sql += f"SELECT pg_notify({_quoted(table.name)}, '{len(rows)}');"
     return sql

@@ -9,6 +9,7 @@ or once per key while a task with that key waits.
 from __future__ import annotations
 
 import functools
+import inspect
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -82,6 +83,8 @@ class Task(Generic[P, R]):
         self._registry = registry
         #: The decorated function, as written.
         self.func = func
+        #: Whether ``func`` is a coroutine function (a plain one runs in a thread).
+        self.is_async = inspect.iscoroutinefunction(func)
         self.options = options
         functools.update_wrapper(self, func)
 

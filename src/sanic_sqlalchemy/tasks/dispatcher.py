@@ -14,9 +14,10 @@ one claim serves several runs) or the poll interval, until it is cancelled.
 from __future__ import annotations
 
 import asyncio
+import collections
 import logging
-from collections.abc import Collection, Coroutine
-from typing import TYPE_CHECKING, Any
+from collections.abc import Collection
+from typing import TYPE_CHECKING
 
 from .finish import Finisher
 from .listen import Listener
@@ -45,39 +46,44 @@ class Runs:
         self.finisher = Finisher(registry)
         #: Decides which of this loop's commits wake the dispatchers (PostgreSQL).
         self.waker = Waker(registry)
-        #: The slots of the runs that commits start (``start(gated=True)``).
-        self._gate: asyncio.Semaphore | None = None
+        #: Runs that commits started (``start_committed``) under way, and those waiting
+        #: for a slot (claimed already, their claims kept alive like the runs').
+        self._committed_running = 0
+        self.queued: collections.deque[tuple[Claimed, tuple[object, ...]]] = collections.deque()
 
-    def start(
-        self, claimed: Claimed, after: tuple[object, ...] = (), *, gated: bool = False
-    ) -> asyncio.Task[str]:
-        """Run ``claimed`` in a task of its own, outside any unit; ``gated`` (the tasks a
-        commit stored claimed by this process): once one of ``registry.limit`` slots is
-        free, so that a burst of commits does not run more at once (nor hold more of the
-        pool's connections) than the dispatcher would."""
+    def start(self, claimed: Claimed, after: tuple[object, ...] = ()) -> asyncio.Task[str]:
+        """Run ``claimed`` in a task of its own, outside any unit."""
         registry = self._registry
         # In a rolled-back test the runs share the test's one connection: each deletes
         # its own row before it ends, rather than a statement sent beside the next run.
         finisher = self.finisher if registry.db.joined is None else None
         run = run_claimed(registry, claimed, after, finisher)
-        if gated:
-            run = self._when_free(run)
         task = registry.db.scope.outside().run(self.loop.create_task, run)
         self.active[task] = claimed
         task.add_done_callback(self._ended)
-        if self._beating is None or self._beating.done():
-            self._beating = self.loop.create_task(self._beat())
+        self._keep_beating()
         return task
 
-    async def _when_free(self, run: Coroutine[Any, Any, str]) -> str:
-        gate = self._gate
-        if gate is None:
-            gate = self._gate = asyncio.Semaphore(self._registry.limit)
-        try:
-            async with gate:
-                return await run
-        finally:
-            run.close()  # never started when cancelled while waiting (a stop)
+    def start_committed(self, claimed: Claimed, after: tuple[object, ...]) -> None:
+        """Run a task that a commit stored claimed by this process: at once while fewer
+        than ``registry.limit`` such runs are under way, else when one ends, so that a
+        burst of commits neither runs more at once nor holds more of the pool's
+        connections than a dispatcher would."""
+        if self._committed_running >= self._registry.limit:
+            self.queued.append((claimed, after))
+            self._keep_beating()
+            return
+        self._committed_running += 1
+        self.start(claimed, after).add_done_callback(self._slot_freed)
+
+    def _slot_freed(self, _task: asyncio.Task[str]) -> None:
+        self._committed_running -= 1
+        if self.queued:
+            self.start_committed(*self.queued.popleft())
+
+    def _keep_beating(self) -> None:
+        if self._beating is None or self._beating.done():
+            self._beating = self.loop.create_task(self._beat())
 
     def _ended(self, task: asyncio.Task[str]) -> None:
         claimed = self.active.pop(task, None)
@@ -96,9 +102,9 @@ class Runs:
 
     async def _beat(self) -> None:
         registry = self._registry
-        while self.active:
+        while self.active or self.queued:
             await asyncio.sleep(HEARTBEAT)
-            claims = list(self.active.values())
+            claims = [*self.active.values(), *(claimed for claimed, _ in self.queued)]
             if not claims or registry.db.joined is not None:
                 # In a rolled-back test the runs use the test's one connection, which
                 # a beat must not share with them (and which cannot die alone).
@@ -113,7 +119,9 @@ class Runs:
 
     async def stop(self, grace: float) -> None:
         """Let the runs finish within ``grace`` seconds, then cancel the rest and hand
-        their tasks back."""
+        their tasks back (and those waiting for a slot at once)."""
+        queued = [claimed for claimed, _ in self.queued]
+        self.queued.clear()
         running = set(self.active)
         if running and grace > 0:
             await asyncio.wait(running, timeout=grace)
@@ -122,7 +130,7 @@ class Runs:
             task.cancel()
         if left:
             await asyncio.wait(left)
-        stopped = [claimed for task, claimed in left.items() if task.cancelled()]
+        stopped = queued + [claimed for task, claimed in left.items() if task.cancelled()]
         await self.finisher.drain()
         await self.waker.drain()
         if stopped:

@@ -392,7 +392,8 @@ class TaskRegistry(Upkeep):
         return (
             self._dispatcher is not None
             or bool(
-                runs is not None and (runs.active or runs.finisher.pending or runs.waker.pending)
+                runs is not None
+                and (runs.active or runs.queued or runs.finisher.pending or runs.waker.pending)
             )
             or (relay is not None and relay.active)
         )
@@ -405,7 +406,7 @@ class TaskRegistry(Upkeep):
         # Runs past ``limit`` wait for a slot here, claimed already (no claim, no
         # notification); past a backlog of ``FAST_BACKLOG`` times as many, the tasks
         # are left to the dispatchers of every process, which claim them as they can.
-        busy = 0 if runs is None else len(runs.active)
+        busy = 0 if runs is None else len(runs.active) + len(runs.queued)
         return len(self._spawned) + busy < self.limit * FAST_BACKLOG
 
     def _loop_runs(self) -> Runs | None:
@@ -423,7 +424,7 @@ class TaskRegistry(Upkeep):
         if claimed:
             runs = self.runs()
             for one in claimed:
-                runs.start(one, after, gated=True)
+                runs.start_committed(one, after)
         if not ids or not self._runs_here():
             return
         loop = asyncio.get_running_loop()
@@ -443,4 +444,4 @@ class TaskRegistry(Upkeep):
             return
         runs = self.runs()
         for one in claimed:
-            runs.start(one, after, gated=True)
+            runs.start_committed(one, after)

@@ -172,7 +172,7 @@ async def run_in_unit(
 
 async def _call(task: Task[Any, Any], args: list[Any], kwargs: dict[str, Any]) -> None:
     func = task.func
-    if inspect.iscoroutinefunction(func):
+    if task.is_async:
         await func(*args, **kwargs)
         return
     # A plain function runs in a thread (it may block); current_task() works there.
