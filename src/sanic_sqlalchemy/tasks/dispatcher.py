@@ -51,6 +51,12 @@ class Runs:
         self._committed_running = 0
         self.queued: collections.deque[tuple[Claimed, tuple[object, ...]]] = collections.deque()
 
+    @property
+    def busy(self) -> bool:
+        """Whether runs are under way or wait for a slot, or rows or a notification for
+        the database wait to be sent."""
+        return bool(self.active or self.queued or self.finisher.pending or self.waker.pending)
+
     def start(self, claimed: Claimed, after: tuple[object, ...] = ()) -> asyncio.Task[str]:
         """Run ``claimed`` in a task of its own, outside any unit."""
         registry = self._registry

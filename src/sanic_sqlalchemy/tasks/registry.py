@@ -391,10 +391,7 @@ class TaskRegistry(Upkeep):
         relay = self.relay
         return (
             self._dispatcher is not None
-            or bool(
-                runs is not None
-                and (runs.active or runs.queued or runs.finisher.pending or runs.waker.pending)
-            )
+            or (runs is not None and runs.busy)
             or (relay is not None and relay.active)
         )
 
@@ -411,8 +408,14 @@ class TaskRegistry(Upkeep):
 
     def _loop_runs(self) -> Runs | None:
         """The runs of this loop, whose finished rows and wake-ups its commits carry
-        (not in the test kit's rolled-back tests: each run finishes its row at once)."""
-        return None if self.db.joined is not None else self.runs()
+        (not in the test kit's rolled-back tests: each run finishes its row at once;
+        not while another loop's runs are the process's)."""
+        if self.db.joined is not None:
+            return None
+        runs = self._runs
+        if runs is None:
+            return self.runs()
+        return runs if runs.loop is asyncio.get_running_loop() else None
 
     def _after_commit(
         self, claimed: list[Claimed], ids: list[str], commit_token: str | None
