@@ -134,10 +134,21 @@ def free_port() -> int:
         return port
 
 
-def make_app(name: str = "test") -> Sanic[Any, Any]:
-    """A Sanic app with a name unique in this process."""
+def make_app(name: str = "test", *, openapi: bool = False) -> Sanic[Any, Any]:
+    """A Sanic app with a name unique in this process.
+
+    With sanic-ext loaded, its OpenAPI extension stays off unless ``openapi``: at each
+    server start it adds its documentation routes one by one, and sanic-ext then an
+    automatic HEAD and OPTIONS route for each, every one re-compiling the router: about
+    30 ms a start on top of Sanic's own 20, for routes no test but sanic-ext's own
+    (``test_sanic_ext.py``, ``test_injection*.py``: ``openapi=True``) requests.  The
+    rest of sanic-ext (injection, the automatic HEAD and OPTIONS routes) stays on.
+    """
     Sanic.test_mode = True
-    return Sanic(f"{name}_{uuid.uuid4().hex[:12]}")
+    app: Sanic[Any, Any] = Sanic(f"{name}_{uuid.uuid4().hex[:12]}")
+    if not openapi:
+        app.config.OAS = False
+    return app
 
 
 class Served:
