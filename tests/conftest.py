@@ -14,6 +14,7 @@ those tests are skipped when sanic-ext is missing, and a skip fails a CI run.
 from __future__ import annotations
 
 import asyncio
+import gc
 import importlib
 import os
 import socket
@@ -77,6 +78,16 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     skip = pytest.mark.skip(reason="sanic-ext is not installed: TEST_SANIC_EXT=1 ./scripts/test")
     for item in needs_ext:
         item.add_marker(skip)
+
+
+def pytest_collection_finish(session: pytest.Session) -> None:
+    """Freeze what importing and collecting made (modules, SQLAlchemy's and Sanic's
+    machinery, the test items): it lives to the end of the session anyway, and each full
+    garbage collection went through all of it again (tests call ``gc.collect()``, and
+    the heap grows: Sanic keeps every app in its registry).  What the tests make is
+    collected as before, so leaks still show."""
+    gc.collect()
+    gc.freeze()
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
