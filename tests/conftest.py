@@ -19,13 +19,14 @@ import importlib
 import os
 import socket
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 from sanic import Sanic
+from sanic.router import Router
 from sqlalchemy import select
 
 from sanic_sqlalchemy import Database
@@ -88,6 +89,32 @@ def pytest_collection_finish(session: pytest.Session) -> None:
     collected as before, so leaks still show."""
     gc.collect()
     gc.freeze()
+
+
+#: Sanic's own ASGI entry point: sanic-testing's ``asgi_client`` replaces it on the class.
+_SANIC_CALL = Sanic.__call__
+
+
+@pytest.fixture(autouse=True)
+def _forget_the_tests_apps() -> Iterator[None]:
+    """Unregister the Sanic apps a test made once it is over (``Sanic.unregister_app``,
+    for testing), and empty Sanic's route caches, which hold on to them; put back
+    ``Sanic.__call__``, which sanic-testing's ``asgi_client`` replaces for every app
+    (uvicorn then failed to start an app in a later test).
+
+    Sanic keeps every app in a class-wide registry: kept, the apps of earlier tests made
+    each full garbage collection longer as the session went on (tests call
+    ``gc.collect()``), and each server start goes through every app there that ever
+    served (TouchUp's ``_sync_events``) to add the HTTP signals it lacks: a test
+    touched the apps of earlier ones."""
+    before = set(Sanic._app_registry)
+    yield
+    for name, app in list(Sanic._app_registry.items()):
+        if name not in before:
+            Sanic.unregister_app(app)
+    Router.get.cache_clear()
+    Router.find_route_by_view_name.cache_clear()
+    Sanic.__call__ = _SANIC_CALL  # type: ignore[method-assign]
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
