@@ -14,17 +14,19 @@ those tests are skipped when sanic-ext is missing, and a skip fails a CI run.
 from __future__ import annotations
 
 import asyncio
+import gc
 import importlib
 import os
 import socket
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 from sanic import Sanic
+from sanic.router import Router
 from sqlalchemy import select
 
 from sanic_sqlalchemy import Database
@@ -77,6 +79,42 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     skip = pytest.mark.skip(reason="sanic-ext is not installed: TEST_SANIC_EXT=1 ./scripts/test")
     for item in needs_ext:
         item.add_marker(skip)
+
+
+def pytest_collection_finish(session: pytest.Session) -> None:
+    """Freeze what importing and collecting made (modules, SQLAlchemy's and Sanic's
+    machinery, the test items): it lives to the end of the session anyway, and each full
+    garbage collection went through all of it again (tests call ``gc.collect()``, and
+    the heap grows: Sanic keeps every app in its registry).  What the tests make is
+    collected as before, so leaks still show."""
+    gc.collect()
+    gc.freeze()
+
+
+#: Sanic's own ASGI entry point: sanic-testing's ``asgi_client`` replaces it on the class.
+_SANIC_CALL = Sanic.__call__
+
+
+@pytest.fixture(autouse=True)
+def _forget_the_tests_apps() -> Iterator[None]:
+    """Unregister the Sanic apps a test made once it is over (``Sanic.unregister_app``,
+    for testing), and empty Sanic's route caches, which hold on to them; put back
+    ``Sanic.__call__``, which sanic-testing's ``asgi_client`` replaces for every app
+    (uvicorn then failed to start an app in a later test).
+
+    Sanic keeps every app in a class-wide registry: kept, the apps of earlier tests made
+    each full garbage collection longer as the session went on (tests call
+    ``gc.collect()``), and each server start goes through every app there that ever
+    served (TouchUp's ``_sync_events``) to add the HTTP signals it lacks: a test
+    touched the apps of earlier ones."""
+    before = set(Sanic._app_registry)
+    yield
+    for name, app in list(Sanic._app_registry.items()):
+        if name not in before:
+            Sanic.unregister_app(app)
+    Router.get.cache_clear()
+    Router.find_route_by_view_name.cache_clear()
+    Sanic.__call__ = _SANIC_CALL  # type: ignore[method-assign]
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
@@ -134,10 +172,21 @@ def free_port() -> int:
         return port
 
 
-def make_app(name: str = "test") -> Sanic[Any, Any]:
-    """A Sanic app with a name unique in this process."""
+def make_app(name: str = "test", *, openapi: bool = False) -> Sanic[Any, Any]:
+    """A Sanic app with a name unique in this process.
+
+    With sanic-ext loaded, its OpenAPI extension stays off unless ``openapi``: at each
+    server start it adds its documentation routes one by one, and sanic-ext then an
+    automatic HEAD and OPTIONS route for each, every one re-compiling the router: about
+    30 ms a start on top of Sanic's own 20, for routes no test but sanic-ext's own
+    (``test_sanic_ext.py``, ``test_injection*.py``: ``openapi=True``) requests.  The
+    rest of sanic-ext (injection, the automatic HEAD and OPTIONS routes) stays on.
+    """
     Sanic.test_mode = True
-    return Sanic(f"{name}_{uuid.uuid4().hex[:12]}")
+    app: Sanic[Any, Any] = Sanic(f"{name}_{uuid.uuid4().hex[:12]}")
+    if not openapi:
+        app.config.OAS = False
+    return app
 
 
 class Served:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import shutil
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -23,6 +24,7 @@ import pytest
 from .clusters import (
     _PG_CONF,
     _PG_HBA,
+    POLL_INTERVAL,
     _blocking,
     _Cluster,
     _make_dir,
@@ -143,7 +145,19 @@ class FailoverPair(_Cluster):
             self._clone(standby)
 
     async def wait_caught_up(self, timeout: float = 30.0, replicas: Any = None) -> str:
-        raise NotImplementedError
+        """Wait until the standby has replayed the primary's current WAL position; return
+        it (``pg_lsn`` text).  ``replicas`` is ignored: there is one standby."""
+        target = await _pg_fetchval(self.primary, "SELECT pg_current_wal_lsn()::text")
+        deadline = time.monotonic() + timeout
+        while not await _pg_fetchval(
+            self.standby,
+            "SELECT coalesce(pg_last_wal_replay_lsn() >= $1::text::pg_lsn, false)",
+            target,
+        ):
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"the standby did not replay WAL to {target} in {timeout} s")
+            await asyncio.sleep(POLL_INTERVAL)
+        return str(target)
 
     async def _resume(self, index: int) -> None:
         raise NotImplementedError

@@ -129,6 +129,8 @@ async def test_writes_from_tasks_resume_on_the_promoted_standby(
     db = Database(pair.url, read_urls=[standby_url], pool_size=4, max_overflow=0, pool_timeout=5)
     try:
         async with schema(db, Base.metadata):
+            # The standby serves the first read below: it must have the new table.
+            await pair.wait_caught_up()
             assert await _server_port(db) == pair.primary.port
             report = await check_database(db, timeout=5)
             assert report["servers"][0]["primary_host"] == f"127.0.0.1:{pair.primary.port}"

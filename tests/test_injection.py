@@ -43,7 +43,7 @@ async def test_injected_sessions_are_the_units_own(db: Database, serve: Any) -> 
     """A handler's ``ReadSession`` and ``WriteSession`` parameters are ``db.read`` and
     ``db.write`` of its request's unit, and what it adds through the injected write
     session is committed with the request."""
-    app = make_app("inject")
+    app = make_app("inject", openapi=True)
     seen: list[bool] = []
 
     @app.post("/users")
@@ -80,7 +80,7 @@ def users_repository(session: ReadSession) -> Users:
 async def test_a_dependency_constructor_gets_the_read_session(db: Database, serve: Any) -> None:
     """A dependency whose constructor takes a ``ReadSession`` gets the request's
     ``db.read``, which then sees what the handler wrote through ``db.write``."""
-    app = make_app("inject_repository")
+    app = make_app("inject_repository", openapi=True)
     app.ext.add_dependency(Users, users_repository)
     seen: list[bool] = []
 
@@ -104,7 +104,7 @@ async def test_an_injected_write_session_rolls_back_with_the_request(
 ) -> None:
     """What a handler adds through an injected ``WriteSession`` rolls back when the
     request answers 400 or above, or raises."""
-    app = make_app("inject_rollback")
+    app = make_app("inject_rollback", openapi=True)
 
     @app.post("/refused")
     async def refused(request: Request, write: WriteSession) -> HTTPResponse:
@@ -129,7 +129,7 @@ async def test_an_injected_write_session_rolls_back_with_the_request(
 async def test_unused_injected_sessions_take_no_connection(db: Database, serve: Any) -> None:
     """A handler that takes a ``ReadSession`` and a ``WriteSession`` but never queries
     holds no connection while it runs, and none is taken for it."""
-    app = make_app("inject_lazy")
+    app = make_app("inject_lazy", openapi=True)
     during: list[int] = []
 
     @app.get("/idle")
@@ -156,7 +156,7 @@ async def test_an_injected_write_session_refuses_work_once_the_response_streams(
     """Once a streaming handler has started its response, adding through its injected
     ``WriteSession`` raises the error ``db.write`` raises then, while its injected
     ``ReadSession`` keeps reading; nothing it added is committed."""
-    app = make_app("inject_streaming")
+    app = make_app("inject_streaming", openapi=True)
 
     @app.get("/stream")
     async def stream(request: Request, read: ReadSession, write: WriteSession) -> None:
@@ -191,7 +191,7 @@ async def test_a_hang_up_under_uvicorn_rolls_back_an_injected_write(
     """Under uvicorn, a POST whose handler takes a ``WriteSession`` (injected when the
     route is found, before Sanic reads the body) is watched once the handler starts: a
     client that hangs up while it waits gets it cancelled, and nothing commits."""
-    app = make_app("inject_asgi")
+    app = make_app("inject_asgi", openapi=True)
     db.init_app(app)
     reached, cancelled, release = asyncio.Event(), asyncio.Event(), asyncio.Event()
 
@@ -236,7 +236,7 @@ async def test_a_handler_picks_a_database_by_its_session_classes(
         read_session_class=AnalyticsRead,
         write_session_class=AnalyticsWrite,
     )
-    app = make_app("inject_two")
+    app = make_app("inject_two", openapi=True)
     seen: list[bool] = []
 
     @app.post("/both")
@@ -290,7 +290,7 @@ async def start_error(app: Sanic[Any, Any]) -> BaseException:
 
 
 def two_plain_databases(tmp_path: Any) -> tuple[Sanic[Any, Any], Database, Database]:
-    app = make_app("inject_ambiguous")
+    app = make_app("inject_ambiguous", openapi=True)
     db = Database(f"sqlite+aiosqlite:///{tmp_path / 'main.db'}")
     analytics = Database(
         f"sqlite+aiosqlite:///{tmp_path / 'analytics.db'}", config_prefix="ANALYTICS_DATABASE_"
@@ -336,7 +336,7 @@ async def test_a_session_class_no_database_gives_fails_at_start(
 ) -> None:
     """A handler asking for a session class that no database of the app gives makes the
     server start fail with a ``ConfigurationError`` naming the classes they give."""
-    app = make_app("inject_unknown")
+    app = make_app("inject_unknown", openapi=True)
     db = Database(f"sqlite+aiosqlite:///{tmp_path / 'main.db'}")
 
     @app.get("/report")
@@ -361,7 +361,7 @@ async def test_a_websocket_handler_asking_for_a_session_fails_at_start(
 ) -> None:
     """A websocket handler gets no request unit, so one that asks for a ``ReadSession``
     makes the server start fail with a ``ConfigurationError`` saying to open a unit."""
-    app = make_app("inject_websocket")
+    app = make_app("inject_websocket", openapi=True)
     db = Database(f"sqlite+aiosqlite:///{tmp_path / 'main.db'}")
 
     @app.websocket("/feed")
@@ -433,7 +433,7 @@ async def test_a_retried_handler_asking_for_a_session_fails_at_start(
 ) -> None:
     """``@db.retry`` runs each attempt in a unit of its own; a session injected once from
     the request's unit would not follow them, so asking for one is refused at start."""
-    app = make_app("inject_retry")
+    app = make_app("inject_retry", openapi=True)
     db = Database(f"sqlite+aiosqlite:///{tmp_path / 'main.db'}")
 
     @app.post("/withdraw")

@@ -27,7 +27,7 @@ async def test_an_injected_session_without_sanic_ext_fails_at_start(
     handler asking for a ``ReadSession`` does not start: the error says sanic-ext is
     needed and that it is not installed."""
     monkeypatch.setitem(sys.modules, "sanic_ext", None)
-    app = make_app("no_ext")
+    app = make_app("no_ext", openapi=True)
     db = Database(f"sqlite+aiosqlite:///{tmp_path / 'main.db'}")
 
     @app.get("/users")
@@ -54,7 +54,7 @@ async def test_an_injected_session_without_pydantic_names_the_missing_module(
     for name in [name for name in sys.modules if name.split(".")[0] == "sanic_ext"]:
         monkeypatch.delitem(sys.modules, name)
     monkeypatch.setitem(sys.modules, "pydantic", None)
-    app = make_app("no_pydantic")
+    app = make_app("no_pydantic", openapi=True)
     db = Database(f"sqlite+aiosqlite:///{tmp_path / 'main.db'}")
 
     @app.get("/users")
@@ -74,7 +74,7 @@ async def test_an_injected_session_with_auto_extend_off_fails_at_start(
 ) -> None:
     """``AUTO_EXTEND=False`` keeps sanic-ext out, installed or not: a handler asking for
     a ``WriteSession`` with a default (which would silently get ``None``) is refused."""
-    app = make_app("auto_extend_off")
+    app = make_app("auto_extend_off", openapi=True)
     app.config.AUTO_EXTEND = False
     db = Database(f"sqlite+aiosqlite:///{tmp_path / 'main.db'}")
 
@@ -105,7 +105,7 @@ async def test_a_handler_asking_for_sqlalchemys_async_session_fails_at_start(
     sessions with sanic-ext themselves) is refused at start, naming the handler and the
     parameter and saying to annotate with ``WriteSession`` or ``ReadSession``, with
     sanic-ext or without it."""
-    app = make_app("plain_async_session")
+    app = make_app("plain_async_session", openapi=True)
     db = Database(f"sqlite+aiosqlite:///{tmp_path / 'main.db'}")
 
     @app.get("/users")
@@ -130,7 +130,7 @@ async def test_an_async_session_the_app_registers_itself_is_left_alone(
 ) -> None:
     """An app that registers its own ``AsyncSession`` dependency with sanic-ext keeps it:
     only a session nothing gives is refused."""
-    app = make_app("own_async_session")
+    app = make_app("own_async_session", openapi=True)
     given: list[object] = []
 
     def own_session() -> object:

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-import asyncio
 import textwrap
+from collections.abc import AsyncIterator
 
 # Imported here, not first inside a test: ``pytester`` removes the modules a test
 # imported from sys.modules afterwards, and importing a driver's C extension a second
@@ -189,27 +189,12 @@ async def test_transactional_emptied_the_tables(rolled_back_db):
 """
 
 
-@pytest.mark.server
-async def test_plugin_on_each_backend(
-    pytester: pytest.Pytester, url: str, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """Units and test-client requests of a rolled-back test join it and leave nothing
-    behind; the transactional variant commits and empties; queries are counted and
-    on-commit callbacks captured."""
-    monkeypatch.setenv("PLUGIN_TEST_URL", url)
-    # In this test's own loop: a second loop made by asyncio.run() for the clean-up
-    # left asyncpg's later TLS negotiations crashing the process (uvloop).
+@pytest.fixture
+async def no_plugin_notes(url: str) -> AsyncIterator[None]:
+    """No ``plugin_notes`` table before the inner session, nor after it."""
     await _drop(url)
-    pytester.makeini(_INI)
-    pytester.makeconftest(_CONFTEST)
-    pytester.makepyfile(test_inner=_TESTS)
-    try:
-        result = await asyncio.to_thread(
-            pytester.runpytest_subprocess, "-p", "no:cacheprovider", "-q"
-        )
-    finally:
-        await _drop(url)
-    result.assert_outcomes(passed=7)
+    yield
+    await _drop(url)
 
 
 async def _drop(url: str) -> None:
@@ -221,9 +206,28 @@ async def _drop(url: str) -> None:
         await db.dispose()
 
 
+@pytest.mark.server
+def test_plugin_on_each_backend(
+    pytester: pytest.Pytester, url: str, monkeypatch: pytest.MonkeyPatch, no_plugin_notes: None
+) -> None:
+    """Units and test-client requests of a rolled-back test join it and leave nothing
+    behind; the transactional variant commits and empties; queries are counted and
+    on-commit callbacks captured."""
+    monkeypatch.setenv("PLUGIN_TEST_URL", url)
+    pytester.makeini(_INI)
+    pytester.makeconftest(_CONFTEST)
+    pytester.makepyfile(test_inner=_TESTS)
+    # In this process (a second one would spend a second starting): the test is
+    # synchronous, so the inner session's event loops run in the main thread, alone.
+    result = pytester.runpytest_inprocess("-p", "no:cacheprovider", "-q")
+    result.assert_outcomes(passed=7)
+
+
 def test_plugin_is_inert_until_configured(pytester: pytest.Pytester) -> None:
     """Without a configured Database the fixtures say how to configure one."""
-    pytester.makeini("[pytest]\nasyncio_mode = auto\n")
+    pytester.makeini(
+        "[pytest]\nasyncio_mode = auto\nasyncio_default_fixture_loop_scope = function\n"
+    )
     pytester.makepyfile(
         test_inert=textwrap.dedent(
             """
@@ -235,7 +239,7 @@ def test_plugin_is_inert_until_configured(pytester: pytest.Pytester) -> None:
             """
         )
     )
-    result = pytester.runpytest_subprocess("-p", "no:cacheprovider", "-q")
+    result = pytester.runpytest_inprocess("-p", "no:cacheprovider", "-q")
     result.assert_outcomes(passed=1, errors=1)
     result.stdout.fnmatch_lines(["*No Database for the sanic-sqlalchemy fixtures*"])
 

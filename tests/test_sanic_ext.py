@@ -39,7 +39,7 @@ class Users(HTTPMethodView):
 
 def ext_app(db: Database, recorder: CommitRecorder) -> Sanic[Any, Any]:
     """An app with a class-based view and a handler under postponed annotations."""
-    app = make_app("ext")
+    app = make_app("ext", openapi=True)
 
     @app.before_server_start
     async def create(_app: Sanic[Any, Any]) -> None:
@@ -104,6 +104,10 @@ def test_sanic_ext_app_serves_two_test_client_requests(url: str) -> None:
         _, response = app.test_client.options("/users")
         assert response.status == 204
         assert recorder.args == [(1,), (1,)]  # the GET and the HEAD of /users/1
+        # sanic-ext's OpenAPI document, made at start-up from the wrapped handlers.
+        _, response = app.test_client.get("/docs/openapi.json")
+        assert response.status == 200
+        assert {"/users", "/users/{user_id}", "/greet"} <= set(response.json["paths"])
         handlers = {route.name: route.handler for route in app.router.routes}
         assert isinstance(handlers[f"{app.name}.user_head"], functools.partial)
         assert isinstance(handlers[f"{app.name}.BoundUsers_options"], functools.partial)
@@ -155,7 +159,7 @@ async def test_wrapping_keeps_what_introspection_sees(db: Database, serve: Any) 
     ``inspect.signature`` what the handler itself gives (functions under postponed
     annotations, plain functions, partials, bound methods, class-based views, callable
     objects), and each still answers in a unit of work."""
-    app = make_app("introspection")
+    app = make_app("introspection", openapi=True)
     Users.db = db
 
     @app.get("/async")

@@ -81,13 +81,17 @@ async def test_sigkilled_committers_lose_and_duplicate_nothing(
     )
     assert committers.stdin is not None and committers.stdout is not None
     try:
-        for _ in range(KILLS):
-            committers.stdin.write(b"go\n")
-            await committers.stdin.drain()
+        # The next committer starts while this one runs (a fork and a first commit
+        # take some 60 ms): at times two commit side by side.
+        committers.stdin.write(b"go\n" * 2)
+        for kill in range(KILLS):
             line = await asyncio.wait_for(committers.stdout.readline(), 20)
             word, _, pid = line.decode().partition(" ")
             assert word == "ready", f"a committer did not start: {line.decode()}"
-            await asyncio.sleep(random.uniform(0.0, 0.2))
+            if kill + 2 < KILLS:
+                committers.stdin.write(b"go\n")
+            await committers.stdin.drain()
+            await asyncio.sleep(random.uniform(0.0, 0.1))
             os.kill(int(pid), signal.SIGKILL)
     finally:
         committers.kill()

@@ -5,6 +5,7 @@ units refused, a URL without an app, and query counts that include replica reads
 from __future__ import annotations
 
 import asyncio
+from collections.abc import AsyncIterator
 from typing import Any
 
 # Imported here, not first inside a test: ``pytester`` removes the modules a test
@@ -171,31 +172,37 @@ async def _drop(url: str, *tables: str) -> None:
         await db.dispose()
 
 
-async def _run(pytester: pytest.Pytester) -> pytest.RunResult:
-    return await asyncio.to_thread(pytester.runpytest_subprocess, "-p", "no:cacheprovider", "-q")
+def _run(pytester: pytest.Pytester) -> pytest.RunResult:
+    # In this process (a second one would spend a second starting): the tests that call
+    # this are synchronous, so the inner session's event loops, and the synchronous
+    # test client's signal handlers, are in the main thread, alone.
+    return pytester.runpytest_inprocess("-p", "no:cacheprovider", "-q")
+
+
+@pytest.fixture
+async def no_kit_tables(url: str, pytester: pytest.Pytester) -> AsyncIterator[None]:
+    """None of the inner sessions' tables before the test, nor after it."""
+    events_url = _second_url(url, pytester)
+    await _drop(url, "kit_notes", "kit_events", "kit_plain_notes")
+    yield
+    await _drop(url, "kit_notes", "kit_events", "kit_plain_notes")
+    await _drop(events_url, "kit_events")
 
 
 @pytest.mark.server
-async def test_every_database_and_the_sync_client_roll_back(
-    pytester: pytest.Pytester, url: str, monkeypatch: pytest.MonkeyPatch
+def test_every_database_and_the_sync_client_roll_back(
+    pytester: pytest.Pytester, url: str, monkeypatch: pytest.MonkeyPatch, no_kit_tables: None
 ) -> None:
     """``rolled_back_db`` rolls back every Database installed on the app (nothing of the
     second one leaks into the next test), and sanic-testing's synchronous
     ``app.test_client`` works inside it, its writes rolled back, the test's engines
     restored afterwards."""
-    events_url = _second_url(url, pytester)
     monkeypatch.setenv("KIT_URL", url)
-    monkeypatch.setenv("KIT_EVENTS_URL", events_url)
-    await _drop(url, "kit_notes", "kit_events")
+    monkeypatch.setenv("KIT_EVENTS_URL", _second_url(url, pytester))
     pytester.makeini(_INI)
     pytester.makeconftest(_TWO_DATABASES)
     pytester.makepyfile(test_inner=_TWO_DATABASES_TESTS)
-    try:
-        result = await _run(pytester)
-    finally:
-        await _drop(url, "kit_notes", "kit_events")
-        await _drop(events_url, "kit_events")
-    result.assert_outcomes(passed=4)
+    _run(pytester).assert_outcomes(passed=4)
 
 
 _WITHOUT_APP = """
@@ -249,21 +256,16 @@ async def test_rolled_back(rolled_back_db):
 
 
 @pytest.mark.server
-async def test_a_database_without_an_app_gets_the_plugins_url(
-    pytester: pytest.Pytester, url: str, monkeypatch: pytest.MonkeyPatch
+def test_a_database_without_an_app_gets_the_plugins_url(
+    pytester: pytest.Pytester, url: str, monkeypatch: pytest.MonkeyPatch, no_kit_tables: None
 ) -> None:
     """A module-level ``Database()`` that no app configures gets its URL from the
     ``sanic_sqlalchemy_url`` option (environment variables expanded)."""
     monkeypatch.setenv("KIT_URL", url)
-    await _drop(url, "kit_plain_notes")
     pytester.makeini(_INI + "sanic_sqlalchemy_url = ${KIT_URL}\n")
     pytester.makeconftest(_WITHOUT_APP)
     pytester.makepyfile(test_inner=_WITHOUT_APP_TESTS)
-    try:
-        result = await _run(pytester)
-    finally:
-        await _drop(url, "kit_plain_notes")
-    result.assert_outcomes(passed=2)
+    _run(pytester).assert_outcomes(passed=2)
 
 
 async def test_configure_from_without_an_app(url: str) -> None:
