@@ -5,6 +5,7 @@ requeueing, and the run's writes committed with its completion exactly once."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import AsyncIterator
 from typing import Any
@@ -481,31 +482,48 @@ async def test_work_runs_delayed_tasks_as_they_fall_due(url: str, tmp_path: Any)
     await database.dispose()
 
 
-@pytest.mark.backends("postgresql")
-async def test_postgresql_dispatcher_wakes_on_notify(url: str) -> None:
-    """With a poll of a minute, a task committed elsewhere still runs at once."""
+@contextlib.asynccontextmanager
+async def listening_dispatcher(url: str) -> AsyncIterator[tuple[Database, Database, Any]]:
+    """A dispatcher polling once a minute (only a notification wakes it sooner), and a
+    second database whose commits store tasks for it: both databases, and the task to
+    defer through the second."""
     database = Database(url, tasks_poll=60)
-    writer = Database(url)
+    writer = Database(url, pool_size=2)
     writer.tasks.run_after_commit = False
     async with schema(database, Base.metadata), schema(database, database.tasks.metadata):
         add_receipt_task(database)
         receipt = add_receipt_task(writer)
         worker = asyncio.create_task(database.tasks.work())
         await asyncio.sleep(0.5)  # listening (and the first look done)
-        async with writer:
-            receipt.defer(3)
-        started = time.monotonic()
-        for _ in range(250):
-            if await receipts(database):
-                break
-            await asyncio.sleep(0.02)
-        worker.cancel()
-        with pytest.raises(asyncio.CancelledError):
-            await worker
-        assert await receipts(database) == [3]
-        assert time.monotonic() - started < 2
+        try:
+            yield database, writer, receipt
+        finally:
+            worker.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await worker
     await writer.dispose()
     await database.dispose()
+
+
+async def until_receipts(database: Database, count: int) -> float:
+    """Wait (up to 5 s) until ``count`` receipts are stored; how long it took."""
+    started = time.monotonic()
+    for _ in range(250):
+        if len(await receipts(database)) >= count:
+            break
+        await asyncio.sleep(0.02)
+    return time.monotonic() - started
+
+
+@pytest.mark.backends("postgresql")
+async def test_postgresql_dispatcher_wakes_on_notify(url: str) -> None:
+    """With a poll of a minute, a task committed elsewhere still runs at once."""
+    async with listening_dispatcher(url) as (database, writer, receipt):
+        async with writer:
+            receipt.defer(3)
+        took = await until_receipts(database, 1)
+        assert await receipts(database) == [3]
+        assert took < 2
 
 
 @pytest.mark.backends("postgresql")
@@ -516,34 +534,18 @@ async def test_a_burst_of_commits_notifies_once_and_every_task_still_runs_at_onc
     (half a second here): the first notifies, the rest owe one notification, sent once
     the gap is over; a dispatcher polling once a minute runs all forty by then."""
     monkeypatch.setattr(wake, "NOTIFY_GAP", 0.5)
-    database = Database(url, tasks_poll=60)
-    writer = Database(url, pool_size=2)
-    writer.tasks.run_after_commit = False
-    async with schema(database, Base.metadata), schema(database, database.tasks.metadata):
-        add_receipt_task(database)
-        receipt = add_receipt_task(writer)
-        worker = asyncio.create_task(database.tasks.work())
-        await asyncio.sleep(0.5)  # listening (and the first look done)
+    async with listening_dispatcher(url) as (database, writer, receipt):
         log = StatementLog(writer)
         started = time.monotonic()
         for n in range(40):
             async with writer:
                 receipt.defer(n)
-        for _ in range(100):
-            if len(await receipts(database)) == 40:
-                break
-            await asyncio.sleep(0.02)
-        took = time.monotonic() - started
+        took = time.monotonic() - started + await until_receipts(database, 40)
         log.detach()
-        worker.cancel()
-        with pytest.raises(asyncio.CancelledError):
-            await worker
         assert await receipts(database) == list(range(40))
         assert 0.5 <= took < 2, took
         notifications = [s for _, s in log.statements if "pg_notify" in s]
         assert len(notifications) == 2, notifications
-    await writer.dispose()
-    await database.dispose()
 
 
 @pytest.mark.backends("sqlite")
