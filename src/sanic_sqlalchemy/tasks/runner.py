@@ -50,10 +50,10 @@ async def run_claimed(
 ) -> str:
     """Run ``claimed`` to its end (``DONE``, ``RETRY``, ``DEAD`` or ``LOST``); a
     cancellation (a stop) propagates, leaving the task to be handed back.  A run that
-    wrote nothing hands its row to ``finisher`` (deleted with other runs' after the run
-    ended), or deletes it alone.  The
-    database's ``task_end`` listeners hear of every run whose outcome is stored (not of a
-    lost claim: the run that took the task over reports it)."""
+    wrote nothing hands its row to ``finisher``, which deletes it with other runs' rows
+    once the run ended, or deletes it alone.  The database's ``task_end`` listeners hear
+    of every run whose outcome is stored (not of a lost claim: the run that took the
+    task over reports it)."""
     info = TaskInfo(claimed.id, claimed.name, claimed.attempts, claimed.max_attempts)
     enter_task(info)
     listeners = registry.db.environment.listeners
