@@ -80,10 +80,17 @@ def server(variant: str, url: str, port: int, per_request: int, fast: bool = Tru
     return Server(variant, "postgresql", url, port, "1", logs, env)
 
 
-async def round_trips(target: bench_db.Target, requests: int) -> dict[str, float]:
+def loads(per_request: list[int]) -> list[tuple[str, int, bool]]:
+    """The measured loads with these numbers of tasks per request."""
+    return [load for load in LOADS if load[1] in per_request]
+
+
+async def round_trips(
+    target: bench_db.Target, requests: int, measured: list[int]
+) -> dict[str, float]:
     """Round trips per ``POST /users``, counted by the proxy, sequential requests."""
     out: dict[str, float] = {}
-    for variant, per_request, fast in LOADS:
+    for variant, per_request, fast in loads(measured):
         await empty_tasks_table(target)
         proxy = CountingProxy(PROXY_PORT, target.port, "postgresql")
         await proxy.start()
@@ -111,11 +118,14 @@ async def round_trips(target: bench_db.Target, requests: int) -> dict[str, float
     return out
 
 
-async def load(target: bench_db.Target, rounds: int, duration: int) -> dict[str, Any]:
+async def load(
+    target: bench_db.Target, rounds: int, duration: int, tasks_per_request: list[int]
+) -> dict[str, Any]:
     rates: dict[str, list[float]] = {}
     latencies: dict[str, list[float]] = {}
+    measured = loads(tasks_per_request)
     for number in range(rounds):
-        order = LOADS[number % len(LOADS) :] + LOADS[: number % len(LOADS)]
+        order = measured[number % len(measured) :] + measured[: number % len(measured)]
         for variant, per_request, fast in order:
             await empty_tasks_table(target)
             one = server(variant, target.url(), SERVER_PORT, per_request, fast)
@@ -133,7 +143,7 @@ async def load(target: bench_db.Target, rounds: int, duration: int) -> dict[str,
             log(f"round {number + 1} {label}: {result.rps:.0f} req/s")
     ratios = {
         label: [d / c for d, c in zip(rates[label], rates[f"ours-on-commit ×{n}"], strict=True)]
-        for variant, n, fast in LOADS
+        for variant, n, fast in measured
         if variant == "ours-defer"
         for label in [label_of(variant, n, fast)]
     }
@@ -267,8 +277,8 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
         ):
             await connection.execute(f'CREATE DATABASE "{args.queue_db}"')
     if "endpoint" in args.parts:
-        data["round_trips"] = await round_trips(target, args.rt_requests)
-        data["load"] = await load(target, args.rounds, args.duration)
+        data["round_trips"] = await round_trips(target, args.rt_requests, args.per_request)
+        data["load"] = await load(target, args.rounds, args.duration, args.per_request)
     if "queues" in args.parts:
         log("dispatcher throughput")
         systems = ["ours", "pgqueuer", "procrastinate"]
@@ -293,11 +303,15 @@ def main() -> int:
     parser.add_argument("--latency-units", type=int, default=300)
     parser.add_argument("--rt-requests", type=int, default=200)
     parser.add_argument("--parts", default="endpoint,queues,latency")
+    parser.add_argument(
+        "--per-request", default="1,5", help="the endpoint's tasks per request (1, 5 or both)"
+    )
     parser.add_argument("--pg", default="postgres@127.0.0.1:5432/bench", help="user@host:port/db")
     parser.add_argument("--queue-db", default="bench_tasks", help="database of part 2 and 3")
     parser.add_argument("--output", type=Path, default=None, help="the report (markdown)")
     args = parser.parse_args()
     args.parts = args.parts.split(",")
+    args.per_request = [int(n) for n in args.per_request.split(",")]
     data = asyncio.run(main_async(args))
     text = report(data)
     print(text)

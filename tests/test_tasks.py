@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import enum
 import time
 from collections.abc import AsyncIterator
 from typing import Any
@@ -396,6 +397,94 @@ async def test_the_committing_process_runs_its_tasks_after_the_commit(db: Databa
         await asyncio.sleep(0.05)
     assert await receipts(db) == [1]
     assert await db.tasks.counts() == {"pending": 1, "running": 0, "dead": 0}
+
+
+class Size(enum.IntEnum):
+    LARGE = 3
+
+
+class Colour(str, enum.Enum):
+    RED = "red"
+
+
+async def until_idle(db: Database) -> None:
+    """Wait for the runs this process started after its commits to end."""
+    for _ in range(200):
+        if not db.tasks.running and await db.tasks.counts() == {
+            "pending": 0,
+            "running": 0,
+            "dead": 0,
+        }:
+            return
+        await asyncio.sleep(0.02)
+    raise AssertionError(f"tasks still under way: {await db.tasks.counts()}")
+
+
+async def test_the_committing_process_passes_arguments_as_a_dispatcher_would(
+    db: Database,
+) -> None:
+    """The run after the commit gets plain arguments without decoding the payload, and
+    exactly what a dispatcher's run decodes from it otherwise: the same values and
+    types, an enum member as its plain value, a tuple as a list."""
+    seen: list[tuple[Any, ...]] = []
+
+    @db.task(name="test.arguments")
+    async def arguments(*args: Any, **kwargs: Any) -> None:
+        seen.append((args, kwargs))
+
+    given = ((7, "seven", 7.5, -0.0, True, None), {"note": "\udc80 é", "big": 2**70})
+    for fast in (True, False):
+        db.tasks.run_after_commit = fast
+        async with db:
+            arguments.defer(*given[0], **given[1])
+            arguments.defer(Size.LARGE, colour=Colour.RED)
+            arguments.defer((1, 2), [3], {"k": (4,)})
+        if not fast:
+            await db.tasks.run_pending()
+        await until_idle(db)
+    by_path = [sorted(seen[:3], key=repr), sorted(seen[3:], key=repr)]
+    assert by_path[0] == by_path[1]
+    for args, kwargs in seen:
+        for value in [*args, *kwargs.values()]:
+            assert type(value) in (int, str, float, bool, type(None), list, dict)
+    plain = [call for call in seen if call[0][:1] == (7,)]
+    assert [repr(call) for call in plain] == [repr((given[0], given[1]))] * 2
+    assert ((3,), {"colour": "red"}) in seen
+    assert (([1, 2], [3], {"k": [4]}), {}) in seen
+
+
+async def test_a_run_opens_its_unit_when_first_asked_even_from_a_child_task(
+    db: Database,
+) -> None:
+    """A run's unit is opened only when the task asks for it: a task that writes from
+    a child task it awaits, or inside ``async with db:``, commits those writes with its
+    completion, once; one that never touches the database leaves nothing behind."""
+    db.tasks.run_after_commit = True
+    units: list[Any] = []
+
+    @db.task(name="test.child_writes")
+    async def child_writes(order_id: int) -> None:
+        async def write() -> None:
+            db.write.add(Receipt(order_id=order_id, note="child"))
+            units.append(db.scope.current())
+
+        await asyncio.create_task(write())
+        async with db as unit:
+            db.write.add(Receipt(order_id=order_id + 100, note="block"))
+            units.append(unit)
+
+    @db.task(name="test.no_database")
+    async def no_database() -> None:
+        units.append(None)
+
+    async with db:
+        child_writes.defer(1)
+        no_database.defer()
+    await until_idle(db)
+    assert await receipts(db) == [1, 101]
+    child, block, untouched = sorted(units, key=lambda unit: unit is None)
+    assert child is block is not None and untouched is None
+    assert child.owner is not asyncio.current_task() and child.ended
 
 
 async def test_a_burst_of_commits_runs_here_a_few_at_a_time(db: Database) -> None:

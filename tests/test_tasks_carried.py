@@ -5,6 +5,7 @@ hostile values arrive intact whatever ``standard_conforming_strings`` says."""
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -125,6 +126,26 @@ async def test_the_statement_log_shows_what_the_commit_carried(db: Database) -> 
     assert statements[-1] == "COMMIT"
     assert statements[-2].startswith(f"INSERT INTO {table} ")
     assert "pg_notify" in statements[-2]  # no process runs it now: dispatchers are woken
+
+
+async def test_only_keyed_tasks_are_stored_with_a_conflict_check(db: Database) -> None:
+    """A random id cannot be stored already: its INSERT skips ``ON CONFLICT`` (work
+    for the server on every commit); a keyed one keeps it, and stores one task."""
+    seen = seen_task(db)
+    plain = await commit_order_deferring(db, seen, 1)
+    assert "ON CONFLICT" not in plain[-2]
+    keyed = seen.configure(key="k")
+    for _ in range(2):
+        statements = await commit_order_deferring(db, keyed, 2)
+        assert "ON CONFLICT (id) DO NOTHING" in statements[-2]
+    table = db.tasks.table
+    async with db.engines.write.connect() as connection:
+        ids = (await connection.execute(select(table.c.id))).scalars().all()
+    assert len(ids) == 2
+    for task_id in ids:
+        assert str(uuid.UUID(task_id)) == task_id
+        assert uuid.UUID(task_id).variant == uuid.RFC_4122
+    assert sorted(uuid.UUID(task_id).version for task_id in ids) == [4, 5]
 
 
 async def test_a_carried_statement_that_fails_rolls_the_unit_back_and_the_connection_is_clean(

@@ -15,11 +15,11 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Sequence
-from typing import Any
 
 from sqlalchemy import Table
 from sqlalchemy.dialects.postgresql.base import PGDialect
 
+from .deferred import Deferred
 from .sql import Claimed
 
 
@@ -27,10 +27,25 @@ class _NoLiteral(Exception):
     """A value that cannot be written as a literal."""
 
 
-#: The columns whose few values recur from row to row (task names, queues, states):
-#: their literals are written once, then looked up.
-_RECURRING = frozenset({"name", "queue", "state"})
-_recurring: dict[str, str] = {}
+#: The tasks table's columns, in the order ``_row`` writes their values.
+_COLUMNS = (
+    "id",
+    "name",
+    "queue",
+    "payload",
+    "state",
+    "attempts",
+    "max_attempts",
+    "run_at",
+    "lease_until",
+    "claim",
+    "created_at",
+    "error",
+)
+
+#: The literals of a task's name and queue, which recur from row to row: written once.
+_NAMES: dict[tuple[str, str], str] = {}
+_NAMES_KEPT = 4096
 
 
 def _quoted(text: str) -> str:
@@ -39,60 +54,67 @@ def _quoted(text: str) -> str:
     return "E'" + text.replace("\\", "\\\\").replace("'", "''") + "'"
 
 
-def _values(row: dict[str, Any], columns: tuple[tuple[str, bool], ...]) -> str:
-    """``row``'s values, in the order of ``columns`` (name, recurring), as literals."""
-    literals = []
-    for column, recurring in columns:
-        value = row[column]
-        kind = type(value)
-        if kind is str:
-            literal = _recurring.get(value) if recurring else None
-            if literal is None:
-                literal = _quoted(value)
-                if recurring:
-                    _recurring[value] = literal
-        elif kind is int:
-            literal = str(value)
-        elif value is None:
-            literal = "NULL"
-        else:
-            raise _NoLiteral  # a bool, a float, an int subclass: not from defer
-        literals.append(literal)
-    return "(" + ", ".join(literals) + ")"
+def _names(entry: Deferred) -> str:
+    key = (entry.name, entry.queue)
+    literal = _NAMES.get(key)
+    if literal is None:
+        if len(_NAMES) >= _NAMES_KEPT:
+            _NAMES.clear()  # names made up at run time: keep the memory bounded
+        literal = _NAMES[key] = f"{_quoted(entry.name)}, {_quoted(entry.queue)}"
+    return literal
+
+
+def _row(entry: Deferred, claim: str | None, lease_until: int) -> str:
+    """``entry``'s row as literals, claimed by ``claim`` or waiting (its id and the claim
+    were made in this process, of hex digits and dashes: they need no escaping)."""
+    head = f"('{entry.id}', {_names(entry)}, {_quoted(entry.payload)}, "
+    if claim is None:
+        return (
+            f"{head}'pending', 0, {entry.max_attempts}, {entry.run_at}, NULL, NULL, "
+            f"{entry.created_at}, NULL)"
+        )
+    return (
+        f"{head}'running', 1, {entry.max_attempts}, {entry.run_at}, {lease_until}, "
+        f"'{claim}', {entry.created_at}, NULL)"
+    )
 
 
 @functools.lru_cache(maxsize=16)
-def _texts(table: Table) -> tuple[tuple[tuple[str, bool], ...], str, str]:
-    """The columns (name, whether its values recur), and the text around the values of
-    the ``INSERT`` and the ``DELETE`` (quoted for PostgreSQL; built once per table)."""
+def _texts(table: Table) -> tuple[str, str]:
+    """The text around the values of the ``INSERT`` and the ``DELETE`` (quoted for
+    PostgreSQL; built once per table)."""
     preparer = PGDialect().identifier_preparer  # type: ignore[no-untyped-call]
+    if tuple(column.name for column in table.c) != _COLUMNS:
+        raise ValueError(f"{table.name} is not a tasks table (tasks.table.task_table)")
     name = preparer.format_table(table)
-    columns = tuple((column.name, column.name in _RECURRING) for column in table.c)
-    quoted = ", ".join(preparer.quote(column) for column, _ in columns)
+    quoted = ", ".join(preparer.quote(column) for column in _COLUMNS)
     insert = f"INSERT INTO {name} ({quoted}) VALUES "
     delete = f"DELETE FROM {name} WHERE ({preparer.quote('id')}, {preparer.quote('claim')}) IN ("
-    return columns, insert, delete
+    return insert, delete
 
 
 def carried_statements(
     table: Table,
-    rows: Sequence[dict[str, Any]],
+    rows: Sequence[tuple[Deferred, str | None]],
+    lease_until: int,
     *,
     wake: bool,
     finishing: Sequence[Claimed] = (),
 ) -> str | None:
-    """SQL that stores ``rows`` (skipping ids already stored: keyed tasks), deletes the
-    rows of the runs ``finishing`` that still hold their claims, and with ``wake``
-    notifies the dispatchers; ``None`` when a value cannot be written as a literal."""
-    columns, insert, delete = _texts(table)
+    """SQL that stores ``rows`` (each deferred call with the claim it is stored under,
+    or ``None``; skipping keyed ids already stored), deletes the rows of the runs
+    ``finishing`` that still hold their claims, and with ``wake`` notifies the
+    dispatchers; ``None`` when a value cannot be written as a literal."""
+    insert, delete = _texts(table)
     try:
-        values = ", ".join([_values(row, columns) for row in rows])
-        pairs = ", ".join(
-            [f"({_quoted(claimed.id)}, {_quoted(claimed.claim)})" for claimed in finishing]
-        )
+        values = ", ".join([_row(entry, claim, lease_until) for entry, claim in rows])
+        # Read from the table (a row may have been written by anyone): quoted.
+        pairs = ", ".join([f"({_quoted(claimed.id)}, '{claimed.claim}')" for claimed in finishing])
     except _NoLiteral:
         return None
-    sql = f"{insert}{values} ON CONFLICT (id) DO NOTHING;"
+    sql = insert + values
+    # Only a keyed id can be stored already; a random one needs no conflict check.
+    sql += " ON CONFLICT (id) DO NOTHING;" if any(entry.keyed for entry, _ in rows) else ";"
     if pairs:
         sql += f"{delete}{pairs});"
     if wake:

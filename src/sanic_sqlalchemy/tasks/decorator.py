@@ -86,6 +86,8 @@ class Task(Generic[P, R]):
         #: Whether ``func`` is a coroutine function (a plain one runs in a thread).
         self.is_async = inspect.iscoroutinefunction(func)
         self.options = options
+        #: How ``defer`` names itself in errors.
+        self.deferring = f"{options.name}.defer()"
         functools.update_wrapper(self, func)
 
     @property

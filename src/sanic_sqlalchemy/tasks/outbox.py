@@ -16,15 +16,15 @@ the key may already wait) and claimed after the commit.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from sqlalchemy.exc import DBAPIError
 
 from .carried import carried_statements
+from .deferred import Deferred
 from .finish import Finisher, Waiting
-from .sql import LEASE, Claimed, insert_statement, is_keyed, new_claim, now_ms
-from .table import RUNNING, missing_table
+from .sql import LEASE, Claimed, insert_statement, new_claim, now_ms
+from .table import missing_table
 
 if TYPE_CHECKING:
     from sqlalchemy import Table
@@ -35,15 +35,8 @@ if TYPE_CHECKING:
     from .wake import Waker
 
 
-@dataclass(slots=True)
-class Deferred:
-    """One deferred call: the row to store, and the savepoint it waits for."""
-
-    row: dict[str, Any]
-    savepoint: object | None
-    #: Due at the commit (no ``delay``): the committing process runs it at once.
-    immediate: bool
-
+#: How long the claim of a task stored claimed lasts, in milliseconds.
+_LEASE_MS = int(LEASE * 1000)
 
 #: Tasks stored per statement: one statement for a unit's tasks up to this many (a
 #: statement's bound parameters are limited: 32,767 with asyncpg, 12 per task here).
@@ -105,46 +98,50 @@ class Outbox:
 
     def add(self, entry: Deferred) -> str:
         """Keep ``entry`` for the commit; a keyed task already kept wins (its id)."""
-        task_id: str = entry.row["id"]
+        task_id = entry.id
         self._entries.setdefault(task_id, entry)
         return task_id
 
     def before_commit(self, session: Session) -> None:
         entries = self._entries
         self._claimed = []
-        if entries:
-            runs_here = self._runs_here()
-            claim = new_claim() if runs_here and self._claims_here else None
-            rows = [self._stored(entry, claim) for entry in entries.values()]
-            # Dispatchers need waking only for due tasks this process will not run at
-            # once; delayed ones they find at a poll when they fall due.
-            wake = not runs_here and any(entry.immediate for entry in entries.values())
-            runs = None if self._runs is None else self._runs()
-            if wake and runs is not None and not runs.waker.with_commit():
-                wake = False
-                self._owes_wake = runs.waker
-            finishing = self._rides_along(runs)
-            connection = session.connection()
-            if self._carried_by_commit(connection, rows, wake, finishing):
-                return
-            for start in range(0, len(rows), ROWS_PER_STATEMENT):
-                chunk = rows[start : start + ROWS_PER_STATEMENT]
-                statement, parameters = insert_statement(
-                    self._table, self._backend, chunk, wake=wake, finishing=finishing
-                )
-                finishing = []
-                try:
-                    connection.execute(statement, parameters).close()
-                except DBAPIError as error:
-                    missing = missing_table(error, self._table.name)
-                    if missing is None:
-                        raise
-                    raise missing from error
+        if not entries:
+            return
+        runs_here = self._runs_here()
+        claim = new_claim() if runs_here and self._claims_here else None
+        rows = [(entry, self._stored_by(entry, claim)) for entry in entries.values()]
+        lease_until = now_ms() + _LEASE_MS
+        # Dispatchers need waking only for due tasks this process will not run at
+        # once; delayed ones they find at a poll when they fall due.
+        wake = not runs_here and any(entry.immediate for entry in entries.values())
+        runs = None if self._runs is None else self._runs()
+        if wake and runs is not None and not runs.waker.with_commit():
+            wake = False
+            self._owes_wake = runs.waker
+        finishing = self._rides_along(runs)
+        connection = session.connection()
+        if self._carried_by_commit(connection, rows, lease_until, wake, finishing):
+            return
+        dicts = [entry.row(claim, lease_until) for entry, claim in rows]
+        for start in range(0, len(dicts), ROWS_PER_STATEMENT):
+            chunk = dicts[start : start + ROWS_PER_STATEMENT]
+            statement, parameters = insert_statement(
+                self._table, self._backend, chunk, wake=wake, finishing=finishing
+            )
+            finishing = []
+            try:
+                connection.execute(statement, parameters).close()
+            except DBAPIError as error:
+                missing = missing_table(error, self._table.name)
+                if missing is None:
+                    raise
+                raise missing from error
 
     def _carried_by_commit(
         self,
         connection: Connection,
-        rows: list[dict[str, Any]],
+        rows: list[tuple[Deferred, str | None]],
+        lease_until: int,
         wake: bool,
         finishing: list[Claimed],
     ) -> bool:
@@ -157,7 +154,9 @@ class Outbox:
         carry = getattr(connection.connection.driver_connection, "carry_on_commit", None)
         if carry is None:
             return False
-        statements = carried_statements(self._table, rows, wake=wake, finishing=finishing)
+        statements = carried_statements(
+            self._table, rows, lease_until, wake=wake, finishing=finishing
+        )
         return statements is not None and bool(carry(statements))
 
     def commit_error(self, error: BaseException) -> BaseException | None:
@@ -182,17 +181,14 @@ class Outbox:
             finisher, waiting = finishing
             finisher.settle(waiting, deleted=deleted)
 
-    def _stored(self, entry: Deferred, claim: str | None) -> dict[str, Any]:
-        """The row to insert: claimed (``claim``) by this process when it runs the task
-        right after the commit (an unkeyed task due now), else as deferred."""
-        row = entry.row
-        if claim is None or not entry.immediate or is_keyed(row["id"]):
-            return row
-        self._claimed.append(
-            Claimed(row["id"], row["name"], row["payload"], 1, row["max_attempts"], claim, None)
-        )
-        lease = now_ms() + int(LEASE * 1000)
-        return {**row, "state": RUNNING, "attempts": 1, "claim": claim, "lease_until": lease}
+    def _stored_by(self, entry: Deferred, claim: str | None) -> str | None:
+        """The claim ``entry`` is stored under: ``claim``, this process's, when it runs
+        the task right after the commit (an unkeyed task due now), else none (stored
+        waiting)."""
+        if claim is None or not entry.immediate or entry.keyed:
+            return None
+        self._claimed.append(entry.claimed_by(claim))
+        return claim
 
     def committed(self, commit_token: str | None) -> None:
         self._settle_finishing(deleted=True)
@@ -201,10 +197,14 @@ class Outbox:
             waker.owed()
         entries, self._entries = self._entries, {}
         claimed, self._claimed = self._claimed, []
-        mine = {one.id for one in claimed}
-        due = [
-            task_id for task_id, entry in entries.items() if entry.immediate and task_id not in mine
-        ]
+        due: list[str] = []
+        if len(claimed) < len(entries):
+            mine = {one.id for one in claimed}
+            due = [
+                task_id
+                for task_id, entry in entries.items()
+                if entry.immediate and task_id not in mine
+            ]
         if claimed or due:
             self._committed(claimed, due, commit_token)
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any, ParamSpec, TypeVar, overload
 
@@ -19,15 +18,16 @@ from sqlalchemy import MetaData, Table
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from ..errors import UnitStateError
+from ..engine.engines import Engines
 from ..replicas.probe import position_of
-from ..settings import TasksSettings
-from ..unit.sessions import stores_tasks, with_task_outbox
+from ..settings import Settings, TasksSettings
+from ..unit import UnitOfWork
+from ..unit.sessions import with_task_outbox
 from .decorator import Task, TaskOptions
+from .deferring import keep_call
 from .dispatcher import Runs, dispatch
 from .host import TaskDatabase
-from .outbox import CommitHandler, Deferred, Outbox, RunsHandler
-from .payload import encode
+from .outbox import CommitHandler, Outbox, RunsHandler
 from .relay import Relay, open_relay
 from .sql import (
     Claimed,
@@ -35,9 +35,8 @@ from .sql import (
     done_many_statement,
     hand_back_statement,
     notify_statement,
-    now_ms,
 )
-from .table import PENDING, missing_table, task_table
+from .table import missing_table, task_table
 from .upkeep import Upkeep
 
 logger = logging.getLogger("sanic_sqlalchemy")
@@ -75,6 +74,7 @@ class TaskRegistry(Upkeep):
         self.relay: Relay | None = None
         #: What a unit's outbox tells after its commit, and asks before it (decided
         #: when the database is configured, not per unit).
+        self._outbox_for: tuple[Engines, Settings, Table, str] | None = None
         self._outbox_handlers: tuple[
             CommitHandler, Callable[[], bool], bool, RunsHandler | None
         ] = self._local_handlers()
@@ -151,39 +151,18 @@ class TaskRegistry(Upkeep):
         key: str | None,
     ) -> str:
         """Keep ``task``'s call in the current unit for its commit; return its id."""
-        unit = self.db.current_unit(f"{task.name}.defer()")
-        payload = encode(task.name, args, kwargs)
-        session = unit.write.sync_session  # UnitStateError once the unit settled
-        if not stores_tasks(session):
-            raise UnitStateError(
-                f"{task.name}.defer(): this unit's db.write was made before the first "
-                "@db.task of its database was registered, so it cannot store tasks. "
-                "Define tasks at import time (in modules imported before any unit "
-                "opens), not inside a unit."
-            )
-        # The transaction begins now (no round trip): the unit's end then commits it,
-        # storing the tasks, even if nothing else is written.
-        session._autobegin_t()
-        outbox = getattr(unit, "outbox", None)
-        if not isinstance(outbox, Outbox):
-            outbox = unit.outbox = Outbox(self.table, unit.backend.name, *self._outbox_handlers)
-        options = task.options
-        now = now_ms()
-        row = {
-            "id": task.keyed_id(key) if key is not None else str(uuid.uuid4()),
-            "name": options.name,
-            "queue": options.queue,
-            "payload": payload,
-            "state": PENDING,
-            "attempts": 0,
-            "max_attempts": options.max_attempts,
-            "run_at": now + int(delay * 1000),
-            "lease_until": None,
-            "claim": None,
-            "created_at": now,
-            "error": None,
-        }
-        return outbox.add(Deferred(row, session.get_nested_transaction(), delay == 0))
+        unit = self.db.current_unit(task.deferring)
+        return keep_call(unit, task, args, kwargs, delay, key, self._new_outbox)
+
+    def _new_outbox(self, unit: UnitOfWork) -> Outbox:
+        """An outbox for ``unit`` (the table and the backend looked up once per engines
+        and settings)."""
+        engines = unit.engines
+        settings = self.db.settings
+        known = self._outbox_for
+        if known is None or known[0] is not engines or known[1] is not settings:
+            known = self._outbox_for = (engines, settings, self.table, engines.backend.name)
+        return Outbox(known[2], known[3], *self._outbox_handlers)
 
     def use(self, settings: TasksSettings) -> None:
         """Run committed tasks here, or relay them to the queue ``settings.backend``

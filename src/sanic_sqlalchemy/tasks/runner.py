@@ -28,6 +28,7 @@ from .sql import Claimed, done_statement, failed_statement
 if TYPE_CHECKING:
     from sqlalchemy.engine import CursorResult
 
+    from ..unit import UnitOfWork
     from .decorator import Task
     from .finish import Finisher
     from .host import TaskHost
@@ -88,8 +89,9 @@ async def _run(
                 "the dispatcher, or keep the task's name when renaming its function "
                 "(@db.task(name=...))."
             )
-        args, kwargs = decode(claimed.payload)
-        if not after:
+        arguments = claimed.arguments
+        args, kwargs = decode(claimed.payload) if arguments is None else arguments
+        if not after and registry.db.engines.replicas is not None:
             after = await registry.position_token()
         wrote = await run_in_unit(registry, task, claimed, args, kwargs, after)
         if not wrote:
@@ -132,24 +134,44 @@ async def run_in_unit(
 ) -> bool:
     """Call the task in a unit of its own; when it wrote through ``db.write``, delete its
     row in that transaction and commit both.  Whether it wrote (a run that did not is
-    finished by the caller, with other runs)."""
+    finished by the caller, with other runs).
+
+    The unit is opened when the task first asks for it (many tasks only send a message
+    and never touch the database), except with listeners (their async ``unit_begin``
+    is awaited) and in the test kit's rolled-back tests (units take turns there)."""
     db = registry.db
-    unit = db.open_unit(after)
-    # As in @db.retry: the run commits when the function returns (an explicit commit,
-    # which would commit before the task is marked done, is refused), and a retried
-    # function called inside joins the run's unit.
-    unit.retrying = True
-    unit.commits_on_exit = True
-    token = db.scope.enter(unit)
+    runner = asyncio.current_task()
+
+    def open_unit() -> UnitOfWork:
+        unit = db.open_unit(after)
+        # As in @db.retry: the run commits when the function returns (an explicit
+        # commit, which would commit before the task is marked done, is refused), and
+        # a retried function called inside joins the run's unit.
+        unit.retrying = True
+        unit.commits_on_exit = True
+        unit.owner = runner  # also when a child task of the run asks for it first
+        return unit
+
+    marker, token = db.scope.enter_on_first_use(open_unit)
     try:
-        if unit.beginning is not None:
-            await unit.begin_heard()  # async unit_begin listeners
         try:
+            if db.environment.listeners is not None or db.joined is not None:
+                eager = marker.unit()
+                if eager.beginning is not None:
+                    await eager.begin_heard()  # async unit_begin listeners
             timeout = task.options.timeout
             if timeout is None:
                 await _call(task, args, kwargs)
             else:
                 await asyncio.wait_for(_call(task, args, kwargs), timeout)
+        except BaseException as error:
+            if marker.opened is not None:
+                await marker.opened.end(False, error)
+            raise
+        unit = marker.opened
+        if unit is None:
+            return False
+        try:
             if unit.write_session is None:
                 await unit.end(True)
                 return False

@@ -87,6 +87,9 @@ class Claimed:
     claim: str
     #: The error of the run before, if any (kept when a taken-over task dies).
     error: str | None
+    #: The arguments, when the committing process has them (``payload.as_decoded``):
+    #: its run need not decode the payload.
+    arguments: tuple[list[Any], dict[str, Any]] | None = None
 
 
 def insert_statement(

@@ -5,7 +5,8 @@ Child tasks inherit a copy of their parent's context, so they see the parent's u
 unit is set, an integration may supply one (Sanic: the current request's unit, created
 on first use); ``step_outside()`` (in the task that runs them) and ``outside()`` (a
 context to run something in) make neither count, for on-commit callbacks, which run
-outside any unit.
+outside any unit.  ``enter_on_first_use`` makes current a unit that is opened only
+if something asks for it (a durable task's run: most never touch the database).
 """
 
 from __future__ import annotations
@@ -13,17 +14,41 @@ from __future__ import annotations
 import contextvars
 from collections.abc import Callable
 from contextvars import ContextVar, Token
-from typing import Final, Generic, TypeVar
+from typing import Any, Final, Generic, TypeVar
 
 #: The unit type a scope holds (``UnitOfWork``; generic, so that this module imports no unit).
 U = TypeVar("U")
 
 
-class _Outside:
+class _Outside(Generic[U]):
     """Marks a context as outside any unit, ambient ones included."""
 
+    __slots__ = ()
 
-OUTSIDE: Final = _Outside()
+    def unit(self) -> U | None:
+        """The unit current here: none."""
+        return None
+
+
+OUTSIDE: Final[_Outside[Any]] = _Outside()
+
+
+class OnFirstUse(_Outside[U]):
+    """Marks a context whose unit ``open`` opens the first time it is asked for (in
+    this context or a child task's: they share it), not before."""
+
+    __slots__ = ("_open", "opened")
+
+    def __init__(self, open_unit: Callable[[], U]) -> None:
+        self._open = open_unit
+        #: The unit, once something asked for it.
+        self.opened: U | None = None
+
+    def unit(self) -> U:
+        opened = self.opened
+        if opened is None:
+            opened = self.opened = self._open()
+        return opened
 
 
 class UnitScope(Generic[U]):
@@ -32,7 +57,7 @@ class UnitScope(Generic[U]):
     __slots__ = ("_var", "provider", "why_none")
 
     def __init__(self, name: str) -> None:
-        self._var: ContextVar[U | _Outside | None] = ContextVar(name, default=None)
+        self._var: ContextVar[U | _Outside[U] | None] = ContextVar(name, default=None)
         #: Supplies the unit when none is set here (the Sanic request's unit).
         self.provider: Callable[[], U | None] | None = None
         #: Says why the provider gives no unit here, for the error that reports it
@@ -44,15 +69,22 @@ class UnitScope(Generic[U]):
         if value is None:
             provider = self.provider
             return provider() if provider is not None else None
-        if value is OUTSIDE:
-            return None
-        assert not isinstance(value, _Outside)
+        if isinstance(value, _Outside):
+            return value.unit()
         return value
 
-    def enter(self, unit: U) -> Token[U | _Outside | None]:
+    def enter(self, unit: U) -> Token[U | _Outside[U] | None]:
         return self._var.set(unit)
 
-    def leave(self, token: Token[U | _Outside | None]) -> None:
+    def enter_on_first_use(
+        self, open_unit: Callable[[], U]
+    ) -> tuple[OnFirstUse[U], Token[U | _Outside[U] | None]]:
+        """Make current a unit that ``open_unit`` opens when first asked for; with the
+        marker (its ``opened``) and the token that ``leave`` takes."""
+        marker = OnFirstUse(open_unit)
+        return marker, self._var.set(marker)
+
+    def leave(self, token: Token[U | _Outside[U] | None]) -> None:
         try:
             self._var.reset(token)
         except ValueError:

@@ -16,6 +16,7 @@ from sqlalchemy.orm import InstanceState, Session, SessionTransaction
 
 from ...errors import UnitStateError
 from ...hooks import TaskOutbox
+from ..core import has_pending
 from .common import UnitSession, refuse_close
 
 if TYPE_CHECKING:
@@ -273,7 +274,8 @@ def _store_tasks(session: Session) -> None:
     # commit's flush (which SQLAlchemy would run after this hook), so that tasks that
     # the flush's ORM events defer are stored too, and on PostgreSQL the transaction
     # has begun, for its COMMIT to carry them.
-    session.flush()
+    if has_pending(session):
+        session.flush()
     outbox: TaskOutbox | None = getattr(session._unit, "outbox", None)
     if outbox is not None:
         outbox.before_commit(session)
