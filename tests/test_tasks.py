@@ -24,7 +24,7 @@ from sanic_sqlalchemy import (
     current_task,
 )
 from sanic_sqlalchemy.errors import TaskArgumentError, TaskNotFoundError, TasksTableMissingError
-from sanic_sqlalchemy.tasks import dispatcher, sql, wake
+from sanic_sqlalchemy.tasks import dispatcher, payload, sql, wake
 from sanic_sqlalchemy.tasks.runner import DONE, LOST, run_claimed
 from sanic_sqlalchemy.testing import StatementLog, checked_out, rolled_back, schema
 
@@ -418,6 +418,30 @@ async def until_idle(db: Database) -> None:
             return
         await asyncio.sleep(0.02)
     raise AssertionError(f"tasks still under way: {await db.tasks.counts()}")
+
+
+@pytest.mark.parametrize(
+    ("args", "kwargs", "plain"),
+    [
+        ((1, "a", 2.5, True, None, -0.0, 2**80, "é\u2028\"\\\x00\udc80'"), {"é": 1e308}, True),
+        ((), {}, True),
+        ((Size.LARGE,), {}, False),
+        ((Colour.RED,), {}, False),
+        (((1, 2),), {"k": [3]}, False),
+    ],
+)
+def test_the_fast_encoding_writes_what_the_encoder_writes(
+    args: tuple[Any, ...], kwargs: dict[str, Any], plain: bool
+) -> None:
+    """Plain arguments are written without the JSON encoder, byte for byte as it would,
+    and handed to the run as decoding gives them back; others go through it."""
+    text, arguments = payload.encode_call("t", args, kwargs)
+    assert text == payload.encode("t", args, kwargs)
+    assert (arguments is not None) is plain
+    if arguments is not None:
+        assert repr(arguments) == repr(payload.decode(text))
+    with pytest.raises(TaskArgumentError, match="positional argument 1"):
+        payload.encode_call("t", (1, float("nan")), {})
 
 
 async def test_the_committing_process_passes_arguments_as_a_dispatcher_would(

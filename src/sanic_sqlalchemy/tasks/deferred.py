@@ -42,7 +42,7 @@ class Deferred:
     immediate: bool
     #: Deferred with a ``key`` (its id is the key's, which another unit may have stored).
     keyed: bool
-    #: The arguments as the run gets them, when they need no decoding (``as_decoded``).
+    #: The arguments as the run gets them, when they need no decoding (``payload.encode_call``).
     arguments: tuple[list[Any], dict[str, Any]] | None
 
     def row(self, claim: str | None, lease_until: int) -> dict[str, Any]:

@@ -14,7 +14,7 @@ from ..errors import UnitStateError
 from ..unit.sessions import stores_tasks
 from .deferred import Deferred, new_task_id
 from .outbox import Outbox
-from .payload import as_decoded, encode
+from .payload import encode, encode_call
 from .sql import now_ms
 
 if TYPE_CHECKING:
@@ -33,7 +33,13 @@ def keep_call(
 ) -> str:
     """Keep ``task``'s call in ``unit`` for its commit (the unit's first deferred call
     makes its outbox with ``new_outbox``); return the task's id."""
-    payload = encode(task.name, args, kwargs)
+    keyed = key is not None
+    immediate = delay == 0
+    if immediate and not keyed:
+        # Run by this process after the commit, with these arguments when plain.
+        payload, arguments = encode_call(task.name, args, kwargs)
+    else:
+        payload, arguments = encode(task.name, args, kwargs), None
     session = unit.write.sync_session  # UnitStateError once the unit settled
     if not stores_tasks(session):
         raise UnitStateError(
@@ -48,8 +54,6 @@ def keep_call(
         outbox = unit.outbox = new_outbox(unit)
     options = task.options
     now = now_ms()
-    keyed = key is not None
-    immediate = delay == 0
     entry = Deferred(
         task.keyed_id(key) if key is not None else new_task_id(),
         options.name,
@@ -61,7 +65,6 @@ def keep_call(
         session.get_nested_transaction(),
         immediate,
         keyed,
-        # Only a task due at once, unkeyed, is run by this process with these.
-        as_decoded(args, kwargs) if immediate and not keyed else None,
+        arguments,
     )
     return outbox.add(entry)

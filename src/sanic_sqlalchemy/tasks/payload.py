@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from json.encoder import encode_basestring_ascii
 from typing import Any
 
 from ..errors import TaskArgumentError
@@ -15,6 +16,50 @@ _SIMPLE = frozenset({str, int, bool, type(None)})
 
 #: Compact JSON; made once (``json.dumps`` with options makes an encoder per call).
 _ENCODER = json.JSONEncoder(separators=(",", ":"))
+
+Arguments = tuple[list[Any], dict[str, Any]]
+
+
+class _NotPlain(Exception):
+    """A value that ``_plain_json`` leaves to the encoder."""
+
+
+def _finite(value: float) -> str:
+    if not math.isfinite(value):
+        raise _NotPlain
+    return float.__repr__(value)
+
+
+#: JSON for plain values, by exact type: a JSON round trip gives them back equal and of
+#: the same type (an ``IntEnum`` member or a ``str`` subclass would come back plain, so
+#: they are not plain here).
+_PLAIN: dict[type, Callable[[Any], str]] = {
+    str: encode_basestring_ascii,
+    int: int.__repr__,
+    float: _finite,
+    bool: lambda value: "true" if value else "false",
+    type(None): lambda _value: "null",
+}
+
+
+def encode_call(
+    task: str, args: tuple[Any, ...], kwargs: Mapping[str, Any]
+) -> tuple[str, Arguments | None]:
+    """The payload of a call (``encode``) and, when every argument is a plain value (an
+    id, a string), the arguments as ``decode`` gives them back, for a run in this
+    process to skip decoding; ``None`` for them otherwise."""
+    plain = _PLAIN
+    try:
+        positional = ",".join([plain[type(value)](value) for value in args])
+        named = ",".join(
+            [
+                f"{encode_basestring_ascii(name)}:{plain[type(value)](value)}"
+                for name, value in kwargs.items()
+            ]
+        )
+    except (KeyError, _NotPlain):
+        return encode(task, args, kwargs), None
+    return f'{{"args":[{positional}],"kwargs":{{{named}}}}}', (list(args), dict(kwargs))
 
 
 def encode(task: str, args: tuple[Any, ...], kwargs: Mapping[str, Any]) -> str:
@@ -30,30 +75,10 @@ def encode(task: str, args: tuple[Any, ...], kwargs: Mapping[str, Any]) -> str:
     return _ENCODER.encode({"args": list(args), "kwargs": dict(kwargs)})
 
 
-def decode(payload: str) -> tuple[list[Any], dict[str, Any]]:
+def decode(payload: str) -> Arguments:
     """The arguments a stored payload holds (tuples came back as lists)."""
     data = json.loads(payload)
     return list(data["args"]), dict(data["kwargs"])
-
-
-#: The types whose values a JSON round trip gives back equal and of the same type
-#: (floats are finite once ``encode`` accepted them).
-_PLAIN = frozenset({str, int, float, bool, type(None)})
-
-
-def as_decoded(
-    args: tuple[Any, ...], kwargs: Mapping[str, Any]
-) -> tuple[list[Any], dict[str, Any]] | None:
-    """What ``decode`` would give back for these arguments (already encoded), without
-    the round trip, when each is a plain value (an id, a string); ``None`` otherwise."""
-    plain = _PLAIN
-    for value in args:
-        if type(value) not in plain:
-            return None
-    for value in kwargs.values():
-        if type(value) not in plain:
-            return None
-    return list(args), dict(kwargs)
 
 
 def _check(task: str, value: Any, where: str) -> None:

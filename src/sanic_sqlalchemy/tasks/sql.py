@@ -88,7 +88,7 @@ class Claimed:
     claim: str
     #: The error of the run before, if any (kept when a taken-over task dies).
     error: str | None
-    #: The arguments, when the committing process has them (``payload.as_decoded``):
+    #: The arguments, when the committing process has them (``payload.encode_call``):
     #: its run need not decode the payload.
     arguments: tuple[list[Any], dict[str, Any]] | None = None
 
