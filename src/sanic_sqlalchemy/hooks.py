@@ -68,9 +68,11 @@ class TaskOutbox(Protocol):
     its transaction goes: they are stored with its commit and follow its savepoints
     as on-commit callbacks do."""
 
-    def before_commit(self, session: Any, /) -> None:
+    def before_commit(self, session: Any, connection: Any, /) -> None:
         """The unit's transaction (not a savepoint) is about to commit on ``session``
-        (the write session's synchronous half): store the tasks, in one statement."""
+        (the write session's synchronous half): store the tasks, in one statement.
+        ``connection`` is the transaction's, when the unit knows it (else ``None``:
+        ask the session)."""
 
     def commit_error(self, error: BaseException, /) -> BaseException | None:
         """What to raise instead of ``error``, which failed the commit (``None``: raise

@@ -57,8 +57,11 @@ class Runs:
         the database wait to be sent."""
         return bool(self.active or self.queued or self.finisher.pending or self.waker.pending)
 
-    def start(self, claimed: Claimed, after: tuple[object, ...] = ()) -> asyncio.Task[str]:
-        """Run ``claimed`` in a task of its own, outside any unit."""
+    def start(
+        self, claimed: Claimed, after: tuple[object, ...] = (), *, committed: bool = False
+    ) -> asyncio.Task[str]:
+        """Run ``claimed`` in a task of its own, outside any unit (``committed``: in one
+        of the slots of the runs that commits started, freed when it ends)."""
         registry = self._registry
         # In a rolled-back test the runs share the test's one connection: each deletes
         # its own row before it ends, rather than a statement sent beside the next run.
@@ -66,7 +69,7 @@ class Runs:
         run = run_claimed(registry, claimed, after, finisher)
         task = registry.db.scope.outside().run(self.loop.create_task, run)
         self.active[task] = claimed
-        task.add_done_callback(self._ended)
+        task.add_done_callback(self._slot_freed if committed else self._ended)
         self._keep_beating()
         return task
 
@@ -80,9 +83,10 @@ class Runs:
             self._keep_beating()
             return
         self._committed_running += 1
-        self.start(claimed, after).add_done_callback(self._slot_freed)
+        self.start(claimed, after, committed=True)
 
-    def _slot_freed(self, _task: asyncio.Task[str]) -> None:
+    def _slot_freed(self, task: asyncio.Task[str]) -> None:
+        self._ended(task)
         self._committed_running -= 1
         if self.queued:
             self.start_committed(*self.queued.popleft())

@@ -102,7 +102,7 @@ class Outbox:
         self._entries.setdefault(task_id, entry)
         return task_id
 
-    def before_commit(self, session: Session) -> None:
+    def before_commit(self, session: Session, connection: Connection | None) -> None:
         entries = self._entries
         self._claimed = []
         if not entries:
@@ -119,7 +119,8 @@ class Outbox:
             wake = False
             self._owes_wake = runs.waker
         finishing = self._rides_along(runs)
-        connection = session.connection()
+        if connection is None:
+            connection = session.connection()
         if self._carried_by_commit(connection, rows, lease_until, wake, finishing):
             return
         dicts = [entry.row(claim, lease_until) for entry, claim in rows]

@@ -207,6 +207,13 @@ class UnitCore:
         self.wrote = True
         attach(connection, self.stats)
 
+    @property
+    def transaction_connection(self) -> Connection | None:
+        """The connection of the write transaction under way, once it began on one;
+        ``None`` before, and in a test's transaction (where the unit's transaction is a
+        savepoint on the test's connection, whichever has begun)."""
+        return None if self._needs.outer_sync is not None else self.writer_connection
+
     def write_ended(self) -> None:
         self.writer_connection = self._needs.outer_sync
 

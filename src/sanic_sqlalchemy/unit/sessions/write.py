@@ -276,9 +276,10 @@ def _store_tasks(session: Session) -> None:
     # has begun, for its COMMIT to carry them.
     if has_pending(session):
         session.flush()
-    outbox: TaskOutbox | None = getattr(session._unit, "outbox", None)
+    unit = session._unit
+    outbox: TaskOutbox | None = getattr(unit, "outbox", None)
     if outbox is not None:
-        outbox.before_commit(session)
+        outbox.before_commit(session, unit.transaction_connection)
 
 
 @event.listens_for(_TaskWriteSyncSession, "after_commit")
