@@ -555,6 +555,46 @@ async def test_a_burst_of_commits_runs_here_a_few_at_a_time(db: Database) -> Non
     assert sorted(rows) == [("pending", 0)] * 3
 
 
+async def test_a_process_whose_runs_are_short_takes_a_longer_backlog(db: Database) -> None:
+    """Past ``FAST_BACKLOG`` times ``limit`` runs, a process still takes the tasks it
+    commits while a queued run would wait less than ``FAST_WAIT`` by the mean length
+    of its recent runs: after short runs, a burst of 12 commits with ``limit`` 1 is all
+    stored claimed here; after long runs, only the first ``FAST_BACKLOG``."""
+    db.tasks.run_after_commit = True
+    db.tasks.concurrency = 1
+    release = asyncio.Event()
+    release.set()
+
+    @db.task(name="test.gated")
+    async def gated(n: int) -> None:
+        await release.wait()
+
+    for n in range(20):  # short runs: the mean falls to a few milliseconds at most
+        async with db:
+            gated.defer(n)
+        await until_idle(db)
+    runs = db.tasks.runs()
+    assert runs.mean_run < 0.02
+    release.clear()
+    for n in range(12):
+        async with db:
+            gated.defer(100 + n)
+    assert await db.tasks.counts() == {"pending": 0, "running": 12, "dead": 0}
+    release.set()
+    await until_idle(db)
+
+    runs.mean_run = 1.0  # as after runs of a second each
+    release.clear()
+    for n in range(12):
+        async with db:
+            gated.defer(200 + n)
+    backlog = dispatcher.FAST_BACKLOG
+    assert await db.tasks.counts() == {"pending": 12 - backlog, "running": backlog, "dead": 0}
+    release.set()
+    await db.tasks.run_pending()
+    await until_idle(db)
+
+
 async def test_stop_hands_running_tasks_back_without_an_attempt(db: Database) -> None:
     db.tasks.run_after_commit = True
     started = asyncio.Event()

@@ -30,6 +30,18 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger("sanic_sqlalchemy")
 
+#: A process takes the tasks it commits while fewer than this many times ``limit``
+#: runs are under way or wait for a slot here ...
+FAST_BACKLOG = 4
+#: ... and up to this many times ``limit`` while a run queued now would wait less than
+#: ``FAST_WAIT`` seconds for its slot, by the mean length of the recent runs (short
+#: runs drain a long queue quickly; long ones are better left to other processes).
+FAST_BACKLOG_MAX = 64
+FAST_WAIT = 0.25
+#: The mean length of a run assumed before one ended, and the weight of each new one.
+_FIRST_MEAN = 0.1
+_WEIGHT = 0.1
+
 
 class Runs:
     """The runs of one event loop, their claims kept alive."""
@@ -50,6 +62,10 @@ class Runs:
         #: for a slot (claimed already, their claims kept alive like the runs').
         self._committed_running = 0
         self.queued: collections.deque[tuple[Claimed, tuple[object, ...]]] = collections.deque()
+        #: When each run that a commit started began, and their mean length (seconds,
+        #: a moving average) from the start of the task to its end.
+        self._began: dict[asyncio.Task[str], float] = {}
+        self.mean_run = _FIRST_MEAN
 
     @property
     def busy(self) -> bool:
@@ -73,6 +89,15 @@ class Runs:
         self._keep_beating()
         return task
 
+    def takes_more(self, limit: int, others: int) -> bool:
+        """Whether the tasks a commit stores now should run here (stored claimed), with
+        ``others`` runs on their way to this loop besides its own."""
+        busy = len(self.active) + len(self.queued) + others
+        if busy < limit * FAST_BACKLOG:
+            return True
+        waiting = len(self.queued) / limit * self.mean_run
+        return busy < limit * FAST_BACKLOG_MAX and waiting < FAST_WAIT
+
     def start_committed(self, claimed: Claimed, after: tuple[object, ...]) -> None:
         """Run a task that a commit stored claimed by this process: at once while fewer
         than ``registry.limit`` such runs are under way, else when one ends, so that a
@@ -83,11 +108,15 @@ class Runs:
             self._keep_beating()
             return
         self._committed_running += 1
-        self.start(claimed, after, committed=True)
+        task = self.start(claimed, after, committed=True)
+        self._began[task] = self.loop.time()
 
     def _slot_freed(self, task: asyncio.Task[str]) -> None:
         self._ended(task)
         self._committed_running -= 1
+        began = self._began.pop(task, None)
+        if began is not None and not task.cancelled():
+            self.mean_run += (self.loop.time() - began - self.mean_run) * _WEIGHT
         if self.queued:
             self.start_committed(*self.queued.popleft())
 

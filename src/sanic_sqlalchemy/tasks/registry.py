@@ -45,9 +45,6 @@ T = TypeVar("T")
 
 #: Claimed at once by ``run_pending`` (and run one after the other).
 _BATCH = 20
-#: How many runs (of ``limit`` at once) a process may have under way or waiting for a
-#: slot, as a multiple of ``limit``, and still take the tasks it commits.
-FAST_BACKLOG = 4
 
 
 class TaskRegistry(Upkeep):
@@ -378,12 +375,10 @@ class TaskRegistry(Upkeep):
         """Whether this process would run tasks due at a commit right after it."""
         if self._stopping or not self.run_after_commit or self.db.joined is not None:
             return False
-        runs = self._runs
         # Runs past ``limit`` wait for a slot here, claimed already (no claim, no
-        # notification); past a backlog of ``FAST_BACKLOG`` times as many, the tasks
-        # are left to the dispatchers of every process, which claim them as they can.
-        busy = 0 if runs is None else len(runs.active) + len(runs.queued)
-        return len(self._spawned) + busy < self.limit * FAST_BACKLOG
+        # notification); past a backlog (``Runs.takes_more``), the tasks are left to
+        # the dispatchers of every process, which claim them as they can.
+        return self.runs().takes_more(self.limit, len(self._spawned))
 
     def _loop_runs(self) -> Runs | None:
         """The runs of this loop, whose finished rows and wake-ups its commits carry
