@@ -555,6 +555,39 @@ async def test_a_burst_of_commits_runs_here_a_few_at_a_time(db: Database) -> Non
     assert sorted(rows) == [("pending", 0)] * 3
 
 
+async def test_a_child_task_that_outlives_its_run_finds_no_unit(db: Database) -> None:
+    """A task that leaves a child task behind: once the run ended, the child opens no
+    unit of the run's (one would never be ended, holding a connection); it finds none,
+    as outside any unit, and ``async with db:`` gives it a unit of its own."""
+    db.tasks.run_after_commit = True
+    run_over = asyncio.Event()
+    outcome: list[Any] = []
+    children: list[asyncio.Task[None]] = []
+
+    async def child(order_id: int) -> None:
+        await run_over.wait()
+        try:
+            db.write.add(Receipt(order_id=order_id, note="orphan"))
+        except NoActiveUnitError as error:
+            outcome.append(type(error))
+        async with db:
+            db.write.add(Receipt(order_id=order_id, note="own unit"))
+        outcome.append("committed")
+
+    @db.task(name="test.leaves_a_child")
+    async def leaves_a_child(order_id: int) -> None:
+        children.append(asyncio.create_task(child(order_id)))
+
+    async with db:
+        leaves_a_child.defer(5)
+    await until_idle(db)
+    run_over.set()
+    await asyncio.gather(*children)
+    assert outcome == [NoActiveUnitError, "committed"]
+    assert await receipts(db) == [5]
+    assert checked_out(db).write == 0
+
+
 async def test_a_process_whose_runs_are_short_takes_a_longer_backlog(db: Database) -> None:
     """Past ``FAST_BACKLOG`` times ``limit`` runs, a process still takes the tasks it
     commits while a queued run would wait less than ``FAST_WAIT`` by the mean length

@@ -157,7 +157,7 @@ async def run_in_unit(
         try:
             if db.environment.listeners is not None or db.joined is not None:
                 eager = marker.unit()
-                if eager.beginning is not None:
+                if eager is not None and eager.beginning is not None:
                     await eager.begin_heard()  # async unit_begin listeners
             timeout = task.options.timeout
             if timeout is None:
@@ -189,6 +189,7 @@ async def run_in_unit(
         await unit.end(True)
         return True
     finally:
+        marker.close()
         db.scope.leave(token)
 
 

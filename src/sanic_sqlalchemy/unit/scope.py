@@ -37,18 +37,24 @@ class OnFirstUse(_Outside[U]):
     """Marks a context whose unit ``open`` opens the first time it is asked for (in
     this context or a child task's: they share it), not before."""
 
-    __slots__ = ("_open", "opened")
+    __slots__ = ("_closed", "_open", "opened")
 
     def __init__(self, open_unit: Callable[[], U]) -> None:
         self._open = open_unit
+        self._closed = False
         #: The unit, once something asked for it.
         self.opened: U | None = None
 
-    def unit(self) -> U:
+    def unit(self) -> U | None:
         opened = self.opened
-        if opened is None:
+        if opened is None and not self._closed:
             opened = self.opened = self._open()
         return opened
+
+    def close(self) -> None:
+        """Open no unit from now on (what the unit was for is over: a child task that
+        outlives it finds none, as outside any unit)."""
+        self._closed = True
 
 
 class UnitScope(Generic[U]):
