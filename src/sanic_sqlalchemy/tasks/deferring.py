@@ -48,7 +48,7 @@ def keep_call(
             "Define tasks at import time (in modules imported before any unit "
             "opens), not inside a unit."
         )
-    session._autobegin_t()
+    session._autobegin_t()  # no round trip; the unit's end will commit (and store) it
     outbox = getattr(unit, "outbox", None)
     if not isinstance(outbox, Outbox):
         outbox = unit.outbox = new_outbox(unit)

@@ -69,9 +69,11 @@ class TaskRegistry(Upkeep):
         self._stop_grace = 0.0
         #: With a queue backend (DATABASE_TASKS_BACKEND), what publishes the tasks.
         self.relay: Relay | None = None
+        #: The engines and settings outboxes were last made for, with the table and
+        #: the backend's name they give.
+        self._outbox_for: tuple[Engines, Settings, Table, str] | None = None
         #: What a unit's outbox tells after its commit, and asks before it (decided
         #: when the database is configured, not per unit).
-        self._outbox_for: tuple[Engines, Settings, Table, str] | None = None
         self._outbox_handlers: tuple[
             CommitHandler, Callable[[], bool], bool, RunsHandler | None
         ] = self._local_handlers()
