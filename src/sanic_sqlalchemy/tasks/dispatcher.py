@@ -77,7 +77,8 @@ class Runs:
         self, claimed: Claimed, after: tuple[object, ...] = (), *, committed: bool = False
     ) -> asyncio.Task[str]:
         """Run ``claimed`` in a task of its own, outside any unit (``committed``: in one
-        of the slots of the runs that commits started, freed when it ends)."""
+        of the slots of the runs that commits started, freed when it ends, its length
+        counted in ``mean_run``)."""
         registry = self._registry
         # In a rolled-back test the runs share the test's one connection: each deletes
         # its own row before it ends, rather than a statement sent beside the next run.
@@ -85,7 +86,11 @@ class Runs:
         run = run_claimed(registry, claimed, after, finisher)
         task = registry.db.scope.outside().run(self.loop.create_task, run)
         self.active[task] = claimed
-        task.add_done_callback(self._slot_freed if committed else self._ended)
+        if committed:
+            self._began[task] = self.loop.time()
+            task.add_done_callback(self._slot_freed)
+        else:
+            task.add_done_callback(self._ended)
         self._keep_beating()
         return task
 
@@ -108,8 +113,7 @@ class Runs:
             self._keep_beating()
             return
         self._committed_running += 1
-        task = self.start(claimed, after, committed=True)
-        self._began[task] = self.loop.time()
+        self.start(claimed, after, committed=True)
 
     def _slot_freed(self, task: asyncio.Task[str]) -> None:
         self._ended(task)

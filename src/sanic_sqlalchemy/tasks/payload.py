@@ -11,9 +11,6 @@ from typing import Any
 
 from ..errors import TaskArgumentError
 
-#: The types whose values need no check (a float does: infinities have no JSON form).
-_SIMPLE = frozenset({str, int, bool, type(None)})
-
 #: Compact JSON; made once (``json.dumps`` with options makes an encoder per call).
 _ENCODER = json.JSONEncoder(separators=(",", ":"))
 
@@ -21,7 +18,7 @@ Arguments = tuple[list[Any], dict[str, Any]]
 
 
 class _NotPlain(Exception):
-    """A value that ``_plain_json`` leaves to the encoder."""
+    """A value that ``encode_call`` leaves to the encoder."""
 
 
 def _finite(value: float) -> str:
@@ -40,6 +37,10 @@ _PLAIN: dict[type, Callable[[Any], str]] = {
     bool: lambda value: "true" if value else "false",
     type(None): lambda _value: "null",
 }
+
+#: The types whose values ``encode`` need not check (a float does: infinities have no
+#: JSON form).
+_SIMPLE = frozenset(_PLAIN) - {float}
 
 
 def encode_call(
