@@ -3,8 +3,8 @@
 1. A writing endpoint (``POST /users``) that defers a durable no-op task, against the
    same endpoint with an in-memory ``db.on_commit`` callback: the request's round trips
    (1 and 5 tasks per request, the unit alone and with the task's own run), then req/s
-   under wrk (server on core 1, wrk on core 0), the variants interleaved round by round;
-   the ratio is taken within each round.
+   under wrk (server on core 1, wrk and a local PostgreSQL on core 0: ``--db-core``), the
+   variants interleaved round by round; the ratio is taken within each round.
 2. Dispatcher throughput, one worker process, PostgreSQL: ours, pgqueuer and
    procrastinate on the same database, interleaved round by round; no-op tasks and tasks
    that insert one row each.
@@ -38,11 +38,14 @@ sys.path.insert(0, str(HERE))
 from bench import db as bench_db  # noqa: E402
 from bench import queues  # noqa: E402
 from bench.http import Client  # noqa: E402
+from bench.local_db import cpu_seconds, database_on_core  # noqa: E402
 from bench.machine import machine, source, versions  # noqa: E402
 from bench.proxy import CountingProxy  # noqa: E402
 from bench.servers import Server  # noqa: E402
 from bench.wrk import run_wrk, wrk_version  # noqa: E402
 
+#: Hosts whose PostgreSQL runs on this machine (``--db-core`` pins it).
+LOCAL = {"127.0.0.1", "localhost", "::1"}
 SERVER_PORT = 18_281
 PROXY_PORT = 16_532
 #: (variant, tasks per request, whether the server runs the tasks itself) measured under
@@ -123,6 +126,10 @@ async def load(
 ) -> dict[str, Any]:
     rates: dict[str, list[float]] = {}
     latencies: dict[str, list[float]] = {}
+    #: The server's CPU time per request (its process's, over the window).
+    cpu_us: dict[str, list[float]] = {}
+    #: PostgreSQL's (every process of a local server), the same way.
+    db_cpu_us: dict[str, list[float]] = {}
     measured = loads(tasks_per_request)
     for number in range(rounds):
         order = measured[number % len(measured) :] + measured[: number % len(measured)]
@@ -132,7 +139,9 @@ async def load(
             await one.start()
             try:
                 await run_wrk(SERVER_PORT, "insert", seconds=2, core="0")  # warm-up
+                cpu, db_cpu = one.cpu(), cpu_seconds()
                 result = await run_wrk(SERVER_PORT, "insert", seconds=duration, core="0")
+                cpu, db_cpu = one.cpu() - cpu, cpu_seconds() - db_cpu
             finally:
                 await one.stop()
             if result.error_count:
@@ -140,6 +149,8 @@ async def load(
             label = label_of(variant, per_request, fast)
             rates.setdefault(label, []).append(result.rps)
             latencies.setdefault(label, []).append(result.p99_ms)
+            cpu_us.setdefault(label, []).append(cpu / max(result.requests, 1) * 1e6)
+            db_cpu_us.setdefault(label, []).append(db_cpu / max(result.requests, 1) * 1e6)
             log(f"round {number + 1} {label}: {result.rps:.0f} req/s")
     ratios = {
         label: [d / c for d, c in zip(rates[label], rates[f"ours-on-commit ×{n}"], strict=True)]
@@ -147,7 +158,13 @@ async def load(
         if variant == "ours-defer"
         for label in [label_of(variant, n, fast)]
     }
-    return {"rates": rates, "p99_ms": latencies, "ratios": ratios}
+    return {
+        "rates": rates,
+        "p99_ms": latencies,
+        "cpu_us": cpu_us,
+        "db_cpu_us": db_cpu_us,
+        "ratios": ratios,
+    }
 
 
 def median_range(values: list[float], digits: int = 0) -> str:
@@ -194,14 +211,17 @@ def report(data: dict[str, Any]) -> str:
         lines += [
             "",
             f"req/s under wrk (`-t1 -c32`, {data['duration']} s per window, "
-            f"{data['rounds']} rounds, order rotated each round; median and min–max):",
+            f"{data['rounds']} rounds, order rotated each round; median and min–max). "
+            f"The local PostgreSQL: {data.get('database_core', 'not pinned')}.",
             "",
-            "| variant | req/s | p99 ms (median) |",
-            "|---|---|---|",
+            "| variant | req/s | p99 ms (median) | CPU µs per request: server | PostgreSQL |",
+            "|---|---|---|---|---|",
         ]
         for label, rates in load_data["rates"].items():
             p99 = statistics.median(load_data["p99_ms"][label])
-            lines.append(f"| {label} | {median_range(rates)} | {p99:.1f} |")
+            cpu = median_range(load_data["cpu_us"][label])
+            db_cpu = median_range(load_data["db_cpu_us"][label])
+            lines.append(f"| {label} | {median_range(rates)} | {p99:.1f} | {cpu} | {db_cpu} |")
         lines += ["", "Ratio to on_commit with as many callbacks, within each round:", ""]
         for label, ratios in load_data["ratios"].items():
             lines.append(f"- {label}: {median_range(ratios, 3)}")
@@ -278,7 +298,9 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
             await connection.execute(f'CREATE DATABASE "{args.queue_db}"')
     if "endpoint" in args.parts:
         data["round_trips"] = await round_trips(target, args.rt_requests, args.per_request)
-        data["load"] = await load(target, args.rounds, args.duration, args.per_request)
+        with database_on_core(args.db_core if target.host in LOCAL else "") as pinned:
+            data["load"] = await load(target, args.rounds, args.duration, args.per_request)
+        data["database_core"] = pinned
     if "queues" in args.parts:
         log("dispatcher throughput")
         systems = ["ours", "pgqueuer", "procrastinate"]
@@ -305,6 +327,11 @@ def main() -> int:
     parser.add_argument("--parts", default="endpoint,queues,latency")
     parser.add_argument(
         "--per-request", default="1,5", help="the endpoint's tasks per request (1, 5 or both)"
+    )
+    parser.add_argument(
+        "--db-core",
+        default="0",
+        help="core of a local PostgreSQL during the req/s windows ('' leaves it alone)",
     )
     parser.add_argument("--pg", default="postgres@127.0.0.1:5432/bench", help="user@host:port/db")
     parser.add_argument("--queue-db", default="bench_tasks", help="database of part 2 and 3")

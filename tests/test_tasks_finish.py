@@ -1,7 +1,10 @@
 """Finishing runs that wrote nothing (``tasks/finish.py``) on PostgreSQL: while units
-that defer tasks keep committing, each commit's statement also deletes the rows of the
-runs that ended before it (no statement of their own); a commit that fails hands them
-back, and they are deleted at once by a statement of their own."""
+that defer tasks keep committing, their statements also delete the rows of the runs
+that ended before them (no statement of their own), several runs at a time; a commit
+that fails hands them back, and they are deleted at once by a statement of their own.
+
+Most tests here have every commit take the rows waiting (``RIDE_EVERY`` 0), to follow
+one run's row; ``test_commits_take_finished_runs_along_in_batches`` checks the batches."""
 
 from __future__ import annotations
 
@@ -38,7 +41,8 @@ class Ticket(Base):
 
 
 @pytest.fixture
-async def db(url: str) -> AsyncIterator[Database]:
+async def db(url: str, monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[Database]:
+    monkeypatch.setattr(finish, "RIDE_EVERY", 0.0)  # every commit takes what waits
     database = Database(url, pool_size=5, pool_timeout=10)
     async with schema(database, Base.metadata), schema(database, database.tasks.metadata):
         yield database
@@ -49,6 +53,12 @@ async def db(url: str) -> AsyncIterator[Database]:
 def own_deletes(log: StatementLog, table: str) -> list[str]:
     """The statements that deleted finished runs' rows on their own."""
     return [s for _, s in log.statements if s.lstrip().startswith(f"DELETE FROM {table}")]
+
+
+def pairs_deleted(statement: str) -> int:
+    """How many finished runs a carried statement deletes (one ``(id, claim)`` each)."""
+    _, _, deletion = statement.partition("DELETE FROM")
+    return deletion.count("(E'")
 
 
 def carried(log: StatementLog) -> list[str]:
@@ -123,6 +133,64 @@ async def test_commits_that_store_tasks_finish_the_runs_before_them(db: Database
     # own; with it, nearly every commit carries the runs that ended before it.
     assert len(carried(log)) >= 20, log.statements
     assert len(own_deletes(log, table)) <= 5, own_deletes(log, table)
+
+
+async def test_commits_take_finished_runs_along_in_batches(
+    db: Database, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Under load a commit takes the finished runs along only once ``RIDE_BATCH`` wait
+    (or the oldest waited ``RIDE_EVERY``): one deletion for several runs, not one per
+    commit (each statement costs the database more than the row it deletes)."""
+    monkeypatch.setattr(finish, "RIDE_BATCH", 5)
+    monkeypatch.setattr(finish, "RIDE_EVERY", 30.0)
+    monkeypatch.setattr(finish, "RIDE_WAIT", 30.0)
+    noted, ran = noted_task(db)
+    async with db:
+        noted.defer(-1)  # starts this loop's runs and finisher
+    await db.tasks.runs().finisher.drain()
+    await until_empty(db, 10)
+    log = StatementLog(db)
+    for n in range(20):
+        async with db:
+            db.write.add(Ticket(number=n))  # begun on the server: its COMMIT carries
+            noted.defer(n)
+        for _ in range(200):  # this unit's run ended: its row waits
+            if len(ran) == n + 2:
+                break
+            await asyncio.sleep(0.005)
+    riding = carried(log)
+    await db.tasks.runs().finisher.drain()  # the last few, which no commit took
+    log.detach()
+    assert sorted(ran) == list(range(-1, 20))
+    assert await db.tasks.counts() == {"pending": 0, "running": 0, "dead": 0}
+    # 20 commits, one run ending after each: every fifth commit found five rows waiting.
+    assert [pairs_deleted(statement) for statement in riding] == [5, 5, 5], riding
+    assert len(own_deletes(log, db.tasks.table.name)) == 1
+
+
+async def test_a_young_run_waits_for_a_later_commit(
+    db: Database, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A row that waited less than ``RIDE_EVERY`` stays for a later commit; one that
+    waited longer goes with the next."""
+    monkeypatch.setattr(finish, "RIDE_EVERY", 0.5)
+    monkeypatch.setattr(finish, "RIDE_WAIT", 30.0)
+    noted, ran = noted_task(db)
+    await one_run_waiting(db, noted, ran)  # task 1's row waits, just now
+    log = StatementLog(db)
+    async with db:
+        db.write.add(Ticket(number=2))  # begun on the server: its COMMIT carries
+        noted.defer(2)
+    young = carried(log)
+    await asyncio.sleep(0.6)  # task 2's run ended too; task 1's row is old now
+    async with db:
+        db.write.add(Ticket(number=3))
+        noted.defer(3)
+    log.detach()
+    assert young == []
+    [statement] = carried(log)
+    assert pairs_deleted(statement) == 2
+    assert await db.tasks.counts() == {"pending": 0, "running": 1, "dead": 0}  # task 3's
 
 
 async def test_a_commit_that_fails_hands_its_finished_runs_back(

@@ -4,16 +4,18 @@ response by the worker, or by the dispatcher each worker starts and stops."""
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import time
 from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
 from sanic import Request, Sanic
+from sanic.exceptions import SanicException
 from sanic.response import HTTPResponse, json
-from sqlalchemy import select
+from sqlalchemy import select, text
 
-from sanic_sqlalchemy import Database
+from sanic_sqlalchemy import Database, NoActiveUnitError
 from sanic_sqlalchemy.testing import schema
 
 from .conftest import make_app
@@ -105,3 +107,51 @@ async def test_a_database_without_tasks_starts_no_dispatcher(url: str, serve: An
     assert (await served.client.get("/")).status_code == 200
     assert not database.tasks.running
     await database.dispose()
+
+
+async def test_a_run_here_starts_from_a_fresh_context_as_a_dispatchers_run_would(
+    db: Database, url: str, serve: Any
+) -> None:
+    """What the handler's context held (a context variable, the request, another
+    database's request unit) is not the task's: it runs as a dispatcher would run it."""
+    other = Database(url, pool_size=2)
+    app = make_app("fresh")
+    db.init_app(app)
+    other.init_app(app)
+    marker: contextvars.ContextVar[str] = contextvars.ContextVar("marker", default="unset")
+    seen: dict[str, Any] = {}
+
+    @db.task(name="fresh.look")
+    async def look(order_id: int) -> None:
+        seen["marker"] = marker.get()
+        try:
+            Request.get_current()
+            seen["request"] = "found"
+        except SanicException:
+            seen["request"] = None
+        try:
+            await other.read.execute(text("SELECT 1"))
+            seen["other"] = "the request's unit"
+        except NoActiveUnitError:
+            seen["other"] = NoActiveUnitError
+        async with other:
+            seen["other in its own unit"] = (await other.read.execute(text("SELECT 2"))).scalar()
+        db.write.add(Receipt(order_id=order_id))
+
+    @app.post("/look/<order_id:int>")
+    async def handler(request: Request, order_id: int) -> HTTPResponse:
+        marker.set("the handler's")
+        await other.read.execute(text("SELECT 1"))  # the request has a unit of other
+        look.defer(order_id)
+        return json({}, status=201)
+
+    served = await serve(app)
+    assert (await served.client.post("/look/7")).status_code == 201
+    assert await wait_for_receipts(db, 1) == [7]
+    assert seen == {
+        "marker": "unset",
+        "request": None,
+        "other": NoActiveUnitError,
+        "other in its own unit": 2,
+    }
+    await other.dispose()

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextvars
 import logging
 from collections.abc import Collection
 from typing import TYPE_CHECKING
@@ -49,6 +50,10 @@ class Runs:
     def __init__(self, registry: TaskHost) -> None:
         self._registry = registry
         self.loop = asyncio.get_running_loop()
+        #: Where runs start: a context of their own, as empty as a dispatcher's run
+        #: elsewhere would find it (nothing of the committing request's), so that a
+        #: task behaves alike wherever it runs.  Each run's task copies it.
+        self._fresh = contextvars.Context()
         #: Each run's asyncio task and the claim it holds.
         self.active: dict[asyncio.Task[str], Claimed] = {}
         #: Set whenever a run ends (a dispatcher at full concurrency waits for it).
@@ -76,7 +81,7 @@ class Runs:
     def start(
         self, claimed: Claimed, after: tuple[object, ...] = (), *, committed: bool = False
     ) -> asyncio.Task[str]:
-        """Run ``claimed`` in a task of its own, outside any unit (``committed``: in one
+        """Run ``claimed`` in a task of its own, in a fresh context (``committed``: in one
         of the slots of the runs that commits started, freed when it ends, its length
         counted in ``mean_run``)."""
         registry = self._registry
@@ -84,7 +89,7 @@ class Runs:
         # its own row before it ends, rather than a statement sent beside the next run.
         finisher = self.finisher if registry.db.joined is None else None
         run = run_claimed(registry, claimed, after, finisher)
-        task = registry.db.scope.outside().run(self.loop.create_task, run)
+        task = self._fresh.run(self.loop.create_task, run)
         self.active[task] = claimed
         if committed:
             self._began[task] = self.loop.time()

@@ -1,14 +1,17 @@
-"""Finishing runs that wrote nothing: their rows deleted together, with the next commit
-that stores tasks when one is near, else by a statement of their own.
+"""Finishing runs that wrote nothing: their rows deleted together, with a commit that
+stores tasks when one is near, else by a statement of their own.
 
 A run that wrote through ``db.write`` finishes in its own transaction, with its writes.
 A run that wrote nothing has nothing to commit with its row's deletion.  On PostgreSQL,
-while units that defer tasks keep committing, the next of those commits carries it (the
+while units that defer tasks keep committing, one of those commits carries it (the
 statement storing that unit's tasks also deletes the rows of the runs waiting here: no
-round trip, no connection of their own).  Otherwise, or if that commit fails, one
-``DELETE`` goes for all such runs that ended meanwhile (a group commit).  Should the
-process die before either, the tasks run again: their effects were outside the
-database, which are at least once anyway.
+round trip, no connection of their own): the first commit once ``RIDE_BATCH`` rows wait
+or the oldest has waited ``RIDE_EVERY``, so that under load one ``DELETE`` serves many
+runs rather than each commit carrying one (a statement costs the server more than the
+rows it deletes).  Otherwise, or if that commit fails, one ``DELETE`` goes for all such
+runs that ended meanwhile (a group commit).  Should the process die before either, the
+tasks run again: their effects were outside the database, which are at least once
+anyway.
 """
 
 from __future__ import annotations
@@ -26,6 +29,10 @@ logger = logging.getLogger("sanic_sqlalchemy")
 #: Seconds a finished run waits for a commit to carry its row's deletion, when commits
 #: that store tasks came this recently; it is sent alone after that.
 RIDE_WAIT = 0.05
+#: A commit takes the waiting rows along once this many wait, or once the oldest has
+#: waited this long (seconds, less than ``RIDE_WAIT``): one deletion for many runs.
+RIDE_BATCH = 64
+RIDE_EVERY = 0.02
 
 #: Runs waiting for their rows' deletion.
 Waiting = list["Claimed"]
@@ -36,8 +43,9 @@ class Finisher:
 
     A run hands its row over and ends at once: it holds no slot and no connection while
     the row waits.  While commits that store tasks come (one in the last ``RIDE_WAIT``
-    seconds), each takes the rows waiting then; once none came for that long, the rows
-    still waiting go with a statement of their own.  ``drain`` deletes what still waits
+    seconds), one takes the rows waiting once there are enough of them or they waited
+    long enough; once none came for ``RIDE_WAIT``, the rows still waiting go with a
+    statement of their own.  ``drain`` deletes what still waits
     (a stop, ``run_pending``)."""
 
     def __init__(self, registry: TaskHost) -> None:
@@ -51,6 +59,8 @@ class Finisher:
         self._last_ride = float("-inf")
         #: Send the rows waiting once the statement under way is done, ride or not.
         self._urgent = False
+        #: When the oldest of the rows waiting began to wait.
+        self._oldest = 0.0
 
     @property
     def pending(self) -> bool:
@@ -59,6 +69,8 @@ class Finisher:
 
     def finish(self, claimed: Claimed) -> None:
         """Have ``claimed``'s row deleted soon (with others ending meanwhile)."""
+        if not self._waiting:
+            self._oldest = self._loop.time()
         self._waiting.append(claimed)
         if self._sending is None and self._timer is None:
             self._schedule()
@@ -74,9 +86,13 @@ class Finisher:
 
     def ride(self) -> Waiting:
         """The runs waiting now, handed to a commit that deletes their rows (it settles
-        them with ``settle``); also notes that commits are coming."""
-        self._last_ride = self._loop.time()
-        waiting, self._waiting = self._waiting, []
+        them with ``settle``), or none while they are few and young (the next commits
+        take them); also notes that commits are coming."""
+        now = self._last_ride = self._loop.time()
+        waiting = self._waiting
+        if len(waiting) < RIDE_BATCH and now - self._oldest < RIDE_EVERY:
+            return []
+        self._waiting = []
         return waiting
 
     def settle(self, waiting: Waiting, *, deleted: bool) -> None:
