@@ -10,6 +10,8 @@
    that insert one row each.
 3. The latency from a unit's commit to its task's start: on the fast path (the
    committing process) and through a dispatcher woken by ``LISTEN/NOTIFY``.
+4. ``--parts interference`` (not run by default): how much slower the server's own
+   code runs while PostgreSQL works harder on the other core (``bench.interference``).
 
     ./benchmarks/run --tasks [--rounds 3] [--duration 5] [--count 5000] [--output PATH]
 
@@ -36,7 +38,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
 from bench import db as bench_db  # noqa: E402
-from bench import queues  # noqa: E402
+from bench import interference, queues  # noqa: E402
 from bench.http import Client  # noqa: E402
 from bench.local_db import cpu_seconds, database_on_core  # noqa: E402
 from bench.machine import machine, source, versions  # noqa: E402
@@ -260,6 +262,8 @@ def report(data: dict[str, Any]) -> str:
         for path, (p50, p99) in data["latency"].items():
             lines.append(f"| {path} | {p50:.2f} | {p99:.2f} |")
         lines.append("")
+    if data.get("interference"):
+        lines += interference.report(data["interference"], median_range)
     return "\n".join(lines)
 
 
@@ -301,6 +305,17 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
         with database_on_core(args.db_core if target.host in LOCAL else "") as pinned:
             data["load"] = await load(target, args.rounds, args.duration, args.per_request)
         data["database_core"] = pinned
+    if "interference" in args.parts:
+        with database_on_core(args.db_core if target.host in LOCAL else ""):
+            data["interference"] = await interference.measure(
+                target,
+                lambda: server("ours-on-commit", target.url(), SERVER_PORT, 1),
+                SERVER_PORT,
+                args.rounds,
+                args.duration,
+                HERE / "work",
+                log,
+            )
     if "queues" in args.parts:
         log("dispatcher throughput")
         systems = ["ours", "pgqueuer", "procrastinate"]
