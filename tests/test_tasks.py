@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import enum
 import time
 from collections.abc import AsyncIterator
@@ -553,6 +554,28 @@ async def test_a_burst_of_commits_runs_here_a_few_at_a_time(db: Database) -> Non
     async with db.engines.write.connect() as connection:
         rows = (await connection.execute(select(table.c.state, table.c.attempts))).all()
     assert sorted(rows) == [("pending", 0)] * 3
+
+
+#: Set by the code that defers, in the test below.
+_request_id: contextvars.ContextVar[str] = contextvars.ContextVar("request_id", default="none")
+
+
+async def test_a_run_here_does_not_see_the_deferring_codes_context(db: Database) -> None:
+    """A run after the commit starts in a context of its own, as a dispatcher's run in
+    another process would: what the deferring code set (a request id for the logs, say)
+    is not there; a task gets what it needs as arguments."""
+    db.tasks.run_after_commit = True
+    seen: list[str] = []
+
+    @db.task(name="test.context")
+    async def look(request_id: str) -> None:
+        seen.append(f"{_request_id.get()} / {request_id}")
+
+    _request_id.set("r-17")
+    async with db:
+        look.defer(_request_id.get())
+    await until_idle(db)
+    assert seen == ["none / r-17"]
 
 
 async def test_a_child_task_that_outlives_its_run_finds_no_unit(db: Database) -> None:
