@@ -10,8 +10,8 @@ totals divided by ``--count`` is one unit's cost (start-up and imports cancel ou
 
     benchmarks/.venv/bin/python benchmarks/unit_instructions.py [--count 300]
 
-Needs valgrind and a PostgreSQL database (``--pg``; its tables ``unit_users`` and
-``unit_tasks`` are dropped and created).
+Needs valgrind and a PostgreSQL database (``--pg``: the benchmarks' ``users`` table, made
+if missing, and a tasks table ``unit_tasks``, dropped and made again).
 """
 
 from __future__ import annotations
@@ -23,26 +23,12 @@ import sys
 import tempfile
 from pathlib import Path
 
+from bench.apps.common import Base, User
 from instructions import total_instructions
-from sqlalchemy import BigInteger, Integer, String
-from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 from sanic_sqlalchemy import Database
 
-HERE = Path(__file__).resolve().parent
 VARIANTS = ("on-commit", "defer", "stored")
-
-
-class Base(DeclarativeBase):
-    pass
-
-
-class User(Base):
-    __tablename__ = "unit_users"
-    id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=True)
-    name: Mapped[str] = mapped_column(String(100))
-    email: Mapped[str] = mapped_column(String(200))
-    visits: Mapped[int] = mapped_column(Integer)
 
 
 async def _units(variant: str, count: int, url: str) -> None:
@@ -57,9 +43,7 @@ async def _units(variant: str, count: int, url: str) -> None:
         return None
 
     await db.start()
-    async with db.engine.begin() as connection:
-        await connection.run_sync(Base.metadata.drop_all)
-        await connection.run_sync(Base.metadata.create_all)
+    await db.create_all(Base.metadata)  # the benchmarks' users table, if missing
     await db.tasks.drop_table()
     await db.tasks.create_table()
     if variant == "stored":
