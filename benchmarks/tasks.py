@@ -300,13 +300,14 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
             "SELECT 1 FROM pg_database WHERE datname = $1", args.queue_db
         ):
             await connection.execute(f'CREATE DATABASE "{args.queue_db}"')
+    db_core = args.db_core if target.host in LOCAL else ""  # a remote one: left alone
     if "endpoint" in args.parts:
         data["round_trips"] = await round_trips(target, args.rt_requests, args.per_request)
-        with database_on_core(args.db_core if target.host in LOCAL else "") as pinned:
+        with database_on_core(db_core) as pinned:
             data["load"] = await load(target, args.rounds, args.duration, args.per_request)
         data["database_core"] = pinned
     if "interference" in args.parts:
-        with database_on_core(args.db_core if target.host in LOCAL else ""):
+        with database_on_core(db_core):
             data["interference"] = await interference.measure(
                 target,
                 lambda: server("ours-on-commit", target.url(), SERVER_PORT, 1),

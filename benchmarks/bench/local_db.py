@@ -16,6 +16,8 @@ import os
 from collections.abc import Iterator
 from pathlib import Path
 
+from .servers import CLOCK_TICKS, stat_fields
+
 
 def processes(name: str) -> list[int]:
     """The ids of the processes whose command is ``name``."""
@@ -31,12 +33,6 @@ def processes(name: str) -> list[int]:
     return found
 
 
-def _stat(pid: int) -> list[str]:
-    """The fields of ``/proc/<pid>/stat`` after the command (field 3 on is index 0)."""
-    text = Path(f"/proc/{pid}/stat").read_text()
-    return text[text.rindex(")") + 2 :].split()
-
-
 def cpu_seconds(name: str = "postgres") -> float:
     """The CPU time of the processes called ``name``, those that ended included (their
     parent, the postmaster, counts its children once it has reaped them): the
@@ -45,13 +41,13 @@ def cpu_seconds(name: str = "postgres") -> float:
     pids = set(processes(name))
     for pid in pids:
         try:
-            fields = _stat(pid)
+            fields = stat_fields(pid)
         except OSError:
             continue
         ticks += int(fields[11]) + int(fields[12])  # utime, stime
         if int(fields[1]) not in pids:  # the postmaster: its reaped children's too
             ticks += int(fields[13]) + int(fields[14])  # cutime, cstime
-    return ticks / os.sysconf("SC_CLK_TCK")
+    return ticks / CLOCK_TICKS
 
 
 def _pin(pids: list[int], cores: set[int]) -> int:
