@@ -7,10 +7,10 @@ build the row as a dict for a statement of SQLAlchemy's (``row``).
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from typing import Any
 
+from .randomness import random_hex32
 from .sql import Claimed
 from .table import PENDING, RUNNING
 
@@ -20,7 +20,7 @@ _VARIANT = {digit: "89ab"[int(digit, 16) & 3] for digit in "0123456789abcdef"}
 
 def new_task_id() -> str:
     """A random task id: a version-4 UUID's text, made without a ``uuid.UUID``."""
-    h = os.urandom(16).hex()
+    h = random_hex32()
     return f"{h[:8]}-{h[8:12]}-4{h[13:16]}-{_VARIANT[h[16]]}{h[17:20]}-{h[20:]}"
 
 

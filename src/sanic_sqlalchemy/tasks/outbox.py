@@ -43,8 +43,13 @@ _LEASE_MS = int(LEASE * 1000)
 ROWS_PER_STATEMENT = 1000
 
 #: Told, after a commit, the tasks it stored claimed by this process, the ids of those
-#: due now still to claim (keyed), and the commit's position.
-CommitHandler = Callable[[list[Claimed], list[str], "str | None"], None]
+#: due now still to claim (keyed), the commit's position, and the runs of the
+#: committing loop that ``RunsHandler`` gave before the commit (``None``: none).
+CommitHandler = Callable[[list[Claimed], list[str], "str | None", "Runs | None"], None]
+
+#: Whether this process will run the due tasks right after the commit, given the runs
+#: of the committing loop (``None``: none known).
+RunsHereHandler = Callable[["Runs | None"], bool]
 
 #: The runs of the committing loop: their finisher, whose waiting runs a commit deletes
 #: with its tasks' statement, and their waker, which decides whether it notifies.
@@ -61,6 +66,7 @@ class Outbox:
         "_committed",
         "_entries",
         "_finishing",
+        "_lane",
         "_owes_wake",
         "_runs",
         "_runs_here",
@@ -72,7 +78,7 @@ class Outbox:
         table: Table,
         backend: str,
         committed: CommitHandler,
-        runs_here: Callable[[], bool],
+        runs_here: RunsHereHandler,
         claims_here: bool = True,
         runs: RunsHandler | None = None,
     ) -> None:
@@ -93,6 +99,8 @@ class Outbox:
         #: The runs the commit under way finishes, and their finisher.
         self._finishing: tuple[Finisher, Waiting] | None = None
         self._entries: dict[str, Deferred] = {}
+        #: The runs of the committing loop, looked up once per commit.
+        self._lane: Runs | None = None
         #: The tasks the commit under way stores claimed by this process.
         self._claimed: list[Claimed] = []
 
@@ -107,14 +115,14 @@ class Outbox:
         self._claimed = []
         if not entries:
             return
-        runs_here = self._runs_here()
+        runs = self._lane = None if self._runs is None else self._runs()
+        runs_here = self._runs_here(runs)
         claim = new_claim() if runs_here and self._claims_here else None
         rows = [(entry, self._stored_by(entry, claim)) for entry in entries.values()]
         lease_until = now_ms() + _LEASE_MS
         # Dispatchers need waking only for due tasks this process will not run at
         # once; delayed ones they find at a poll when they fall due.
         wake = not runs_here and any(entry.immediate for entry in entries.values())
-        runs = None if self._runs is None else self._runs()
         if wake and runs is not None and not runs.waker.with_commit():
             wake = False
             self._owes_wake = runs.waker
@@ -198,6 +206,7 @@ class Outbox:
             waker.owed()
         entries, self._entries = self._entries, {}
         claimed, self._claimed = self._claimed, []
+        runs, self._lane = self._lane, None
         due: list[str] = []
         if len(claimed) < len(entries):
             mine = {one.id for one in claimed}
@@ -207,7 +216,7 @@ class Outbox:
                 if entry.immediate and task_id not in mine
             ]
         if claimed or due:
-            self._committed(claimed, due, commit_token)
+            self._committed(claimed, due, commit_token, runs)
 
     def savepoint_released(self, savepoint: object, parent: object | None) -> None:
         for entry in self._entries.values():
@@ -224,5 +233,6 @@ class Outbox:
     def rolled_back(self) -> None:
         self._settle_finishing(deleted=False)
         self._owes_wake = None
+        self._lane = None
         self._entries.clear()
         self._claimed = []

@@ -27,7 +27,7 @@ from .decorator import Task, TaskOptions
 from .deferring import keep_call
 from .dispatcher import Runs, dispatch
 from .host import TaskDatabase
-from .outbox import CommitHandler, Outbox, RunsHandler
+from .outbox import CommitHandler, Outbox, RunsHandler, RunsHereHandler
 from .relay import Relay, open_relay
 from .sql import (
     Claimed,
@@ -74,9 +74,9 @@ class TaskRegistry(Upkeep):
         self._outbox_for: tuple[Engines, Settings, Table, str] | None = None
         #: What a unit's outbox tells after its commit, and asks before it (decided
         #: when the database is configured, not per unit).
-        self._outbox_handlers: tuple[
-            CommitHandler, Callable[[], bool], bool, RunsHandler | None
-        ] = self._local_handlers()
+        self._outbox_handlers: tuple[CommitHandler, RunsHereHandler, bool, RunsHandler | None] = (
+            self._local_handlers()
+        )
 
     # -- registering and deferring -----------------------------------------------
 
@@ -178,7 +178,7 @@ class TaskRegistry(Upkeep):
 
     def _local_handlers(
         self,
-    ) -> tuple[CommitHandler, Callable[[], bool], bool, RunsHandler | None]:
+    ) -> tuple[CommitHandler, RunsHereHandler, bool, RunsHandler | None]:
         """What an outbox is told without a queue backend: this process runs the tasks
         (stored claimed), and its commits finish the runs that wrote nothing."""
         return (self._after_commit, self._runs_here, True, self._loop_runs)
@@ -373,14 +373,17 @@ class TaskRegistry(Upkeep):
             or (relay is not None and relay.active)
         )
 
-    def _runs_here(self) -> bool:
-        """Whether this process would run tasks due at a commit right after it."""
+    def _runs_here(self, runs: Runs | None) -> bool:
+        """Whether this process would run tasks due at a commit right after it (``runs``:
+        the committing loop's, as ``_loop_runs`` gave them, or ``None``)."""
         if self._stopping or not self.run_after_commit or self.db.joined is not None:
             return False
         # Runs past ``limit`` wait for a slot here, claimed already (no claim, no
         # notification); past a backlog (``Runs.takes_more``), the tasks are left to
         # the dispatchers of every process, which claim them as they can.
-        return self.runs().takes_more(self.limit, len(self._spawned))
+        if runs is None:
+            runs = self.runs()
+        return runs.takes_more(self.limit, len(self._spawned))
 
     def _loop_runs(self) -> Runs | None:
         """The runs of this loop, whose finished rows and wake-ups its commits carry
@@ -394,17 +397,22 @@ class TaskRegistry(Upkeep):
         return runs if runs.loop is asyncio.get_running_loop() else None
 
     def _after_commit(
-        self, claimed: list[Claimed], ids: list[str], commit_token: str | None
+        self,
+        claimed: list[Claimed],
+        ids: list[str],
+        commit_token: str | None,
+        runs: Runs | None,
     ) -> None:
         # Called in the commit's greenlet, right after COMMIT succeeded.  The tasks the
         # commit stored claimed by this process run now, whatever happened meanwhile
         # (else they would wait for their lease to run out).
         after = () if commit_token is None else (commit_token,)
         if claimed:
-            runs = self.runs()
+            if runs is None:
+                runs = self.runs()
             for one in claimed:
                 runs.start_committed(one, after)
-        if not ids or not self._runs_here():
+        if not ids or not self._runs_here(runs):
             return
         loop = asyncio.get_running_loop()
         context = self.db.scope.outside()

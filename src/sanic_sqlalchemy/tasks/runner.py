@@ -159,11 +159,13 @@ async def run_in_unit(
                 eager = marker.unit()
                 if eager is not None and eager.beginning is not None:
                     await eager.begin_heard()  # async unit_begin listeners
+            # A coroutine function's call is awaited here, without a frame of its own.
+            call = task.func(*args, **kwargs) if task.is_async else _in_thread(task, args, kwargs)
             timeout = task.options.timeout
             if timeout is None:
-                await _call(task, args, kwargs)
+                await call
             else:
-                await asyncio.wait_for(_call(task, args, kwargs), timeout)
+                await asyncio.wait_for(call, timeout)
         except BaseException as error:
             if marker.opened is not None:
                 await marker.opened.end(False, error)
@@ -193,13 +195,9 @@ async def run_in_unit(
         db.scope.leave(token)
 
 
-async def _call(task: Task[Any, Any], args: list[Any], kwargs: dict[str, Any]) -> None:
-    func = task.func
-    if task.is_async:
-        await func(*args, **kwargs)
-        return
-    # A plain function runs in a thread (it may block); current_task() works there.
-    result = await asyncio.to_thread(func, *args, **kwargs)
+async def _in_thread(task: Task[Any, Any], args: list[Any], kwargs: dict[str, Any]) -> None:
+    """Call a plain function in a thread (it may block); current_task() works there."""
+    result = await asyncio.to_thread(task.func, *args, **kwargs)
     if inspect.isawaitable(result):
         await result
 

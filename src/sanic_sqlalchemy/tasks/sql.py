@@ -20,7 +20,6 @@
 from __future__ import annotations
 
 import functools
-import os
 import time
 import uuid
 from collections.abc import Sequence
@@ -48,6 +47,7 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncConnection
 from sqlalchemy.sql import Executable, Update
 
+from .randomness import random_hex32
 from .table import DEAD, PENDING, RUNNING
 
 #: Seconds a claim lasts unless its process renews it: a run whose process died or
@@ -64,7 +64,7 @@ def now_ms() -> int:
 
 def new_claim() -> str:
     """A claim's token: the rows a claim marks carry it, and only its runs finish them."""
-    return os.urandom(16).hex()  # as random as a UUID's hex, without building one
+    return random_hex32()  # as random as a UUID's hex, without building one
 
 
 def is_keyed(task_id: str) -> bool:

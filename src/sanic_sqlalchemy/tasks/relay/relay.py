@@ -86,12 +86,18 @@ class Relay:
         """Make ``task`` known to the queue's workers."""
         self.queue.register(task)
 
-    def publishes_here(self) -> bool:
+    def publishes_here(self, _runs: object) -> bool:
         """Told to the outbox: no dispatcher needs waking at a commit (none listens;
         the relay loops poll)."""
         return True
 
-    def committed(self, _claimed: list[Claimed], ids: list[str], _commit_token: str | None) -> None:
+    def committed(
+        self,
+        _claimed: list[Claimed],
+        ids: list[str],
+        _commit_token: str | None,
+        _runs: object,
+    ) -> None:
         """The fast path, in the commit's greenlet: publish the tasks just committed (none
         is stored claimed: the outbox is told not to, since the queue's workers claim)."""
         host = self._host
