@@ -15,6 +15,7 @@ the key may already wait) and claimed after the commit.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
@@ -51,9 +52,9 @@ CommitHandler = Callable[[list[Claimed], list[str], "str | None", "Runs | None"]
 #: of the committing loop (``None``: none known).
 RunsHereHandler = Callable[["Runs | None"], bool]
 
-#: The runs of the committing loop: their finisher, whose waiting runs a commit deletes
-#: with its tasks' statement, and their waker, which decides whether it notifies.
-RunsHandler = Callable[[], "Runs | None"]
+#: The runs of the committing loop (given): their finisher, whose waiting runs a commit
+#: deletes with its tasks' statement, and their waker, which decides whether it notifies.
+RunsHandler = Callable[[asyncio.AbstractEventLoop], "Runs | None"]
 
 
 class Outbox:
@@ -67,6 +68,7 @@ class Outbox:
         "_entries",
         "_finishing",
         "_lane",
+        "_loop",
         "_owes_wake",
         "_runs",
         "_runs_here",
@@ -81,6 +83,8 @@ class Outbox:
         runs_here: RunsHereHandler,
         claims_here: bool = True,
         runs: RunsHandler | None = None,
+        *,
+        loop: asyncio.AbstractEventLoop | None = None,
     ) -> None:
         self._table = table
         self._backend = backend
@@ -93,7 +97,9 @@ class Outbox:
         #: Where runs that wrote nothing wait for their rows' deletion, which this
         #: commit's statement can carry, and what decides whether it notifies (both
         #: PostgreSQL only).
-        self._runs = runs if backend == "postgresql" else None
+        self._runs = runs if backend == "postgresql" and loop is not None else None
+        #: The loop the unit runs in (its engines'), known without asking for it.
+        self._loop = loop
         #: Whose notification this commit left to be sent after it.
         self._owes_wake: Waker | None = None
         #: The runs the commit under way finishes, and their finisher.
@@ -115,7 +121,9 @@ class Outbox:
         self._claimed = []
         if not entries:
             return
-        runs = self._lane = None if self._runs is None else self._runs()
+        runs = self._lane = (
+            None if self._runs is None or self._loop is None else self._runs(self._loop)
+        )
         runs_here = self._runs_here(runs)
         claim = new_claim() if runs_here and self._claims_here else None
         rows = [(entry, self._stored_by(entry, claim)) for entry in entries.values()]

@@ -161,7 +161,7 @@ class TaskRegistry(Upkeep):
         known = self._outbox_for
         if known is None or known[0] is not engines or known[1] is not settings:
             known = self._outbox_for = (engines, settings, self.table, engines.backend.name)
-        return Outbox(known[2], known[3], *self._outbox_handlers)
+        return Outbox(known[2], known[3], *self._outbox_handlers, loop=engines.loop)
 
     def use(self, settings: TasksSettings) -> None:
         """Run committed tasks here, or relay them to the queue ``settings.backend``
@@ -385,16 +385,16 @@ class TaskRegistry(Upkeep):
             runs = self.runs()
         return runs.takes_more(self.limit, len(self._spawned))
 
-    def _loop_runs(self) -> Runs | None:
-        """The runs of this loop, whose finished rows and wake-ups its commits carry
-        (not in the test kit's rolled-back tests: each run finishes its row at once;
-        not while another loop's runs are the process's)."""
+    def _loop_runs(self, loop: asyncio.AbstractEventLoop) -> Runs | None:
+        """The runs of ``loop`` (the running one), whose finished rows and wake-ups its
+        commits carry (not in the test kit's rolled-back tests: each run finishes its
+        row at once; not while another loop's runs are the process's)."""
         if self.db.joined is not None:
             return None
         runs = self._runs
         if runs is None:
             return self.runs()
-        return runs if runs.loop is asyncio.get_running_loop() else None
+        return runs if runs.loop is loop else None
 
     def _after_commit(
         self,

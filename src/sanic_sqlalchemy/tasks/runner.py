@@ -91,7 +91,9 @@ async def _run(
             )
         arguments = claimed.arguments
         args, kwargs = decode(claimed.payload) if arguments is None else arguments
-        if not after and registry.db.engines.replicas is not None:
+        # Replicas are made from read_urls (asked of the settings, not of the engines,
+        # which would check the running loop: a system call per run).
+        if not after and registry.db.settings.read_urls:
             after = await registry.position_token()
         wrote = await run_in_unit(registry, task, claimed, args, kwargs, after)
         if not wrote:
