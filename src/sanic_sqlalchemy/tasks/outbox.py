@@ -84,7 +84,7 @@ class Outbox:
         claims_here: bool = True,
         runs: RunsHandler | None = None,
         *,
-        loop: asyncio.AbstractEventLoop | None = None,
+        loop: asyncio.AbstractEventLoop,
     ) -> None:
         self._table = table
         self._backend = backend
@@ -97,7 +97,7 @@ class Outbox:
         #: Where runs that wrote nothing wait for their rows' deletion, which this
         #: commit's statement can carry, and what decides whether it notifies (both
         #: PostgreSQL only).
-        self._runs = runs if backend == "postgresql" and loop is not None else None
+        self._runs = runs if backend == "postgresql" else None
         #: The loop the unit runs in (its engines'), known without asking for it.
         self._loop = loop
         #: Whose notification this commit left to be sent after it.
@@ -121,9 +121,7 @@ class Outbox:
         self._claimed = []
         if not entries:
             return
-        runs = self._lane = (
-            None if self._runs is None or self._loop is None else self._runs(self._loop)
-        )
+        runs = self._lane = None if self._runs is None else self._runs(self._loop)
         runs_here = self._runs_here(runs)
         claim = new_claim() if runs_here and self._claims_here else None
         rows = [(entry, self._stored_by(entry, claim)) for entry in entries.values()]
