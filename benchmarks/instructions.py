@@ -79,8 +79,13 @@ def send(port: int, endpoint: str, count: int, serial: list[int], timeout: float
 
 
 def total_instructions(out_file: Path) -> int:
+    """The instructions a callgrind file counted: its ``totals`` line (what was counted
+    while instrumentation was on; the header's ``summary`` says 0 for a run started
+    with ``--instr-atstart=no``), else its ``summary``."""
     text = out_file.read_text()
-    match = re.search(r"^(?:summary|totals):\s+(\d+)", text, re.MULTILINE)
+    match = re.search(r"^totals:\s+(\d+)", text, re.MULTILINE) or re.search(
+        r"^summary:\s+(\d+)", text, re.MULTILINE
+    )
     if match is None:
         raise SystemExit(f"no instruction total in {out_file}")
     return int(match.group(1))

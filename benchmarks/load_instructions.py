@@ -20,31 +20,17 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
-import re
 import signal
 import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from pathlib import Path
 
 from bench.wrk import run_wrk
+from instructions import free_port, total_instructions, wait_for
 
 HERE = Path(__file__).resolve().parent
-PORT = 8137
-
-
-def _wait_until_up(port: int, timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            urllib.request.urlopen(f"http://127.0.0.1:{port}/noop", timeout=5).read()
-            return
-        except OSError:
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"no server answered on port {port}") from None
-            time.sleep(0.5)
 
 
 def _load(port: int, requests: int) -> int:
@@ -64,30 +50,28 @@ def _instrument(pid: int, state: str) -> None:
 def measure(variant: str, src: str | None, url: str, warm: int, count: int, work: Path) -> float:
     """Instructions per ``POST /users`` of ``variant`` (on ``src`` when given)."""
     out_file = work / f"{variant}-{time.time_ns()}.callgrind"
+    port = free_port()
     env = dict(os.environ)
     if src is not None:
         env["PYTHONPATH"] = src  # ahead of the editable install of this checkout
     command = [
         "taskset", "-c", "1", "valgrind", "--tool=callgrind", "--instr-atstart=no",
         f"--callgrind-out-file={out_file}", "--dump-instr=no", "--collect-jumps=no",
-        sys.executable, str(HERE / "serve.py"), variant, "postgresql", url, str(PORT),
+        sys.executable, str(HERE / "serve.py"), variant, "postgresql", url, str(port),
     ]  # fmt: skip
     server = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:
-        _wait_until_up(PORT, 600)
-        _load(PORT, warm)
+        wait_for(port, 600)
+        _load(port, warm)
         time.sleep(1)  # the warm-up's runs end outside the window
         _instrument(server.pid, "on")
-        answered = _load(PORT, count)
+        answered = _load(port, count)
         time.sleep(0.5)  # and the window's own runs inside it
         _instrument(server.pid, "off")
     finally:
         server.send_signal(signal.SIGINT)
         server.wait(timeout=300)
-    match = re.search(r"^totals:\s+(\d+)", out_file.read_text(), re.MULTILINE)
-    if match is None:
-        raise RuntimeError(f"{variant}: no instruction total in {out_file}")
-    return int(match.group(1)) / answered
+    return total_instructions(out_file) / answered
 
 
 def main() -> int:
