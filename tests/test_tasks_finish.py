@@ -14,12 +14,13 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
-from sqlalchemy import Integer, UniqueConstraint
+from sqlalchemy import Integer, UniqueConstraint, func, insert, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 from sanic_sqlalchemy import Database
 from sanic_sqlalchemy.tasks import finish
+from sanic_sqlalchemy.tasks.sql import CLAIMS_PER_STATEMENT, Claimed, now_ms
 from sanic_sqlalchemy.testing import StatementLog, schema
 
 pytestmark = pytest.mark.backends("postgresql")
@@ -269,3 +270,105 @@ async def test_a_stop_deletes_the_rows_of_runs_that_wait_for_a_commit(
     assert time.monotonic() - started < 5
     assert await db.tasks.counts() == {"pending": 0, "running": 0, "dead": 0}
     assert not db.tasks.running
+
+
+async def held_rows(db: Database, count: int) -> list[Claimed]:
+    """``count`` rows of task ``finish.noted``, each held by a run (its own claim)."""
+    now = now_ms()
+    payload = '{"args": [0], "kwargs": {}}'
+    claims = [
+        Claimed(
+            f"{n:08x}-0000-4000-8000-000000000000", "finish.noted", payload, 1, 5, f"{n:032x}", None
+        )
+        for n in range(count)
+    ]
+    rows = [
+        {
+            "id": claimed.id,
+            "name": claimed.name,
+            "queue": "default",
+            "payload": payload,
+            "state": "running",
+            "attempts": 1,
+            "max_attempts": 5,
+            "run_at": now,
+            "lease_until": now + 5_000,
+            "claim": claimed.claim,
+            "created_at": now,
+            "error": None,
+        }
+        for claimed in claims
+    ]
+    async with db.engines.write.begin() as connection:
+        await connection.execute(insert(db.tasks.table), rows)
+    return claims
+
+
+#: More ended runs than PostgreSQL takes in one list of (id, claim) pairs (it fails
+#: some 7,000 to 8,000 with "stack depth limit exceeded").
+BACKLOG = 12_000
+
+
+async def test_a_backlog_of_ended_runs_is_deleted_in_statements_the_database_takes(
+    db: Database, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Runs that ended while the database stalled pile up; their rows are deleted by
+    several statements, each within what the database takes, not by one that fails (and
+    leaves every one of those tasks to run again once its claim expires)."""
+    claims = await held_rows(db, BACKLOG)
+    finisher = db.tasks.runs().finisher
+    log = StatementLog(db)
+    for claimed in claims:
+        finisher.finish(claimed)
+    await finisher.drain()
+    log.detach()
+    assert "failed" not in caplog.text
+    assert await db.tasks.counts() == {"pending": 0, "running": 0, "dead": 0}
+    deletes = own_deletes(log, db.tasks.table.name)
+    assert len(deletes) == -(-BACKLOG // CLAIMS_PER_STATEMENT), len(deletes)
+
+
+async def test_a_commit_carries_no_more_of_a_backlog_than_one_statement_takes(
+    db: Database, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A unit that defers a task commits beside a backlog of ended runs: its COMMIT
+    carries the deletion of ``CLAIMS_PER_STATEMENT`` of them, not of all (which
+    PostgreSQL would refuse, failing the unit's commit); the rest go later."""
+    monkeypatch.setattr(finish, "RIDE_WAIT", 30.0)
+    noted, ran = noted_task(db)
+    claims = await held_rows(db, BACKLOG)
+    finisher = db.tasks.runs().finisher
+    finisher.ride()  # commits are coming: the ended runs wait for one
+    for claimed in claims:
+        finisher.finish(claimed)
+    log = StatementLog(db)
+    async with db:
+        db.write.add(Ticket(number=1))  # begun on the server: its COMMIT carries
+        noted.defer(1)
+    [statement] = carried(log)
+    log.detach()
+    assert pairs_deleted(statement) == CLAIMS_PER_STATEMENT
+    for _ in range(500):
+        if ran:
+            break
+        await asyncio.sleep(0.01)
+    assert ran == [1]
+    await finisher.drain()  # the rest of the backlog, and task 1's run
+    assert await db.tasks.counts() == {"pending": 0, "running": 0, "dead": 0}
+
+
+async def test_the_claims_of_a_crowd_of_runs_are_renewed_and_handed_back(db: Database) -> None:
+    """More runs than one statement's parameters can name (asyncpg sends at most 32,767)
+    keep their claims alive, and are handed back at a stop, in several statements."""
+    claims = await held_rows(db, 17_000)
+    table = db.tasks.table
+    async with db.engines.write.connect() as connection:
+        leases = select(func.min(table.c.lease_until), func.max(table.c.lease_until))
+        before = (await connection.execute(leases)).one()
+        await asyncio.sleep(0.01)
+        await db.tasks.renew(claims)
+        await connection.rollback()  # a new snapshot
+        after = (await connection.execute(leases)).one()
+    assert after[0] > before[1]
+    await db.tasks.hand_back(claims)
+    assert await db.tasks.counts() == {"pending": 17_000, "running": 0, "dead": 0}

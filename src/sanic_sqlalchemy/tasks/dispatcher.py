@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING
 from .finish import Finisher
 from .listen import Listener
 from .runner import run_claimed
-from .sql import HEARTBEAT, Claimed, hand_back_statement, renew_statement
+from .sql import HEARTBEAT, Claimed
 from .wake import Waker
 
 if TYPE_CHECKING:
@@ -158,8 +158,7 @@ class Runs:
                 # a beat must not share with them (and which cannot die alone).
                 continue
             try:
-                async with registry.transaction() as connection:
-                    await connection.execute(renew_statement(registry.table, claims))
+                await registry.renew(claims)
             except Exception:
                 # Told, and tried again at the next beat: the claims last LEASE seconds,
                 # several beats.
@@ -182,9 +181,7 @@ class Runs:
         await self.finisher.drain()
         await self.waker.drain()
         if stopped:
-            registry = self._registry
-            async with registry.transaction() as connection:
-                await connection.execute(hand_back_statement(registry.table, stopped))
+            await self._registry.hand_back(stopped)
             logger.info("handed %d unfinished task(s) back at stop", len(stopped))
         beating, self._beating = self._beating, None
         if beating is not None and not self.active:

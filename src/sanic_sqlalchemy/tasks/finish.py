@@ -20,9 +20,10 @@ import asyncio
 import logging
 from typing import TYPE_CHECKING
 
+from .sql import CLAIMS_PER_STATEMENT, Claimed
+
 if TYPE_CHECKING:
     from .host import TaskHost
-    from .sql import Claimed
 
 logger = logging.getLogger("sanic_sqlalchemy")
 
@@ -35,7 +36,7 @@ RIDE_BATCH = 64
 RIDE_EVERY = 0.02
 
 #: Runs waiting for their rows' deletion.
-Waiting = list["Claimed"]
+Waiting = list[Claimed]
 
 
 class Finisher:
@@ -92,6 +93,11 @@ class Finisher:
         waiting = self._waiting
         if len(waiting) < RIDE_BATCH and now - self._oldest < RIDE_EVERY:
             return []
+        if len(waiting) > CLAIMS_PER_STATEMENT:
+            # A backlog (the database stalled): a commit carries what one statement
+            # can, the next ones (or the timer) the rest.
+            self._waiting = waiting[CLAIMS_PER_STATEMENT:]
+            return waiting[:CLAIMS_PER_STATEMENT]
         self._waiting = []
         return waiting
 

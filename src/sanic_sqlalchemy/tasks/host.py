@@ -73,7 +73,14 @@ class TaskHost(Protocol):
         """A transaction for the tasks table's own statements."""
 
     async def finish(self, claims: list[Claimed]) -> int:
-        """Delete the rows of runs that wrote nothing, in one statement."""
+        """Delete the rows of runs that wrote nothing (one statement per
+        ``CLAIMS_PER_STATEMENT``)."""
+
+    async def renew(self, claims: list[Claimed]) -> None:
+        """Keep these runs' claims alive for another lease."""
+
+    async def hand_back(self, claims: list[Claimed]) -> None:
+        """Return these runs' tasks to the waiting ones, their attempts not counted."""
 
     async def notify(self) -> None:
         """Wake the dispatchers listening (PostgreSQL)."""

@@ -34,7 +34,9 @@ from .sql import (
     claim,
     done_many_statement,
     hand_back_statement,
+    in_chunks,
     notify_statement,
+    renew_statement,
 )
 from .table import missing_table, task_table
 from .upkeep import Upkeep
@@ -265,9 +267,24 @@ class TaskRegistry(Upkeep):
 
     async def finish(self, claims: list[Claimed]) -> int:
         """Delete the rows of these runs that wrote nothing (still held): how many."""
+        deleted = 0
         async with self.statement() as connection:
-            result = await connection.execute(*done_many_statement(self.table, claims))
-            return int(result.rowcount)
+            for chunk in in_chunks(claims):
+                result = await connection.execute(*done_many_statement(self.table, chunk))
+                deleted += int(result.rowcount)
+        return deleted
+
+    async def renew(self, claims: list[Claimed]) -> None:
+        """Keep these runs' claims alive for another lease."""
+        async with self.transaction() as connection:
+            for chunk in in_chunks(claims):
+                await connection.execute(renew_statement(self.table, chunk))
+
+    async def hand_back(self, claims: list[Claimed]) -> None:
+        """Return these runs' tasks to the waiting ones, their attempts not counted."""
+        async with self.transaction() as connection:
+            for chunk in in_chunks(claims):
+                await connection.execute(hand_back_statement(self.table, chunk))
 
     async def notify(self) -> None:
         """Wake the dispatchers listening on PostgreSQL."""
@@ -303,15 +320,11 @@ class TaskRegistry(Upkeep):
                     await runs.start(claimed)
                 except BaseException:
                     if index + 1 < len(batch):
-                        await self._hand_back(batch[index + 1 :])
+                        await self.hand_back(batch[index + 1 :])
                     raise
                 ran += 1
             # The rows of the runs that wrote nothing are deleted before the next claim.
             await runs.finisher.drain()
-
-    async def _hand_back(self, claims: list[Claimed]) -> None:
-        async with self.transaction() as connection:
-            await connection.execute(hand_back_statement(self.table, claims))
 
     async def work(self, *, concurrency: int | None = None, grace: float = 30.0) -> None:
         """The dispatcher: run due tasks as they come, until cancelled; then let the

@@ -22,7 +22,7 @@ from __future__ import annotations
 import functools
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -55,6 +55,12 @@ from .table import DEAD, PENDING, RUNNING
 LEASE = 20.0
 #: Seconds between renewals of the claims of a process's runs.
 HEARTBEAT = LEASE / 4
+#: Runs one statement names at most (two parameters each).  However many ended or
+#: hold claims (a backlog after the database stalled), each statement stays within
+#: what every backend takes: PostgreSQL fails a list of a few thousand ``(id, claim)``
+#: pairs ("stack depth limit exceeded"), asyncpg sends at most 32,767 parameters, an
+#: SQLite built before 3.32 takes 999.
+CLAIMS_PER_STATEMENT = 400
 
 
 def now_ms() -> int:
@@ -311,6 +317,12 @@ async def _claim_mysql(
     ]
 
 
+def in_chunks(claims: Sequence[Claimed]) -> Iterator[Sequence[Claimed]]:
+    """``claims`` in slices of at most ``CLAIMS_PER_STATEMENT``, one per statement."""
+    for start in range(0, len(claims), CLAIMS_PER_STATEMENT):
+        yield claims[start : start + CLAIMS_PER_STATEMENT]
+
+
 def done_statement(table: Table, claimed: Claimed) -> tuple[Executable, dict[str, Any]]:
     """Deletes the task's row if this run still holds its claim (one row) — run in the
     transaction of the run's own writes, just before it commits."""
@@ -326,7 +338,8 @@ def _done_statement(table: Table) -> Executable:
 def done_many_statement(
     table: Table, claims: Sequence[Claimed]
 ) -> tuple[Executable, dict[str, Any]]:
-    """Deletes the rows of runs that wrote nothing, each if its run still holds its claim."""
+    """Deletes the rows of runs that wrote nothing, each if its run still holds its claim
+    (at most ``CLAIMS_PER_STATEMENT`` runs: ``in_chunks``)."""
     if len(claims) == 1:
         return done_statement(table, claims[0])
     pairs = [(claimed.id, claimed.claim) for claimed in claims]
@@ -369,12 +382,14 @@ def _held(table: Table, claims: Sequence[Claimed]) -> Update:
 
 def renew_statement(table: Table, claims: Sequence[Claimed]) -> Executable:
     """Keeps the claims of a process's runs alive for another ``LEASE`` (found by their
-    primary key: MariaDB locks every row a statement scans)."""
+    primary key: MariaDB locks every row a statement scans; at most
+    ``CLAIMS_PER_STATEMENT`` runs: ``in_chunks``)."""
     return _held(table, claims).values(lease_until=now_ms() + int(LEASE * 1000))
 
 
 def hand_back_statement(table: Table, claims: Sequence[Claimed]) -> Executable:
-    """Returns runs stopped at a graceful stop to the waiting tasks, attempt not counted."""
+    """Returns runs stopped at a graceful stop to the waiting tasks, attempt not counted
+    (at most ``CLAIMS_PER_STATEMENT`` runs: ``in_chunks``)."""
     c = table.c
     return _held(table, claims).values(
         state=PENDING, claim=None, lease_until=None, attempts=c.attempts - 1, run_at=now_ms()

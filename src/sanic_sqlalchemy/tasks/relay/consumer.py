@@ -22,7 +22,7 @@ from ...hooks import TaskOutcome
 from ..context import TaskInfo, enter_task
 from ..payload import decode
 from ..runner import run_in_unit
-from ..sql import HEARTBEAT, Claimed, renew_statement
+from ..sql import HEARTBEAT, Claimed
 from .sql import returned_statement, state_of, take
 
 if TYPE_CHECKING:
@@ -113,7 +113,6 @@ async def _keep_claim(host: TaskHost, claimed: Claimed) -> None:
     while True:
         await asyncio.sleep(HEARTBEAT)
         try:
-            async with host.transaction() as connection:
-                await connection.execute(renew_statement(host.table, [claimed]))
+            await host.renew([claimed])
         except Exception:
             logger.warning("renewing the claim of task %s failed", claimed.id, exc_info=True)
