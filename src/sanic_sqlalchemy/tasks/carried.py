@@ -64,18 +64,19 @@ def _names(entry: Deferred) -> str:
     return literal
 
 
-def _row(entry: Deferred, claim: str | None, lease_until: int) -> str:
-    """``entry``'s row as literals, claimed by ``claim`` or waiting (its id and the claim
-    were made in this process, of hex digits and dashes: they need no escaping)."""
+def _row(entry: Deferred, claim: str | None, lease_until: int, now: int) -> str:
+    """``entry``'s row as literals at ``now``, claimed by ``claim`` or waiting (its id
+    and the claim were made in this process, of hex digits and dashes: they need no
+    escaping)."""
     head = f"('{entry.id}', {_names(entry)}, {_quoted(entry.payload)}, "
     if claim is None:
         return (
-            f"{head}'pending', 0, {entry.max_attempts}, {entry.run_at}, NULL, NULL, "
-            f"{entry.created_at}, NULL)"
+            f"{head}'pending', 0, {entry.max_attempts}, {now + entry.delay_ms}, NULL, NULL, "
+            f"{now}, NULL)"
         )
     return (
-        f"{head}'running', 1, {entry.max_attempts}, {entry.run_at}, {lease_until}, "
-        f"'{claim}', {entry.created_at}, NULL)"
+        f"{head}'running', 1, {entry.max_attempts}, {now + entry.delay_ms}, {lease_until}, "
+        f"'{claim}', {now}, NULL)"
     )
 
 
@@ -97,26 +98,33 @@ def carried_statements(
     table: Table,
     rows: Sequence[tuple[Deferred, str | None]],
     lease_until: int,
+    now: int,
     *,
+    keyed: bool,
     wake: bool,
     finishing: Sequence[Claimed] = (),
 ) -> str | None:
-    """SQL that stores ``rows`` (each deferred call with the claim it is stored under,
-    or ``None``; skipping keyed ids already stored), deletes the rows of the runs
-    ``finishing`` that still hold their claims, and with ``wake`` notifies the
-    dispatchers; ``None`` when a value cannot be written as a literal."""
+    """SQL that stores ``rows`` at ``now`` (each deferred call with the claim it is
+    stored under, or ``None``; with ``keyed``, some have a key's id, and ids already
+    stored are skipped), deletes the rows of the runs ``finishing`` that still hold
+    their claims, and with ``wake`` notifies the dispatchers; ``None`` when a value
+    cannot be written as a literal."""
     insert, delete = _texts(table)
     try:
-        values = ", ".join([_row(entry, claim, lease_until) for entry, claim in rows])
-        # Read from the table (a row may have been written by anyone): quoted.
-        pairs = ", ".join([f"({_quoted(claimed.id)}, '{claimed.claim}')" for claimed in finishing])
+        if len(rows) == 1:
+            entry, claim = rows[0]
+            sql = insert + _row(entry, claim, lease_until, now)
+        else:
+            values = [_row(entry, claim, lease_until, now) for entry, claim in rows]
+            sql = insert + ", ".join(values)
+        # Only a keyed id can be stored already; a random one needs no conflict check.
+        sql += " ON CONFLICT (id) DO NOTHING;" if keyed else ";"
+        if finishing:
+            # Read from the table (a row may have been written by anyone): quoted.
+            pairs = ", ".join([f"({_quoted(one.id)}, '{one.claim}')" for one in finishing])
+            sql += f"{delete}{pairs});"
     except _NoLiteral:
         return None
-    sql = insert + values
-    # Only a keyed id can be stored already; a random one needs no conflict check.
-    sql += " ON CONFLICT (id) DO NOTHING;" if any(entry.keyed for entry, _ in rows) else ";"
-    if pairs:
-        sql += f"{delete}{pairs});"
     if wake:
         # Delivered when the transaction commits, to every dispatcher listening.
         sql += f"SELECT pg_notify({_quoted(table.name)}, '{len(rows)}');"

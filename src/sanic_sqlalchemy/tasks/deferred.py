@@ -10,18 +10,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from .randomness import random_hex32
 from .sql import Claimed
 from .table import PENDING, RUNNING
-
-#: The variant digit of a version-4 UUID (``10xx`` in binary), from a random hex digit.
-_VARIANT = {digit: "89ab"[int(digit, 16) & 3] for digit in "0123456789abcdef"}
-
-
-def new_task_id() -> str:
-    """A random task id: a version-4 UUID's text, made without a ``uuid.UUID``."""
-    h = random_hex32()
-    return f"{h[:8]}-{h[8:12]}-4{h[13:16]}-{_VARIANT[h[16]]}{h[17:20]}-{h[20:]}"
 
 
 @dataclass(slots=True)
@@ -34,9 +24,9 @@ class Deferred:
     max_attempts: int
     #: The arguments as JSON (``payload.encode``).
     payload: str
-    #: When it falls due, and when it was deferred (milliseconds, ``sql.now_ms``).
-    run_at: int
-    created_at: int
+    #: Milliseconds after the commit that it falls due (``configure(delay=)``); the
+    #: commit's time is the row's ``created_at`` (one clock reading per commit).
+    delay_ms: int
     savepoint: object | None
     #: Due at the commit (no ``delay``): the committing process runs it at once.
     immediate: bool
@@ -45,9 +35,10 @@ class Deferred:
     #: The arguments as the run gets them, when they need no decoding (``payload.encode_call``).
     arguments: tuple[list[Any], dict[str, Any]] | None
 
-    def row(self, claim: str | None, lease_until: int) -> dict[str, Any]:
-        """The row to insert: claimed by ``claim`` until ``lease_until`` (this process
-        runs it right after the commit), or waiting (``claim`` is ``None``)."""
+    def row(self, claim: str | None, lease_until: int, now: int) -> dict[str, Any]:
+        """The row to insert at ``now`` (the commit's time, ``sql.now_ms``): claimed by
+        ``claim`` until ``lease_until`` (this process runs it right after the commit), or
+        waiting (``claim`` is ``None``)."""
         claimed = claim is not None
         return {
             "id": self.id,
@@ -57,10 +48,10 @@ class Deferred:
             "state": RUNNING if claimed else PENDING,
             "attempts": 1 if claimed else 0,
             "max_attempts": self.max_attempts,
-            "run_at": self.run_at,
+            "run_at": now + self.delay_ms,
             "lease_until": lease_until if claimed else None,
             "claim": claim,
-            "created_at": self.created_at,
+            "created_at": now,
             "error": None,
         }
 

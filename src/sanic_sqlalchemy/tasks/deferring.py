@@ -12,10 +12,10 @@ from typing import TYPE_CHECKING, Any
 
 from ..errors import UnitStateError
 from ..unit.sessions import stores_tasks
-from .deferred import Deferred, new_task_id
+from .deferred import Deferred
 from .outbox import Outbox
 from .payload import encode, encode_call
-from .sql import now_ms
+from .randomness import new_task_id
 
 if TYPE_CHECKING:
     from ..unit import UnitOfWork
@@ -41,27 +41,26 @@ def keep_call(
     else:
         payload, arguments = encode(task.name, args, kwargs), None
     session = unit.write.sync_session  # UnitStateError once the unit settled
-    if not stores_tasks(session):
-        raise UnitStateError(
-            f"{task.deferring}: this unit's db.write was made before the first "
-            "@db.task of its database was registered, so it cannot store tasks. "
-            "Define tasks at import time (in modules imported before any unit "
-            "opens), not inside a unit."
-        )
-    session._autobegin_t()  # no round trip; the unit's end will commit (and store) it
     outbox = getattr(unit, "outbox", None)
     if not isinstance(outbox, Outbox):
+        # Checked once per unit: its db.write's class does not change.
+        if not stores_tasks(session):
+            raise UnitStateError(
+                f"{task.deferring}: this unit's db.write was made before the first "
+                "@db.task of its database was registered, so it cannot store tasks. "
+                "Define tasks at import time (in modules imported before any unit "
+                "opens), not inside a unit."
+            )
         outbox = unit.outbox = new_outbox(unit)
+    session._autobegin_t()  # no round trip; the unit's end will commit (and store) it
     options = task.options
-    now = now_ms()
     entry = Deferred(
         task.keyed_id(key) if key is not None else new_task_id(),
         options.name,
         options.queue,
         options.max_attempts,
         payload,
-        now + int(delay * 1000),
-        now,
+        int(delay * 1000),
         session.get_nested_transaction(),
         immediate,
         keyed,

@@ -67,6 +67,7 @@ class Outbox:
         "_committed",
         "_entries",
         "_finishing",
+        "_keyed",
         "_lane",
         "_loop",
         "_owes_wake",
@@ -105,6 +106,8 @@ class Outbox:
         #: The runs the commit under way finishes, and their finisher.
         self._finishing: tuple[Finisher, Waiting] | None = None
         self._entries: dict[str, Deferred] = {}
+        #: Whether an entry kept has a key's id (which may be stored already).
+        self._keyed = False
         #: The runs of the committing loop, looked up once per commit.
         self._lane: Runs | None = None
         #: The tasks the commit under way stores claimed by this process.
@@ -114,6 +117,8 @@ class Outbox:
         """Keep ``entry`` for the commit; a keyed task already kept wins (its id)."""
         task_id = entry.id
         self._entries.setdefault(task_id, entry)
+        if entry.keyed:
+            self._keyed = True
         return task_id
 
     def before_commit(self, session: Session, connection: Connection | None) -> None:
@@ -125,7 +130,8 @@ class Outbox:
         runs_here = self._runs_here(runs)
         claim = new_claim() if runs_here and self._claims_here else None
         rows = [(entry, self._stored_by(entry, claim)) for entry in entries.values()]
-        lease_until = now_ms() + _LEASE_MS
+        now = now_ms()
+        lease_until = now + _LEASE_MS
         # Dispatchers need waking only for due tasks this process will not run at
         # once; delayed ones they find at a poll when they fall due.
         wake = not runs_here and any(entry.immediate for entry in entries.values())
@@ -135,9 +141,9 @@ class Outbox:
         finishing = self._rides_along(runs)
         if connection is None:
             connection = session.connection()
-        if self._carried_by_commit(connection, rows, lease_until, wake, finishing):
+        if self._carried_by_commit(connection, rows, lease_until, now, wake, finishing):
             return
-        dicts = [entry.row(claim, lease_until) for entry, claim in rows]
+        dicts = [entry.row(claim, lease_until, now) for entry, claim in rows]
         for start in range(0, len(dicts), ROWS_PER_STATEMENT):
             chunk = dicts[start : start + ROWS_PER_STATEMENT]
             statement, parameters = insert_statement(
@@ -157,6 +163,7 @@ class Outbox:
         connection: Connection,
         rows: list[tuple[Deferred, str | None]],
         lease_until: int,
+        now: int,
         wake: bool,
         finishing: list[Claimed],
     ) -> bool:
@@ -170,7 +177,7 @@ class Outbox:
         if carry is None:
             return False
         statements = carried_statements(
-            self._table, rows, lease_until, wake=wake, finishing=finishing
+            self._table, rows, lease_until, now, keyed=self._keyed, wake=wake, finishing=finishing
         )
         return statements is not None and bool(carry(statements))
 
@@ -206,11 +213,17 @@ class Outbox:
         return claim
 
     def committed(self, commit_token: str | None) -> None:
-        self._settle_finishing(deleted=True)
-        waker, self._owes_wake = self._owes_wake, None
+        if self._finishing is not None:
+            self._settle_finishing(deleted=True)
+        waker = self._owes_wake
         if waker is not None:
+            self._owes_wake = None
             waker.owed()
-        entries, self._entries = self._entries, {}
+        entries = self._entries
+        if not entries:
+            return
+        self._entries = {}
+        self._keyed = False
         claimed, self._claimed = self._claimed, []
         runs, self._lane = self._lane, None
         due: list[str] = []
@@ -237,8 +250,11 @@ class Outbox:
         }
 
     def rolled_back(self) -> None:
-        self._settle_finishing(deleted=False)
+        # Also told after every commit (its transaction ended too), with nothing left.
+        if self._finishing is not None:
+            self._settle_finishing(deleted=False)
         self._owes_wake = None
         self._lane = None
         self._entries.clear()
+        self._keyed = False
         self._claimed = []

@@ -51,16 +51,22 @@ def encode_call(
     process to skip decoding; ``None`` for them otherwise."""
     plain = _PLAIN
     try:
-        positional = ",".join([plain[type(value)](value) for value in args])
-        named = ",".join(
-            [
-                f"{encode_basestring_ascii(name)}:{plain[type(value)](value)}"
-                for name, value in kwargs.items()
-            ]
-        )
+        if len(args) == 1:  # the usual call: one id
+            value = args[0]
+            positional = plain[type(value)](value)
+        else:
+            positional = ",".join([plain[type(value)](value) for value in args])
+        if kwargs:
+            named = ",".join(
+                [
+                    f"{encode_basestring_ascii(name)}:{plain[type(value)](value)}"
+                    for name, value in kwargs.items()
+                ]
+            )
+            return f'{{"args":[{positional}],"kwargs":{{{named}}}}}', (list(args), dict(kwargs))
     except (KeyError, _NotPlain):
         return encode(task, args, kwargs), None
-    return f'{{"args":[{positional}],"kwargs":{{{named}}}}}', (list(args), dict(kwargs))
+    return f'{{"args":[{positional}],"kwargs":{{}}}}', (list(args), {})
 
 
 def encode(task: str, args: tuple[Any, ...], kwargs: Mapping[str, Any]) -> str:
