@@ -88,7 +88,7 @@ class Runs:
         # In a rolled-back test the runs share the test's one connection: each deletes
         # its own row before it ends, rather than a statement sent beside the next run.
         finisher = self.finisher if registry.db.joined is None else None
-        run = run_claimed(registry, claimed, after, finisher)
+        run = run_claimed(registry, claimed, after, finisher, self.loop)
         task = self._fresh.run(self.loop.create_task, run)
         self.active[task] = claimed
         if committed:
