@@ -111,8 +111,9 @@ class Task(Generic[P, R]):
 
     def configure(self, *, delay: float | None = None, key: str | None = None) -> Deferral[P]:
         """``task.configure(delay=30, key="receipt-17").defer(17)``: not before ``delay``
-        seconds after the unit commits; and while a task of this name with ``key`` waits to run, another
-        ``defer`` with it stores nothing and returns the waiting task's id."""
+        seconds after the unit commits; and while a task of this name with ``key`` waits
+        to run, another ``defer`` with it stores nothing and returns the waiting task's
+        id."""
         if delay is not None and (
             isinstance(delay, bool) or not isinstance(delay, (int, float)) or delay < 0
         ):

@@ -11,12 +11,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from typing import Any, ParamSpec, TypeVar, overload
 
 from sqlalchemy import MetaData, Table
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncConnection
+from sqlalchemy.sql import Executable
 
 from ..engine.engines import Engines
 from ..replicas.probe import position_of
@@ -276,15 +277,20 @@ class TaskRegistry(Upkeep):
 
     async def renew(self, claims: list[Claimed]) -> None:
         """Keep these runs' claims alive for another lease."""
-        async with self.transaction() as connection:
-            for chunk in in_chunks(claims):
-                await connection.execute(renew_statement(self.table, chunk))
+        await self._update_held(renew_statement, claims)
 
     async def hand_back(self, claims: list[Claimed]) -> None:
         """Return these runs' tasks to the waiting ones, their attempts not counted."""
+        await self._update_held(hand_back_statement, claims)
+
+    async def _update_held(
+        self, statement: Callable[[Table, Sequence[Claimed]], Executable], claims: list[Claimed]
+    ) -> None:
+        """Run ``statement`` on the rows these runs hold, in one transaction (one
+        statement per ``CLAIMS_PER_STATEMENT`` runs)."""
         async with self.transaction() as connection:
             for chunk in in_chunks(claims):
-                await connection.execute(hand_back_statement(self.table, chunk))
+                await connection.execute(statement(self.table, chunk))
 
     async def notify(self) -> None:
         """Wake the dispatchers listening on PostgreSQL."""

@@ -54,9 +54,9 @@ async def run_claimed(
     cancellation (a stop) propagates, leaving the task to be handed back.  A run that
     wrote nothing hands its row to ``finisher``, which deletes it with other runs' rows
     once the run ended, or deletes it alone.  ``loop``: the running loop, when the
-    caller knows it (asking for it costs a system call on Python 3.11).  The database's ``task_end`` listeners hear
-    of every run whose outcome is stored (not of a lost claim: the run that took the
-    task over reports it)."""
+    caller knows it (asking for it costs a system call on Python 3.11).  The database's
+    ``task_end`` listeners hear of every run whose outcome is stored (not of a lost
+    claim: the run that took the task over reports it)."""
     info = TaskInfo(claimed.id, claimed.name, claimed.attempts, claimed.max_attempts)
     enter_task(info)
     listeners = registry.db.environment.listeners
