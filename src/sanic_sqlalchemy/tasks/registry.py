@@ -11,13 +11,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator, Callable, Iterator, Sequence
+from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any, ParamSpec, TypeVar, overload
 
 from sqlalchemy import MetaData, Table
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncConnection
-from sqlalchemy.sql import Executable
 
 from ..engine.engines import Engines
 from ..replicas.probe import position_of
@@ -27,17 +26,14 @@ from ..unit.sessions import with_task_outbox
 from .decorator import Task, TaskOptions
 from .deferring import keep_call
 from .dispatcher import Runs, dispatch
+from .held import HeldRows
 from .host import TaskDatabase
 from .outbox import CommitHandler, Outbox, RunsHandler, RunsHereHandler
 from .relay import Relay, open_relay
 from .sql import (
     Claimed,
     claim,
-    done_many_statement,
-    hand_back_statement,
-    in_chunks,
     notify_statement,
-    renew_statement,
 )
 from .table import missing_table, task_table
 from .upkeep import Upkeep
@@ -50,7 +46,7 @@ T = TypeVar("T")
 _BATCH = 20
 
 
-class TaskRegistry(Upkeep):
+class TaskRegistry(Upkeep, HeldRows):
     """``db.tasks``: the durable tasks of one ``Database``."""
 
     def __init__(self, db: TaskDatabase) -> None:
@@ -265,32 +261,6 @@ class TaskRegistry(Upkeep):
         with self._table_hint():
             async with self.db.engines.write.connect() as connection:
                 yield await connection.execution_options(isolation_level="AUTOCOMMIT")
-
-    async def finish(self, claims: list[Claimed]) -> int:
-        """Delete the rows of these runs that wrote nothing (still held): how many."""
-        deleted = 0
-        async with self.statement() as connection:
-            for chunk in in_chunks(claims):
-                result = await connection.execute(*done_many_statement(self.table, chunk))
-                deleted += int(result.rowcount)
-        return deleted
-
-    async def renew(self, claims: list[Claimed]) -> None:
-        """Keep these runs' claims alive for another lease."""
-        await self._update_held(renew_statement, claims)
-
-    async def hand_back(self, claims: list[Claimed]) -> None:
-        """Return these runs' tasks to the waiting ones, their attempts not counted."""
-        await self._update_held(hand_back_statement, claims)
-
-    async def _update_held(
-        self, statement: Callable[[Table, Sequence[Claimed]], Executable], claims: list[Claimed]
-    ) -> None:
-        """Run ``statement`` on the rows these runs hold, in one transaction (one
-        statement per ``CLAIMS_PER_STATEMENT`` runs)."""
-        async with self.transaction() as connection:
-            for chunk in in_chunks(claims):
-                await connection.execute(statement(self.table, chunk))
 
     async def notify(self) -> None:
         """Wake the dispatchers listening on PostgreSQL."""
