@@ -12,6 +12,9 @@
    committing process) and through a dispatcher woken by ``LISTEN/NOTIFY``.
 4. ``--parts interference`` (not run by default): how much slower the server's own
    code runs while PostgreSQL works harder on the other core (``bench.interference``).
+5. ``--parts paired`` (not run by default): the endpoints of 1 with one task per
+   request, both servers running, ``wrk`` alternating between them in adjacent windows
+   (``bench.paired``): the ratio that drifting load on a shared machine disturbs least.
 
     ./benchmarks/run --tasks [--rounds 3] [--duration 5] [--count 5000] [--output PATH]
 
@@ -38,7 +41,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
 from bench import db as bench_db  # noqa: E402
-from bench import interference, queues  # noqa: E402
+from bench import interference, paired, queues  # noqa: E402
 from bench.http import Client  # noqa: E402
 from bench.local_db import cpu_seconds, database_on_core  # noqa: E402
 from bench.machine import machine, source, versions  # noqa: E402
@@ -228,6 +231,8 @@ def report(data: dict[str, Any]) -> str:
         for label, ratios in load_data["ratios"].items():
             lines.append(f"- {label}: {median_range(ratios, 3)}")
         lines.append("")
+    if "paired" in data:
+        lines += paired.report(data["paired"], median_range)
     if "throughput" in data:
         lines += [
             "## 2. Dispatcher throughput, one worker process, PostgreSQL",
@@ -317,6 +322,17 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
                 HERE / "work",
                 log,
             )
+    if "paired" in args.parts:
+        await empty_tasks_table(target)
+        with database_on_core(db_core):
+            data["paired"] = await paired.measure(
+                lambda port: server("ours-on-commit", target.url(), port, 1),
+                lambda port: server("ours-defer", target.url(), port, 1),
+                SERVER_PORT,
+                args.pairs,
+                args.duration,
+                log,
+            )
     if "queues" in args.parts:
         log("dispatcher throughput")
         systems = ["ours", "pgqueuer", "procrastinate"]
@@ -341,6 +357,7 @@ def main() -> int:
     parser.add_argument("--latency-units", type=int, default=300)
     parser.add_argument("--rt-requests", type=int, default=200)
     parser.add_argument("--parts", default="endpoint,queues,latency")
+    parser.add_argument("--pairs", type=int, default=20, help="window pairs of --parts paired")
     parser.add_argument(
         "--per-request", default="1,5", help="the endpoint's tasks per request (1, 5 or both)"
     )
