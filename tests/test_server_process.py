@@ -141,7 +141,10 @@ async def stop_cleanly(server: Server, *, whole_group: bool = False) -> None:
     SIGTERM goes to every process of the server at once, as systemd's default
     ``KillMode=control-group`` does; then Sanic's main process itself sometimes exits
     with 1 ("Startup failed due to OS error: Broken pipe": a worker it was still talking
-    to had already exited), so only the output is checked.
+    to had already exited), so only the output is checked.  Sanic's main process also
+    exits with 1 now and then after every worker completed, failing in its own
+    bookkeeping of the workers' states (``WorkerProcess.set_state``: "'NoneType' object
+    is not a mapping", a race inside Sanic's shared state): that exit is not ours.
     """
     if whole_group:
         os.killpg(server.process.pid, signal.SIGTERM)
@@ -157,8 +160,21 @@ async def stop_cleanly(server: Server, *, whole_group: bool = False) -> None:
     output = server.output()
     for text in FORBIDDEN_OUTPUT:
         assert text not in output, f"{text!r} in the server's output\n{output}"
-    if not whole_group:
+    if not whole_group and not _sanic_state_race(code, output):
         assert code == 0, f"the server exited with {code}\n{output}"
+
+
+def _sanic_state_race(code: int | None, output: str) -> bool:
+    """Whether Sanic's main process failed in its workers' state bookkeeping, after
+    every worker had completed."""
+    started = output.count("Starting worker")
+    return (
+        code == 1
+        and "WorkerProcess.set_state" in output
+        and "object is not a mapping" in output
+        and started > 0
+        and output.count("Worker complete") == started
+    )
 
 
 async def _dump_stacks(server: Server) -> str:
