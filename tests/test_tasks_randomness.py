@@ -7,7 +7,8 @@ import os
 import threading
 import uuid
 
-from sanic_sqlalchemy.tasks.randomness import new_task_id, random_hex32
+from sanic_sqlalchemy.tasks.deferred import new_task_id
+from sanic_sqlalchemy.tasks.randomness import random_hex32
 from sanic_sqlalchemy.tasks.sql import new_claim
 
 

@@ -10,8 +10,18 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from .randomness import random_hex32
 from .sql import Claimed
 from .table import PENDING, RUNNING
+
+#: The variant digit of a version-4 UUID (``10xx`` in binary), from a random hex digit.
+_VARIANT = {digit: "89ab"[int(digit, 16) & 3] for digit in "0123456789abcdef"}
+
+
+def new_task_id() -> str:
+    """A random task id: a version-4 UUID's text, made without a ``uuid.UUID``."""
+    h = random_hex32()
+    return f"{h[:8]}-{h[8:12]}-4{h[13:16]}-{_VARIANT[h[16]]}{h[17:20]}-{h[20:]}"
 
 
 @dataclass(slots=True)

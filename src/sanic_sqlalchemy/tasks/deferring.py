@@ -12,10 +12,9 @@ from typing import TYPE_CHECKING, Any
 
 from ..errors import UnitStateError
 from ..unit.sessions import stores_tasks
-from .deferred import Deferred
+from .deferred import Deferred, new_task_id
 from .outbox import Outbox
 from .payload import encode, encode_call
-from .randomness import new_task_id
 
 if TYPE_CHECKING:
     from ..unit import UnitOfWork
