@@ -111,12 +111,8 @@ def carried_statements(
     cannot be written as a literal."""
     insert, delete = _texts(table)
     try:
-        if len(rows) == 1:
-            entry, claim = rows[0]
-            sql = insert + _row(entry, claim, lease_until, now)
-        else:
-            values = [_row(entry, claim, lease_until, now) for entry, claim in rows]
-            sql = insert + ", ".join(values)
+        values = [_row(entry, claim, lease_until, now) for entry, claim in rows]
+        sql = insert + ", ".join(values)
         # Only a keyed id can be stored already; a random one needs no conflict check.
         sql += " ON CONFLICT (id) DO NOTHING;" if keyed else ";"
         if finishing:

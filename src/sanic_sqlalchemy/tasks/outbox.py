@@ -24,7 +24,7 @@ from sqlalchemy.exc import DBAPIError
 from .carried import carried_statements
 from .deferred import Deferred
 from .finish import Finisher, Waiting
-from .sql import LEASE, Claimed, insert_statement, new_claim, now_ms
+from .sql import LEASE, Claimed, in_chunks, insert_statement, new_claim, now_ms
 from .table import missing_table
 
 if TYPE_CHECKING:
@@ -67,7 +67,6 @@ class Outbox:
         "_committed",
         "_entries",
         "_finishing",
-        "_keyed",
         "_lane",
         "_loop",
         "_owes_wake",
@@ -106,8 +105,6 @@ class Outbox:
         #: The runs the commit under way finishes, and their finisher.
         self._finishing: tuple[Finisher, Waiting] | None = None
         self._entries: dict[str, Deferred] = {}
-        #: Whether an entry kept has a key's id (which may be stored already).
-        self._keyed = False
         #: The runs of the committing loop, looked up once per commit.
         self._lane: Runs | None = None
         #: The tasks the commit under way stores claimed by this process.
@@ -117,8 +114,6 @@ class Outbox:
         """Keep ``entry`` for the commit; a keyed task already kept wins (its id)."""
         task_id = entry.id
         self._entries.setdefault(task_id, entry)
-        if entry.keyed:
-            self._keyed = True
         return task_id
 
     def before_commit(self, session: Session, connection: Connection | None) -> None:
@@ -144,8 +139,7 @@ class Outbox:
         if self._carried_by_commit(connection, rows, lease_until, now, wake, finishing):
             return
         dicts = [entry.row(claim, lease_until, now) for entry, claim in rows]
-        for start in range(0, len(dicts), ROWS_PER_STATEMENT):
-            chunk = dicts[start : start + ROWS_PER_STATEMENT]
+        for chunk in in_chunks(dicts, ROWS_PER_STATEMENT):
             statement, parameters = insert_statement(
                 self._table, self._backend, chunk, wake=wake, finishing=finishing
             )
@@ -176,8 +170,9 @@ class Outbox:
         carry = getattr(connection.connection.driver_connection, "carry_on_commit", None)
         if carry is None:
             return False
+        keyed = any(entry.keyed for entry, _ in rows)
         statements = carried_statements(
-            self._table, rows, lease_until, now, keyed=self._keyed, wake=wake, finishing=finishing
+            self._table, rows, lease_until, now, keyed=keyed, wake=wake, finishing=finishing
         )
         return statements is not None and bool(carry(statements))
 
@@ -213,8 +208,7 @@ class Outbox:
         return claim
 
     def committed(self, commit_token: str | None) -> None:
-        if self._finishing is not None:
-            self._settle_finishing(deleted=True)
+        self._settle_finishing(deleted=True)
         waker = self._owes_wake
         if waker is not None:
             self._owes_wake = None
@@ -223,7 +217,6 @@ class Outbox:
         if not entries:
             return
         self._entries = {}
-        self._keyed = False
         claimed, self._claimed = self._claimed, []
         runs, self._lane = self._lane, None
         due: list[str] = []
@@ -251,10 +244,8 @@ class Outbox:
 
     def rolled_back(self) -> None:
         # Also told after every commit (its transaction ended too), with nothing left.
-        if self._finishing is not None:
-            self._settle_finishing(deleted=False)
+        self._settle_finishing(deleted=False)
         self._owes_wake = None
         self._lane = None
         self._entries.clear()
-        self._keyed = False
         self._claimed = []

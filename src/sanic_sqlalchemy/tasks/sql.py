@@ -24,7 +24,7 @@ import time
 import uuid
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 from sqlalchemy import (
     String,
@@ -49,6 +49,8 @@ from sqlalchemy.sql import Executable, Update
 
 from .randomness import random_hex32
 from .table import DEAD, PENDING, RUNNING
+
+T = TypeVar("T")
 
 #: Seconds a claim lasts unless its process renews it: a run whose process died or
 #: hangs is taken over once its claim is this old.
@@ -317,10 +319,10 @@ async def _claim_mysql(
     ]
 
 
-def in_chunks(claims: Sequence[Claimed]) -> Iterator[Sequence[Claimed]]:
-    """``claims`` in slices of at most ``CLAIMS_PER_STATEMENT``, one per statement."""
-    for start in range(0, len(claims), CLAIMS_PER_STATEMENT):
-        yield claims[start : start + CLAIMS_PER_STATEMENT]
+def in_chunks(items: Sequence[T], size: int = CLAIMS_PER_STATEMENT) -> Iterator[Sequence[T]]:
+    """``items`` in slices of at most ``size``, one per statement."""
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
 
 
 def done_statement(table: Table, claimed: Claimed) -> tuple[Executable, dict[str, Any]]:
